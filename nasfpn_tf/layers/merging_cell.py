@@ -95,11 +95,11 @@ class MergingCell(tf_keras.layers.Layer):
         self.dropblock_size = dropblock_size
         self.kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = tf_keras.regularizers.get(bias_regularizer)
-        norm = dict(
-            norm_momentum=norm_momentum,
-            norm_epsilon=norm_epsilon,
-            use_sync_bn=use_sync_bn,
-        )
+        norm = {
+            "norm_momentum": norm_momentum,
+            "norm_epsilon": norm_epsilon,
+            "use_sync_bn": use_sync_bn,
+        }
         self.resamples = [
             Resample(
                 input_level,

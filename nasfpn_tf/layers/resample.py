@@ -105,10 +105,9 @@ def max_pool_down(x: tf.Tensor, stride: int) -> tf.Tensor:
     if stride == 1:
         return x
     height, width = x.shape[1], x.shape[2]
-    if height is not None and width is not None:
-        if height % stride == 0 and width % stride == 0:
-            # The divisible case is Model Garden's exact op.
-            return tf.nn.max_pool2d(x, stride, stride, "SAME")
+    if height and width and height % stride == 0 and width % stride == 0:
+        # The divisible case is Model Garden's exact op.
+        return tf.nn.max_pool2d(x, stride, stride, "SAME")
     shape = tf.shape(x)
     pad_h = (-shape[1]) % stride
     pad_w = (-shape[2]) % stride

@@ -16,6 +16,7 @@ is wrong: resampling adds a 1x1 conv only where channel counts really differ
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -94,11 +95,11 @@ class NasFpnNeck(tf_keras.Model):
         _check_input_specs(input_specs, spec)
         kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
         bias_regularizer = tf_keras.regularizers.get(bias_regularizer)
-        norm = dict(
-            norm_momentum=norm_momentum,
-            norm_epsilon=norm_epsilon,
-            use_sync_bn=use_sync_bn,
-        )
+        norm = {
+            "norm_momentum": norm_momentum,
+            "norm_epsilon": norm_epsilon,
+            "use_sync_bn": use_sync_bn,
+        }
         cell_kwargs = dict(
             filters=filters,
             use_separable_conv=use_separable_conv,
@@ -139,13 +140,12 @@ class NasFpnNeck(tf_keras.Model):
         node_levels = spec.node_levels()
         extras = spec.extra_inputs()
         live = spec.live_cells()
-        outputs_by_node = spec.output_nodes()
+        output_nodes = spec.output_nodes()
         cells = []
         outputs: dict[str, tf.Tensor] = {}
         for repeat in range(repeats):
             nodes = list(feats)
             for i, cell_spec in enumerate(spec.cells):
-                node = spec.num_inputs + i
                 if not live[i]:
                     # Dead cells feed no output: they would build no weights
                     # in a functional model, so none are made.
@@ -162,7 +162,7 @@ class NasFpnNeck(tf_keras.Model):
                 cells.append(cell)
                 reference = feats[cell_spec.level - spec.min_level]
                 nodes.append(cell([reference] + [nodes[j] for j in operands]))
-            feats = [nodes[outputs_by_node[level]] for level in spec.levels]
+            feats = [nodes[output_nodes[level]] for level in spec.levels]
             if anytime and repeat < repeats - 1:
                 for level, feat in zip(spec.levels, feats):
                     outputs[anytime_key(repeat, level)] = feat
@@ -175,22 +175,22 @@ class NasFpnNeck(tf_keras.Model):
         self._cells = cells
         # Kept as JSON text: Keras would wrap a dict attribute for tracking.
         self._config_json = json.dumps(
-            dict(
-                input_specs={k: v.as_list() for k, v in input_specs.items()},
-                spec=spec.to_dict(),
-                filters=filters,
-                repeats=repeats,
-                use_separable_conv=use_separable_conv,
-                activation=activation,
-                use_sync_bn=use_sync_bn,
-                norm_momentum=norm_momentum,
-                norm_epsilon=norm_epsilon,
-                dropblock_keep_prob=dropblock_keep_prob,
-                dropblock_size=dropblock_size,
-                kernel_regularizer=serialize_or_none(kernel_regularizer),
-                bias_regularizer=serialize_or_none(bias_regularizer),
-                anytime=anytime,
-            )
+            {
+                "input_specs": {k: v.as_list() for k, v in input_specs.items()},
+                "spec": spec.to_dict(),
+                "filters": filters,
+                "repeats": repeats,
+                "use_separable_conv": use_separable_conv,
+                "activation": activation,
+                "use_sync_bn": use_sync_bn,
+                "norm_momentum": norm_momentum,
+                "norm_epsilon": norm_epsilon,
+                "dropblock_keep_prob": dropblock_keep_prob,
+                "dropblock_size": dropblock_size,
+                "kernel_regularizer": serialize_or_none(kernel_regularizer),
+                "bias_regularizer": serialize_or_none(bias_regularizer),
+                "anytime": anytime,
+            }
         )
         self._output_specs = {
             level_key(level): outputs[level_key(level)].shape
@@ -262,7 +262,7 @@ def _check_input_specs(
             )
     # Coarser levels must be the 'same'-padded halving of finer ones, or the
     # resampled nodes of a cell cannot be added.
-    for finer, coarser in zip(used, used[1:]):
+    for finer, coarser in itertools.pairwise(used):
         for axis in (1, 2):
             small = input_specs[level_key(coarser)][axis]
             big = input_specs[level_key(finer)][axis]
