@@ -1,0 +1,1087 @@
+"""Experiment configuration: frozen dataclasses are the schema.
+
+The defaults describe the tiny CPU demo: `python -m nasfpn_tf.main` with no
+flags runs a small complete search on generated data on a laptop CPU.
+Paper-scale settings of NAS-FPN (Ghiasi, Lin, Pang, Le, CVPR 2019,
+arXiv:1904.07392) live in `configs/*.yaml`.
+
+A config is resolved as defaults <- each YAML file in order <- an override
+string, then checked once: unknown keys fail with the valid keys of their
+section and a close match, leaves are type-checked by their annotation, and
+each section's `__post_init__` checks its values and their relations.
+
+Example:
+    config = load_config(
+        ["configs/nasfpn_r50_640.yaml"], "train.batch_size=8"
+    )
+    save(config, "runs/r50")  # runs/r50/config.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+CONFIG_FILENAME = "config.yaml"
+
+BACKBONES = ("resnet10", "resnet18", "resnet50", "resnet101", "mobilenetv2")
+NECK_TYPES = ("nasfpn", "fpn")
+NMS_TYPES = ("batched", "v2", "v1")
+ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish")
+SCHEDULES = ("cosine", "step")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+SEARCH_ALGORITHMS = ("ppo", "reinforce", "random")
+MERGE_OPS = ("sum", "global_attention")
+
+# Every feature level must survive the backbone's stride-8 stem and first
+# stage, so an input side must be a multiple of 2**3. Deeper levels are
+# resampled by the neck, which copes with odd sizes (the Lite model at 320).
+IMAGE_SIZE_MULTIPLE = 8
+MAX_PORT = 65535
+
+_FLOAT_LITERAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_DOTTED_KEY = re.compile(r"^\s*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\s*=")
+
+
+class ConfigError(ValueError):
+    """A config file, override or value is invalid."""
+
+
+# --------------------------------------------------------------------------
+# Checks used by the sections' __post_init__.
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{name} must be one of {', '.join(map(repr, choices))}; "
+            f"got {value!r}."
+        )
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive; got {value!r}.")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{name} must be >= 0; got {value!r}.")
+
+
+def _fraction(name: str, value: float, *, low_open: bool = False) -> None:
+    """Checks `value` in [0, 1], or (0, 1] with `low_open`."""
+    low_ok = value > 0 if low_open else value >= 0
+    if not (low_ok and value <= 1):
+        bounds = "(0, 1]" if low_open else "[0, 1]"
+        raise ConfigError(f"{name} must be in {bounds}; got {value!r}.")
+
+
+def _image_size(name: str, value: int) -> None:
+    _positive(name, value)
+    if value % IMAGE_SIZE_MULTIPLE:
+        raise ConfigError(
+            f"{name} must be divisible by {IMAGE_SIZE_MULTIPLE}; got {value}."
+        )
+
+
+# --------------------------------------------------------------------------
+# model
+
+
+@dataclasses.dataclass(frozen=True)
+class NeckConfig:
+    """The feature pyramid between backbone and heads.
+
+    Attributes:
+        type: "nasfpn" (merging cells from a spec) or "fpn" (top-down FPN).
+        filters: channels of every pyramid level.
+        repeats: how many times the NAS-FPN cell stack is stacked.
+        use_separable_conv: separable 3x3 convs in cells (NAS-FPNLite).
+        dropblock_keep_prob: DropBlock keep probability in cells; None
+            turns DropBlock off.
+        dropblock_size: DropBlock square size in pixels of the feature map.
+        arch: path of a spec JSON (e.g. a search's best_spec.json); None
+            means the published NAS-FPN spec.
+    """
+
+    type: str = "nasfpn"
+    filters: int = 16
+    repeats: int = 2
+    use_separable_conv: bool = False
+    dropblock_keep_prob: float | None = None
+    dropblock_size: int = 3
+    arch: str | None = None
+
+    def __post_init__(self):
+        _choice("model.neck.type", self.type, NECK_TYPES)
+        _positive("model.neck.filters", self.filters)
+        _positive("model.neck.repeats", self.repeats)
+        if self.dropblock_keep_prob is not None:
+            _fraction(
+                "model.neck.dropblock_keep_prob",
+                self.dropblock_keep_prob,
+                low_open=True,
+            )
+        _positive("model.neck.dropblock_size", self.dropblock_size)
+        if self.arch is not None and not self.arch:
+            raise ConfigError(
+                "model.neck.arch must be a spec JSON path or null; got ''."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorConfig:
+    """RetinaNet anchors: `num_scales` octave scales x aspect ratios.
+
+    `anchor_size` is the base anchor side in units of the level's stride.
+    """
+
+    num_scales: int = 3
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_size: float = 4.0
+
+    def __post_init__(self):
+        _positive("model.anchor.num_scales", self.num_scales)
+        if not self.aspect_ratios:
+            raise ConfigError("model.anchor.aspect_ratios must not be empty.")
+        for ratio in self.aspect_ratios:
+            _positive("model.anchor.aspect_ratios[*]", ratio)
+        _positive("model.anchor.anchor_size", self.anchor_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """RetinaNet class and box heads, shared across levels."""
+
+    num_convs: int = 2
+    num_filters: int = 16
+    use_separable_conv: bool = False
+
+    def __post_init__(self):
+        _non_negative("model.head.num_convs", self.num_convs)
+        _positive("model.head.num_filters", self.num_filters)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+    """Batch norm and activation used by backbone, neck and heads."""
+
+    activation: str = "relu"
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    use_sync_bn: bool = False
+
+    def __post_init__(self):
+        _choice("model.norm.activation", self.activation, ACTIVATIONS)
+        if not 0 < self.momentum < 1:
+            raise ConfigError(
+                f"model.norm.momentum must be in (0, 1); got {self.momentum}."
+            )
+        _positive("model.norm.epsilon", self.epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class NmsConfig:
+    """Post-processing by Model Garden's detection generator.
+
+    `type` is its `nms_version`; `pre_nms_top_k` boxes per image enter NMS.
+    """
+
+    type: str = "batched"
+    pre_nms_top_k: int = 1000
+    iou_threshold: float = 0.5
+    score_threshold: float = 0.05
+    max_detections: int = 100
+
+    def __post_init__(self):
+        _choice("model.nms.type", self.type, NMS_TYPES)
+        _positive("model.nms.pre_nms_top_k", self.pre_nms_top_k)
+        _fraction("model.nms.iou_threshold", self.iou_threshold, low_open=True)
+        _fraction("model.nms.score_threshold", self.score_threshold)
+        _positive("model.nms.max_detections", self.max_detections)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """RetinaNet with a NAS-FPN (or FPN) neck.
+
+    Attributes:
+        backbone: one of BACKBONES, built by Model Garden.
+        backbone_width: channel multiplier of the backbone (ResNet
+            `depth_multiplier`, MobileNet `filter_size_scale`); 1.0 is the
+            published width.
+        image_size: side of the square input in pixels.
+        num_classes: classes including background, as Model Garden counts
+            them (class 0 is background).
+        min_level: finest pyramid level (stride 2**min_level).
+        max_level: coarsest pyramid level.
+        anytime: attach a head after every neck repeat (anytime detection,
+            paper Sec. 3), not only after the last.
+    """
+
+    backbone: str = "resnet10"
+    backbone_width: float = 0.25
+    image_size: int = 64
+    num_classes: int = 3
+    min_level: int = 3
+    max_level: int = 7
+    neck: NeckConfig = dataclasses.field(default_factory=NeckConfig)
+    anchor: AnchorConfig = dataclasses.field(default_factory=AnchorConfig)
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+    norm: NormConfig = dataclasses.field(default_factory=NormConfig)
+    anytime: bool = False
+    nms: NmsConfig = dataclasses.field(default_factory=NmsConfig)
+
+    def __post_init__(self):
+        _choice("model.backbone", self.backbone, BACKBONES)
+        _positive("model.backbone_width", self.backbone_width)
+        _image_size("model.image_size", self.image_size)
+        if self.num_classes < 2:
+            raise ConfigError(
+                "model.num_classes counts background too and must be >= 2; "
+                f"got {self.num_classes}."
+            )
+        _positive("model.min_level", self.min_level)
+        if self.min_level >= self.max_level:
+            raise ConfigError(
+                f"model.min_level ({self.min_level}) must be below "
+                f"model.max_level ({self.max_level})."
+            )
+
+
+# --------------------------------------------------------------------------
+# data
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """The generated data set used when no TFRecord paths are given.
+
+    `num_classes` counts object classes only (ids 1..num_classes).
+    """
+
+    num_train: int = 64
+    num_heldout: int = 16
+    num_val: int = 16
+    num_classes: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_train", "num_heldout", "num_val", "num_classes"):
+            _positive(f"data.synthetic.{name}", getattr(self, name))
+        _non_negative("data.synthetic.seed", self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input data and augmentation.
+
+    Attributes:
+        train_path: TFRecord glob of training tf.Examples; "" generates
+            the synthetic set. The same holds for `val_path` (final
+            evaluation) and `heldout_path` (the search's reward split,
+            carved from the training images as in the paper).
+        val_annotations: COCO JSON of `val_path`; "" builds the ground
+            truth from the records themselves.
+        heldout_annotations: COCO JSON of `heldout_path`; "" as above.
+        max_instances: boxes per image after padding (static shapes).
+        aug_scale_min: smallest random rescale in training.
+        aug_scale_max: largest random rescale in training.
+        aug_rand_hflip: random horizontal flips in training.
+        shuffle_buffer: tf.data shuffle buffer of training examples.
+        cache: cache decoded examples in memory.
+    """
+
+    train_path: str = ""
+    val_path: str = ""
+    heldout_path: str = ""
+    val_annotations: str = ""
+    heldout_annotations: str = ""
+    max_instances: int = 100
+    aug_scale_min: float = 0.8
+    aug_scale_max: float = 1.2
+    aug_rand_hflip: bool = True
+    shuffle_buffer: int = 64
+    cache: bool = False
+    synthetic: SyntheticConfig = dataclasses.field(
+        default_factory=SyntheticConfig
+    )
+
+    def __post_init__(self):
+        _positive("data.max_instances", self.max_instances)
+        _positive("data.aug_scale_min", self.aug_scale_min)
+        if self.aug_scale_min > self.aug_scale_max:
+            raise ConfigError(
+                f"data.aug_scale_min ({self.aug_scale_min}) must not exceed "
+                f"data.aug_scale_max ({self.aug_scale_max})."
+            )
+        _positive("data.shuffle_buffer", self.shuffle_buffer)
+
+    @property
+    def uses_synthetic(self) -> bool:
+        """True when any split comes from the generated set."""
+        return not (self.train_path and self.val_path and self.heldout_path)
+
+
+# --------------------------------------------------------------------------
+# train / eval / runtime
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, losses and bookkeeping of training.
+
+    Attributes:
+        batch_size: global batch (all replicas together).
+        steps: total training steps.
+        learning_rate: peak learning rate of SGD with momentum.
+        warmup_steps: linear warmup from `warmup_learning_rate`.
+        warmup_learning_rate: learning rate at step 0.
+        schedule: "cosine" decay to 0 or "step" decay.
+        step_boundaries: steps at which "step" multiplies by `step_factor`.
+        step_factor: multiplier at each boundary.
+        momentum: SGD momentum.
+        l2_weight_decay: L2 penalty on kernels.
+        gradient_clip_norm: global-norm clipping; None turns it off.
+        focal_alpha: focal loss alpha.
+        focal_gamma: focal loss gamma.
+        huber_delta: Huber delta of the box loss.
+        box_loss_weight: weight of the box loss against the class loss.
+        init_checkpoint: checkpoint to initialize the backbone from
+            (ImageNet pretraining); "" trains from scratch.
+        checkpoint_every: steps between checkpoints.
+        keep_checkpoints: checkpoints kept on disk.
+        summary_every: steps between TensorBoard summaries.
+        log_every: steps between log lines / metrics.jsonl rows.
+        mixed_precision: Keras mixed precision policy name.
+        jit_compile: XLA-compile the train step.
+    """
+
+    batch_size: int = 4
+    steps: int = 200
+    learning_rate: float = 0.01
+    warmup_steps: int = 10
+    warmup_learning_rate: float = 0.001
+    schedule: str = "cosine"
+    step_boundaries: tuple[int, ...] = ()
+    step_factor: float = 0.1
+    momentum: float = 0.9
+    l2_weight_decay: float = 4e-5
+    gradient_clip_norm: float | None = 10.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 1.5
+    huber_delta: float = 0.1
+    box_loss_weight: float = 50.0
+    init_checkpoint: str = ""
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    summary_every: int = 20
+    log_every: int = 10
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.steps", self.steps)
+        _positive("train.learning_rate", self.learning_rate)
+        _non_negative("train.warmup_steps", self.warmup_steps)
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(
+                f"train.warmup_steps ({self.warmup_steps}) must be below "
+                f"train.steps ({self.steps})."
+            )
+        _non_negative("train.warmup_learning_rate", self.warmup_learning_rate)
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        bounds = self.step_boundaries
+        if any(b <= 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
+            raise ConfigError(
+                "train.step_boundaries must be positive and strictly "
+                f"increasing; got {list(bounds)}."
+            )
+        if self.schedule == "step" and not bounds:
+            raise ConfigError(
+                "train.schedule 'step' needs train.step_boundaries."
+            )
+        _fraction("train.step_factor", self.step_factor, low_open=True)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(
+                f"train.momentum must be in [0, 1); got {self.momentum}."
+            )
+        _non_negative("train.l2_weight_decay", self.l2_weight_decay)
+        if self.gradient_clip_norm is not None:
+            _positive("train.gradient_clip_norm", self.gradient_clip_norm)
+        _fraction("train.focal_alpha", self.focal_alpha)
+        _non_negative("train.focal_gamma", self.focal_gamma)
+        _positive("train.huber_delta", self.huber_delta)
+        _non_negative("train.box_loss_weight", self.box_loss_weight)
+        for name in (
+            "checkpoint_every",
+            "keep_checkpoints",
+            "summary_every",
+            "log_every",
+        ):
+            _positive(f"train.{name}", getattr(self, name))
+        _choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: `steps` batches (0 = the whole split), run every
+    `every` training steps in train_and_eval mode."""
+
+    batch_size: int = 4
+    steps: int = 0
+    every: int = 100
+
+    def __post_init__(self):
+        _positive("eval.batch_size", self.batch_size)
+        _non_negative("eval.steps", self.steps)
+        _positive("eval.every", self.every)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where training runs.
+
+    Attributes:
+        strategy: tf.distribute strategy kind.
+        tpu: TPU name or grpc address for strategy "tpu" ("" = local TPU
+            VM).
+        num_gpus: GPUs used by "mirrored"; 0 means every visible GPU.
+        seed: global random seed.
+    """
+
+    strategy: str = "default"
+    tpu: str = ""
+    num_gpus: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        _choice("runtime.strategy", self.strategy, STRATEGIES)
+        _non_negative("runtime.num_gpus", self.num_gpus)
+        _non_negative("runtime.seed", self.seed)
+        if self.tpu and self.strategy != "tpu":
+            raise ConfigError(
+                f"runtime.tpu is set ({self.tpu!r}) but runtime.strategy is "
+                f"{self.strategy!r}; use strategy 'tpu'."
+            )
+
+
+# --------------------------------------------------------------------------
+# search
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceConfig:
+    """The NAS-FPN search space (paper Sec. 3).
+
+    Attributes:
+        num_intermediate: cells whose output is not a pyramid level; the
+            other max_level - min_level + 1 cells emit the levels.
+        intermediate_levels: levels an intermediate cell may output.
+        ops: binary merge ops a cell may choose.
+    """
+
+    num_intermediate: int = 2
+    intermediate_levels: tuple[int, ...] = (4, 5, 6, 7)
+    ops: tuple[str, ...] = MERGE_OPS
+
+    def __post_init__(self):
+        _non_negative("search.space.num_intermediate", self.num_intermediate)
+        levels = self.intermediate_levels
+        if not levels or len(set(levels)) != len(levels):
+            raise ConfigError(
+                "search.space.intermediate_levels must be non-empty and "
+                f"without repeats; got {list(levels)}."
+            )
+        if not self.ops or len(set(self.ops)) != len(self.ops):
+            raise ConfigError(
+                "search.space.ops must be non-empty and without repeats; "
+                f"got {list(self.ops)}."
+            )
+        for op in self.ops:
+            _choice("search.space.ops[*]", op, MERGE_OPS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """The RNN controller that samples specs (paper Sec. 3).
+
+    Attributes:
+        lstm_size: LSTM units.
+        embedding_size: size of the embedding of the previous action.
+        temperature: softmax temperature of the logits.
+        tanh_constant: logits become c * tanh(logits / c); None keeps them.
+        entropy_weight: entropy bonus in the policy loss.
+        learning_rate: Adam learning rate of the controller.
+        ppo_clip: PPO ratio clipping epsilon.
+        ppo_epochs: passes over each batch of samples (PPO only).
+        baseline_decay: exponential moving average decay of the reward
+            baseline.
+    """
+
+    lstm_size: int = 100
+    embedding_size: int = 100
+    temperature: float = 1.0
+    tanh_constant: float | None = None
+    entropy_weight: float = 1e-4
+    learning_rate: float = 1e-3
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 4
+    baseline_decay: float = 0.95
+
+    def __post_init__(self):
+        _positive("search.controller.lstm_size", self.lstm_size)
+        _positive("search.controller.embedding_size", self.embedding_size)
+        _positive("search.controller.temperature", self.temperature)
+        if self.tanh_constant is not None:
+            _positive("search.controller.tanh_constant", self.tanh_constant)
+        _non_negative("search.controller.entropy_weight", self.entropy_weight)
+        _positive("search.controller.learning_rate", self.learning_rate)
+        _positive("search.controller.ppo_clip", self.ppo_clip)
+        _positive("search.controller.ppo_epochs", self.ppo_epochs)
+        if not 0 <= self.baseline_decay < 1:
+            raise ConfigError(
+                "search.controller.baseline_decay must be in [0, 1); got "
+                f"{self.baseline_decay}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    """The short proxy training that turns a child spec into a reward.
+
+    These replace model/train/eval values when a child is trained (see
+    `proxy_experiment`); everything else comes from the main config.
+
+    Attributes:
+        train_steps: training steps of each child.
+        eval_steps: held-out batches for the reward AP (0 = whole split).
+        repeats: neck repeats of a child.
+        filters: neck (and head) channels of a child.
+        image_size: input side of a child.
+    """
+
+    train_steps: int = 30
+    eval_steps: int = 0
+    repeats: int = 2
+    filters: int = 16
+    image_size: int = 64
+
+    def __post_init__(self):
+        _positive("search.proxy.train_steps", self.train_steps)
+        _non_negative("search.proxy.eval_steps", self.eval_steps)
+        _positive("search.proxy.repeats", self.repeats)
+        _positive("search.proxy.filters", self.filters)
+        _image_size("search.proxy.image_size", self.image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """The architecture search.
+
+    Attributes:
+        algorithm: controller update rule ("random" samples uniformly).
+        num_samples: child specs trained in total.
+        samples_per_update: rewards gathered per controller update.
+        parallel_trials: children trained at once (KerasTuner workers).
+        penalty_reward: reward of a child that fails to build or train.
+        max_retries: retries of a failed child before the penalty.
+        reuse_rewards: a spec seen before (same canonical hash) gets its
+            recorded reward instead of being trained again.
+        oracle_host: address of the KerasTuner oracle for parallel trials.
+        oracle_port: its port.
+    """
+
+    algorithm: str = "ppo"
+    num_samples: int = 6
+    samples_per_update: int = 3
+    parallel_trials: int = 1
+    penalty_reward: float = 0.0
+    max_retries: int = 1
+    reuse_rewards: bool = True
+    space: SpaceConfig = dataclasses.field(default_factory=SpaceConfig)
+    controller: ControllerConfig = dataclasses.field(
+        default_factory=ControllerConfig
+    )
+    proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
+    oracle_host: str = "127.0.0.1"
+    oracle_port: int = 8000
+
+    def __post_init__(self):
+        _choice("search.algorithm", self.algorithm, SEARCH_ALGORITHMS)
+        _positive("search.num_samples", self.num_samples)
+        _positive("search.samples_per_update", self.samples_per_update)
+        _positive("search.parallel_trials", self.parallel_trials)
+        _non_negative("search.max_retries", self.max_retries)
+        if not self.oracle_host:
+            raise ConfigError("search.oracle_host must not be empty.")
+        if not 0 < self.oracle_port <= MAX_PORT:
+            raise ConfigError(
+                f"search.oracle_port must be in 1..{MAX_PORT}; got "
+                f"{self.oracle_port}."
+            )
+
+
+# --------------------------------------------------------------------------
+# experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run decides; saved as `model_dir/config.yaml`."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+
+    def __post_init__(self):
+        model, data = self.model, self.data
+        if data.uses_synthetic and (
+            model.num_classes <= data.synthetic.num_classes
+        ):
+            raise ConfigError(
+                f"model.num_classes ({model.num_classes}) must exceed "
+                f"data.synthetic.num_classes ({data.synthetic.num_classes}) "
+                "by at least one: it also counts background."
+            )
+        for level in self.search.space.intermediate_levels:
+            if not model.min_level <= level <= model.max_level:
+                raise ConfigError(
+                    f"search.space.intermediate_levels has level {level}, "
+                    f"outside model.min_level..model.max_level "
+                    f"({model.min_level}..{model.max_level})."
+                )
+        for boundary in self.train.step_boundaries:
+            if boundary >= self.train.steps:
+                raise ConfigError(
+                    f"train.step_boundaries has {boundary}, not below "
+                    f"train.steps ({self.train.steps})."
+                )
+        if (
+            self.runtime.strategy == "tpu"
+            and self.train.mixed_precision == "mixed_float16"
+        ):
+            raise ConfigError(
+                "train.mixed_precision 'mixed_float16' does not run on TPU; "
+                "use 'mixed_bfloat16'."
+            )
+
+
+# --------------------------------------------------------------------------
+# Building configs from plain data, with schema checks.
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _unknown_key(cls: type, path: str, key: Any) -> ConfigError:
+    valid = _field_names(cls)
+    where = f"section '{path}'" if path else "the top level"
+    message = (
+        f"Unknown config key '{_join(path, str(key))}'. Valid keys of "
+        f"{where}: {', '.join(valid)}."
+    )
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    if close:
+        message += f" Did you mean '{close[0]}'?"
+    return ConfigError(message)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _type_error(path: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(
+        f"{path} expects {_type_name(tp)}, got "
+        f"{type(value).__name__} {value!r}."
+    )
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns the typed value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) != 1:
+            raise TypeError(f"Unsupported annotation at {path}: {tp}")
+        try:
+            return _coerce(value, args[0], path)
+        except ConfigError:
+            raise _type_error(path, tp, value) from None
+    if origin is tuple:
+        (item_type, ellipsis) = typing.get_args(tp)
+        assert ellipsis is Ellipsis, f"{path}: only tuple[X, ...] is used"
+        if not isinstance(value, list | tuple):
+            raise _type_error(path, tp, value)
+        return tuple(
+            _coerce(item, item_type, f"{path}[{i}]")
+            for i, item in enumerate(value)
+        )
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept plain numerals.
+        if isinstance(value, str) and _FLOAT_LITERAL.match(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"Unsupported annotation at {path}: {tp}")
+    raise _type_error(path, tp, value)
+
+
+def _build(cls: type, data: Any, path: str = "") -> Any:
+    """Builds dataclass `cls` from a (possibly partial) mapping."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        name = f"'{path}'" if path else "The config"
+        raise ConfigError(
+            f"{name} must be a mapping of keys to values; got "
+            f"{type(data).__name__} {data!r}."
+        )
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown_key(cls, path, key)
+        kwargs[key] = _coerce(value, hints[key], _join(path, key))
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: Any, cls: type, path: str = "") -> dict:
+    """Deep-merges `update` into a copy of `base`, checking keys on the way.
+
+    Keys may be dotted ("train.batch_size") at any depth.
+    """
+    if not isinstance(update, Mapping):
+        name = f"'{path}'" if path else "A config"
+        raise ConfigError(
+            f"{name} must be a mapping of keys to values; got "
+            f"{type(update).__name__} {update!r}."
+        )
+    merged = dict(base)
+    hints = _hints(cls)
+    for key, value in update.items():
+        if not isinstance(key, str):
+            raise _unknown_key(cls, path, key)
+        head, _, rest = key.partition(".")
+        if head not in hints:
+            raise _unknown_key(cls, path, head)
+        if rest:
+            value = {rest: value}
+        field_type = hints[head]
+        if dataclasses.is_dataclass(field_type) and isinstance(value, Mapping):
+            merged[head] = _merge(
+                merged.get(head, {}), value, field_type, _join(path, head)
+            )
+        elif dataclasses.is_dataclass(field_type):
+            raise ConfigError(
+                f"'{_join(path, head)}' is a section and takes a mapping; "
+                f"got {type(value).__name__} {value!r}."
+            )
+        else:
+            merged[head] = value
+    return merged
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Returns a dataclass config as nested dicts of plain YAML values."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {
+                f.name: plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+            }
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Builds a config from a (possibly partial) nested mapping.
+
+    Missing keys keep their defaults; unknown keys and wrong types raise
+    ConfigError.
+    """
+    return _resolve([("dict", data)])
+
+
+def _resolve(layers: Sequence[tuple[str, Any]]) -> ExperimentConfig:
+    merged: dict = {}
+    for source, layer in layers:
+        if layer is None:  # an empty YAML file
+            continue
+        try:
+            merged = _merge(merged, layer, ExperimentConfig)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    return _build(ExperimentConfig, merged)
+
+
+# --------------------------------------------------------------------------
+# YAML text, files and overrides.
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets and quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Parses `--params_override` into a nested mapping.
+
+    Args:
+        text: either `a.b=c,d.e=[1,2]` (values read as YAML scalars or
+            lists) or YAML/JSON text such as `{train: {batch_size: 8}}`.
+
+    Returns:
+        A mapping whose keys may be dotted paths; {} for blank text.
+    """
+    if not text.strip():
+        return {}
+    if _DOTTED_KEY.match(text):
+        result: dict[str, Any] = {}
+        for part in _split_top_level(text):
+            key, sep, raw = part.partition("=")
+            key = key.strip()
+            if not sep or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
+                raise ConfigError(
+                    f"Cannot parse override {part.strip()!r}: expected "
+                    "key=value with a dotted key such as train.batch_size=8."
+                )
+            try:
+                result[key] = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as error:
+                raise ConfigError(
+                    f"Cannot parse the value of override {key!r}: {error}"
+                ) from None
+        return result
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Cannot parse params_override: {error}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            "params_override must be a YAML/JSON mapping or a "
+            f"'a.b=c,d.e=f' list; got {text!r}."
+        )
+    return dict(data)
+
+
+def _read_text(path: str) -> str:
+    import tensorflow as tf  # lazy: keeps `--help` fast
+
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"Config file not found: {path}")
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: invalid YAML: {error}") from None
+
+
+def load_config(
+    config_files: Sequence[str] = (), params_override: str = ""
+) -> ExperimentConfig:
+    """Resolves a config: defaults <- each file in order <- the override.
+
+    Args:
+        config_files: YAML files (local or gs:// paths); later files win.
+        params_override: see `parse_override`; applied last.
+
+    Returns:
+        The checked, frozen config.
+
+    Raises:
+        ConfigError: a missing file, bad YAML, an unknown key, a wrong type
+            or an invalid value; the message names the file and the key.
+    """
+    if isinstance(config_files, str):
+        config_files = [config_files]
+    layers = [
+        (path, _parse_yaml(_read_text(path), path)) for path in config_files
+    ]
+    if params_override:
+        layers.append(("params_override", parse_override(params_override)))
+    return _resolve(layers)
+
+
+def override(
+    config: ExperimentConfig, changes: Mapping[str, Any] | str
+) -> ExperimentConfig:
+    """Returns `config` with `changes` applied and checked again.
+
+    Args:
+        config: the base config.
+        changes: a mapping (keys may be dotted: {"train.steps": 5}) or an
+            override string as for `--params_override`.
+    """
+    if isinstance(changes, str):
+        changes = parse_override(changes)
+    return _resolve([("base", to_dict(config)), ("override", changes)])
+
+
+def proxy_experiment(config: ExperimentConfig) -> ExperimentConfig:
+    """The config a search child trains with: `search.proxy` applied.
+
+    The proxy filters set both neck and head widths and its eval steps
+    apply to the held-out reward split. Warmup and step boundaries are cut
+    to fit the shorter run; a step schedule left without boundaries
+    becomes cosine.
+    """
+    proxy = config.search.proxy
+    boundaries = [
+        b for b in config.train.step_boundaries if b < proxy.train_steps
+    ]
+    return override(
+        config,
+        {
+            "model.image_size": proxy.image_size,
+            "model.neck.repeats": proxy.repeats,
+            "model.neck.filters": proxy.filters,
+            "model.head.num_filters": proxy.filters,
+            "train.steps": proxy.train_steps,
+            "train.warmup_steps": min(
+                config.train.warmup_steps, proxy.train_steps - 1
+            ),
+            "train.step_boundaries": boundaries,
+            "train.schedule": config.train.schedule if boundaries else "cosine",
+            "eval.steps": proxy.eval_steps,
+        },
+    )
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """YAML text of the whole config (every key, in schema order)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def from_yaml(text: str) -> ExperimentConfig:
+    """Inverse of `to_yaml`; a partial text keeps defaults elsewhere."""
+    return _resolve([("yaml", _parse_yaml(text, "yaml"))])
+
+
+def config_path(model_dir: str) -> str:
+    """Path of the saved config in `model_dir`."""
+    return os.path.join(model_dir, CONFIG_FILENAME)
+
+
+def save(config: ExperimentConfig, model_dir: str) -> str:
+    """Writes `model_dir/config.yaml` atomically; returns its path.
+
+    The text goes to a temporary file first and is renamed over the old
+    one, so a reader never sees half a config.
+    """
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(model_dir)
+    path = config_path(model_dir)
+    temp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temp, "w") as f:
+        f.write(to_yaml(config))
+    tf.io.gfile.rename(temp, path, overwrite=True)
+    return path
+
+
+def load_saved(model_dir: str) -> ExperimentConfig | None:
+    """The config saved in `model_dir`, or None when there is none."""
+    import tensorflow as tf
+
+    path = config_path(model_dir)
+    if not tf.io.gfile.exists(path):
+        return None
+    return _resolve([(path, _parse_yaml(_read_text(path), path))])
+
+
+def diff(a: ExperimentConfig, b: ExperimentConfig) -> dict[str, tuple]:
+    """Dotted keys whose values differ, mapped to (value in a, value in b)."""
+
+    def flat(data: Mapping, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, _join(prefix, key)))
+            else:
+                out[_join(prefix, key)] = value
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}
+
+
+def check_batch(config: ExperimentConfig, num_replicas: int) -> None:
+    """Checks that global batch sizes split evenly over the replicas.
+
+    Raises:
+        ConfigError: naming the batch size and replica count that clash.
+    """
+    if num_replicas < 1:
+        raise ConfigError(f"num_replicas must be >= 1; got {num_replicas}.")
+    for name, size in (
+        ("train.batch_size", config.train.batch_size),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
+        if size % num_replicas:
+            raise ConfigError(
+                f"{name} ({size}) must be divisible by the number of "
+                f"replicas ({num_replicas})."
+            )

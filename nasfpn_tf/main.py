@@ -1,0 +1,230 @@
+"""NAS-FPN (Ghiasi et al., CVPR 2019): search, train, evaluate, export.
+
+With no flags it runs a small architecture search on generated data,
+sized for a CPU. Each mode reads the config, writes it to
+MODEL_DIR/config.yaml, and calls one library function:
+
+  search          nasfpn_tf.search.runner.search
+  train, eval,
+  train_and_eval  nasfpn_tf.train.trainer.run
+  export          nasfpn_tf.export.export
+
+Rerunning with the same --model_dir resumes with the saved config.
+
+Examples:
+  python -m nasfpn_tf.main
+  python -m nasfpn_tf.main --mode=train_and_eval \\
+      --config_file=configs/nasfpn_r50_640.yaml --model_dir=runs/r50 \\
+      --params_override=train.batch_size=8
+  python -m nasfpn_tf.main --mode=train --arch=runs/search/best_spec.json
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags, logging
+
+from nasfpn_tf import config as config_lib
+
+MODES = ("search", "train", "eval", "train_and_eval", "export")
+TRAINER_MODES = ("train", "eval", "train_and_eval")
+LOG_LEVELS = {
+    "debug": std_logging.DEBUG,
+    "info": std_logging.INFO,
+    "warning": std_logging.WARNING,
+    "error": std_logging.ERROR,
+}
+# Keys that may differ from the saved config on resume: where the run
+# executes, not what it computes (a TPU is often renamed between runs).
+RESUME_FREE_KEYS = ("runtime.tpu",)
+DEFAULT_RUNS_DIR = "runs"
+EXPORT_SUBDIR = "export"
+
+_MODE = flags.DEFINE_enum("mode", "search", MODES, "What to run.")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir",
+    "",
+    "Directory of the run (local or gs://): config.yaml, checkpoints, "
+    "history. Default: runs/<mode>.",
+)
+_CONFIG_FILE = flags.DEFINE_multi_string(
+    "config_file",
+    [],
+    "YAML config file (repeatable: later files win).",
+)
+_PARAMS_OVERRIDE = flags.DEFINE_string(
+    "params_override",
+    "",
+    "Applied after the files: 'train.batch_size=8,model.image_size=256' "
+    "or YAML/JSON text such as '{train: {batch_size: 8}}'.",
+)
+_ARCH = flags.DEFINE_string(
+    "arch",
+    None,
+    "Neck spec JSON (e.g. a search's best_spec.json); sets "
+    "model.neck.arch. Default: the config's (the published NAS-FPN).",
+)
+_TPU = flags.DEFINE_string(
+    "tpu",
+    None,
+    "TPU name or address; sets runtime.tpu and runtime.strategy=tpu.",
+)
+_EXPORT_DIR = flags.DEFINE_string(
+    "export_dir",
+    "",
+    "Where --mode=export writes the SavedModel. Default: <model_dir>/export.",
+)
+_OVERWRITE_CONFIG = flags.DEFINE_bool(
+    "overwrite_config",
+    False,
+    "Replace a saved config.yaml that differs from the one the flags "
+    "give, instead of failing.",
+)
+_LOG_LEVEL = flags.DEFINE_enum(
+    "log_level", "info", list(LOG_LEVELS), "Logging verbosity."
+)
+
+
+def resolve_config(
+    model_dir: str,
+    config_files: Sequence[str] = (),
+    params_override: str = "",
+    arch: str | None = None,
+    tpu: str | None = None,
+    overwrite_config: bool = False,
+) -> config_lib.ExperimentConfig:
+    """Resolves the run's config and saves it to `model_dir/config.yaml`.
+
+    Without config flags (files, override, arch) a saved config is reused
+    (resume); `tpu` only names where it runs and may change. With config
+    flags, the result must equal the saved config (up to RESUME_FREE_KEYS)
+    unless `overwrite_config`.
+
+    Args:
+        model_dir: the run directory.
+        config_files: YAML files, later wins.
+        params_override: override text, applied after the files.
+        arch: spec JSON path for model.neck.arch.
+        tpu: TPU name; also selects the "tpu" strategy.
+        overwrite_config: let the flags replace a differing saved config.
+
+    Returns:
+        The config the run uses.
+
+    Raises:
+        config_lib.ConfigError: an invalid config, or flags that conflict
+            with the saved config.
+    """
+    saved = config_lib.load_saved(model_dir)
+    tpu_changes: dict[str, Any] = {}
+    if tpu is not None:
+        tpu_changes = {"runtime.tpu": tpu, "runtime.strategy": "tpu"}
+    flags_given = bool(config_files or params_override or arch is not None)
+    if saved is not None and not flags_given:
+        logging.info("Resuming with %s", config_lib.config_path(model_dir))
+        if not tpu_changes:
+            return saved
+        config = config_lib.override(saved, tpu_changes)
+        config_lib.save(config, model_dir)
+        return config
+    config = config_lib.load_config(config_files, params_override)
+    extra: dict[str, Any] = dict(tpu_changes)
+    if arch is not None:
+        extra["model.neck.arch"] = arch
+    if extra:
+        config = config_lib.override(config, extra)
+    if saved is not None and not overwrite_config:
+        conflicts = {
+            key: values
+            for key, values in config_lib.diff(saved, config).items()
+            if key not in RESUME_FREE_KEYS
+        }
+        if conflicts:
+            lines = "\n".join(
+                f"  {key}: saved {old!r}, flags give {new!r}"
+                for key, (old, new) in sorted(conflicts.items())
+            )
+            raise config_lib.ConfigError(
+                f"{config_lib.config_path(model_dir)} differs from the "
+                f"config the flags give:\n{lines}\nUse a new --model_dir, "
+                "drop the config flags to resume with the saved config, or "
+                "pass --overwrite_config."
+            )
+    config_lib.save(config, model_dir)
+    return config
+
+
+def execute(
+    mode: str,
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    export_dir: str = "",
+) -> Any:
+    """Runs the library function of `mode`; returns what it returns.
+
+    Sets the mixed precision policy first. Only the trainer modes take a
+    strategy, so only they create one (and check the batch split); the
+    search trains its children itself.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
+    import tf_keras  # lazy: heavy, keeps --help fast
+
+    # Set once, before any layer exists: layers read the global policy
+    # when they are built.
+    tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
+    if mode == "search":
+        from nasfpn_tf.search import runner
+
+        return runner.search(config, model_dir)
+    if mode == "export":
+        from nasfpn_tf import export
+
+        export_dir = export_dir or f"{model_dir.rstrip('/')}/{EXPORT_SUBDIR}"
+        return export.export(config, model_dir, export_dir)
+    from nasfpn_tf.train import strategy as strategy_lib
+    from nasfpn_tf.train import trainer
+
+    strategy = strategy_lib.make_strategy(config.runtime)
+    config_lib.check_batch(config, strategy.num_replicas_in_sync)
+    return trainer.run(mode, config, model_dir, strategy)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"Unexpected arguments: {' '.join(argv[1:])}. Flags take the "
+            "form --name=value."
+        )
+    logging.set_verbosity(LOG_LEVELS[_LOG_LEVEL.value])
+    mode = _MODE.value
+    model_dir = _MODEL_DIR.value or f"{DEFAULT_RUNS_DIR}/{mode}"
+    try:
+        config = resolve_config(
+            model_dir,
+            _CONFIG_FILE.value,
+            _PARAMS_OVERRIDE.value,
+            _ARCH.value,
+            _TPU.value,
+            _OVERWRITE_CONFIG.value,
+        )
+    except config_lib.ConfigError as error:
+        # A bad config is not a flag-syntax problem: say what is wrong
+        # without the full usage text, and exit non-zero.
+        raise SystemExit(f"Config error: {error}") from None
+    logging.info("mode=%s model_dir=%s", mode, model_dir)
+    result = execute(mode, config, model_dir, _EXPORT_DIR.value)
+    if result is not None:
+        logging.info("%s result: %s", mode, result)
+
+
+def run() -> None:
+    """Console-script entry point (`nasfpn-tf`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
