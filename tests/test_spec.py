@@ -753,3 +753,10 @@ def test_to_dot_delegates_to_draw():
 
     spec = known.NASFPN_SPEC
     assert spec.to_dot() == draw.to_dot(spec)
+
+
+def test_block_specs_is_output_must_be_a_bool():
+    blocks = [list(block) for block in known.NASFPN_BLOCK_SPECS]
+    blocks[0][3] = "False"
+    with pytest.raises(SpecError, match=r"block_specs\[0\].is_output"):
+        NeckSpec.from_block_specs(blocks)

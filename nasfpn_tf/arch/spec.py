@@ -402,7 +402,7 @@ class NeckSpec:
                         inputs=_as_pair(inputs),
                         level=level,
                         op=_MODEL_GARDEN_OPS[combine_fn],
-                        is_output=bool(is_output),
+                        is_output=is_output,
                     )
                 )
             except SpecError as e:
