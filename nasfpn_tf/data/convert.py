@@ -1,0 +1,908 @@
+r"""COCO JSON or Pascal VOC XML -> sharded TFRecords of ``tf.train.Example``.
+
+The records follow the TF Object Detection API schema that Model Garden's
+``TfExampleDecoder`` reads: ``image/encoded``, ``image/source_id`` (the
+numeric image id), ``image/height``, ``image/width``,
+``image/object/bbox/{xmin,ymin,xmax,ymax}`` normalised to [0, 1],
+``image/object/class/label``, ``image/object/area`` (pixels) and
+``image/object/is_crowd``. Each split also gets ``{split}.json``: the COCO
+ground truth of exactly what was written, for the COCO evaluator.
+
+Bad data is fixed or skipped and counted, never a crash: missing or
+undecodable images are skipped; images in formats or colour modes TF does not
+decode reliably (CMYK, palette, 16-bit...) are re-encoded; an annotated size
+that differs from the decoded one rescales the boxes; boxes are clipped to
+the image and dropped when degenerate (zero, negative or non-finite size);
+boxes of classes outside the label map are dropped. Images without boxes are
+kept: they are valid negatives (every anchor is background).
+
+The held-out split that scores architectures during the NAS-FPN search
+(Ghiasi et al., CVPR 2019, arXiv:1904.07392) is carved from the training
+images by a stable hash of the image id, and never shares an image with val.
+
+  python -m nasfpn_tf.data.convert --format=coco --output_dir=OUT \
+      --train_annotations=annotations/instances_train2017.json \
+      --train_images=train2017 \
+      --val_annotations=annotations/instances_val2017.json \
+      --val_images=val2017 --heldout_fraction=0.05
+  python -m nasfpn_tf.data.convert --format=voc --output_dir=OUT \
+      --train_sets=VOCdevkit/VOC2007:trainval \
+      --train_sets=VOCdevkit/VOC2012:trainval \
+      --val_sets=VOCdevkit/VOC2007:test --heldout_fraction=0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from xml.etree import ElementTree
+
+import tensorflow as tf
+from absl import logging
+from official.vision.data import tf_example_builder
+from PIL import Image
+
+HELDOUT = "heldout"
+DEFAULT_IMAGES_PER_SHARD = 1024
+JPEG_QUALITY = 95
+# Formats and modes that tf.io.decode_image(channels=3) reads as they are.
+TF_FORMATS = ("JPEG", "PNG")
+TF_MODES = ("RGB", "L")
+# Ids above 2**24 lose precision where Model Garden carries them as float32.
+MAX_EXACT_FLOAT32_ID = 2**24
+_HASH_BYTES = 8
+_VOC_ID = re.compile(r"^(?:(\d{4})_)?(\d+)$")
+_VOC_FIRST_YEAR = 2000
+_VOC_YEAR_STRIDE = 1_000_000
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+    "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+# Event -> what its count means, in the order the summary lists them.
+EVENTS = {
+    "images_written": "images written",
+    "images_without_boxes": "images kept with no box (valid negatives)",
+    "images_missing": "images skipped: file not found",
+    "images_undecodable": "images skipped: not decodable",
+    "images_duplicate": "images skipped: id listed twice",
+    "images_in_val": "images skipped: also in the val split",
+    "images_reencoded": "images re-encoded (format or colour mode)",
+    "images_size_mismatch": "images whose annotated size differed from the "
+    "decoded one (boxes rescaled)",
+    "annotations_unreadable": "annotation files skipped: unreadable",
+    "boxes_written": "boxes written",
+    "boxes_crowd": "boxes written as crowd (ignored in training)",
+    "boxes_clipped": "boxes clipped to the image",
+    "boxes_degenerate": "boxes dropped: zero, negative or non-finite size",
+    "boxes_unknown_class": "boxes dropped: class outside the label map",
+    "boxes_orphan": "boxes dropped: image id not in the image list",
+}
+
+# Events that say nothing is wrong; any other one is logged as a warning.
+_ROUTINE_EVENTS = frozenset(
+    {"images_written", "images_without_boxes", "boxes_written", "boxes_crowd"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """One annotated object, COCO style.
+
+    Attributes:
+      x, y, w, h: box in absolute pixels of the annotated image size.
+      category_id: class id (label map id).
+      area: object area in pixels (segment area for COCO); <= 0 = unknown.
+      iscrowd: 1 for crowd regions (VOC "difficult" objects map here too).
+    """
+
+    x: float
+    y: float
+    w: float
+    h: float
+    category_id: int
+    area: float = 0.0
+    iscrowd: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One source image and its boxes, before cleaning.
+
+    Attributes:
+      image_id: numeric id, unique within the dataset, < 2**24.
+      file_name: name written to the COCO JSON.
+      path: where the encoded image is read from.
+      height, width: annotated size in pixels; 0 when unknown.
+      boxes: the annotations.
+    """
+
+    image_id: int
+    file_name: str
+    path: str
+    height: int
+    width: int
+    boxes: tuple[Box, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSet:
+    """A split read from disk: its categories and images."""
+
+    categories: tuple[tuple[int, str], ...]  # (id, name)
+    images: tuple[ImageRecord, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOutput:
+    """What was written for one split.
+
+    Attributes:
+      file_pattern: glob of the TFRecord shards.
+      annotations: COCO JSON of the written ground truth.
+      num_images: images written.
+      num_boxes: boxes written.
+      counts: event -> count (see ``EVENTS``) for this split.
+    """
+
+    file_pattern: str
+    annotations: str
+    num_images: int
+    num_boxes: int
+    counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+class ConversionStats:
+    """Counts of what was written, fixed and skipped (see ``EVENTS``)."""
+
+    def __init__(self, counts: Mapping[str, int] | None = None):
+        self.counts: collections.Counter[str] = collections.Counter()
+        for event, n in (counts or {}).items():
+            self.add(event, n)
+
+    def add(self, event: str, n: int = 1) -> None:
+        if event not in EVENTS:
+            raise KeyError(f"unknown event {event!r}; known: {list(EVENTS)}")
+        if n:
+            self.counts[event] += n
+
+    def merge(self, other: ConversionStats) -> None:
+        self.counts.update(other.counts)
+
+    def __getitem__(self, event: str) -> int:
+        return self.counts[event]
+
+    def summary(self, title: str = "conversion") -> str:
+        lines = [f"{title}:"]
+        for event, meaning in EVENTS.items():
+            if self.counts[event]:
+                lines.append(f"  {self.counts[event]:>9d}  {meaning}")
+        return "\n".join(lines)
+
+
+def heldout_score(image_id: int | str) -> float:
+    """A stable pseudo-random number in [0, 1) for an image id (SHA-1)."""
+    digest = hashlib.sha1(str(image_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:_HASH_BYTES], "big") / 2 ** (8 * _HASH_BYTES)
+
+
+def split_heldout(
+    images: Iterable[ImageRecord],
+    fraction: float,
+    exclude_ids: Iterable[int] = (),
+    stats: ConversionStats | None = None,
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Splits images into (train, heldout) by ``heldout_score(id) < fraction``.
+
+    The choice depends on the id alone, so it is stable under reordering and
+    subsetting. Images whose id is in ``exclude_ids`` (the val split) go to
+    neither side, so held-out and val never overlap.
+
+    Raises:
+      ValueError: fraction outside [0, 1).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"heldout_fraction: expected [0, 1), got {fraction}")
+    excluded = set(exclude_ids)
+    train, heldout = [], []
+    for record in images:
+        if record.image_id in excluded:
+            if stats is not None:
+                stats.add("images_in_val")
+            continue
+        side = heldout if heldout_score(record.image_id) < fraction else train
+        side.append(record)
+    return train, heldout
+
+
+def read_coco(
+    annotations_path: str,
+    image_dir: str,
+    stats: ConversionStats | None = None,
+) -> SourceSet:
+    """Reads a COCO detection JSON; the label map is its ``categories``.
+
+    Raises:
+      ValueError: the file is not COCO detection JSON (names the key).
+    """
+    stats = stats if stats is not None else ConversionStats()
+    with tf.io.gfile.GFile(annotations_path) as f:
+        data = json.load(f)
+    for key in ("images", "categories"):
+        if key not in data:
+            raise ValueError(f"{annotations_path}: no {key!r} list")
+    categories = tuple(
+        sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+    )
+    boxes: dict[int, list[Box]] = collections.defaultdict(list)
+    image_ids = {int(image["id"]) for image in data["images"]}
+    for ann in data.get("annotations", []):
+        image_id = int(ann["image_id"])
+        if image_id not in image_ids:
+            stats.add("boxes_orphan")
+            continue
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError):
+            x = y = w = h = math.nan  # counted as degenerate when cleaned
+        boxes[image_id].append(
+            Box(
+                x,
+                y,
+                w,
+                h,
+                category_id=int(ann.get("category_id", -1)),
+                area=float(ann.get("area") or 0.0),
+                iscrowd=int(ann.get("iscrowd", 0)),
+            )
+        )
+    images, seen = [], set()
+    for image in data["images"]:
+        image_id = int(image["id"])
+        if image_id in seen:
+            stats.add("images_duplicate")
+            continue
+        seen.add(image_id)
+        images.append(
+            ImageRecord(
+                image_id=image_id,
+                file_name=str(image["file_name"]),
+                path=os.path.join(image_dir, str(image["file_name"])),
+                height=int(image.get("height") or 0),
+                width=int(image.get("width") or 0),
+                boxes=tuple(boxes[image_id]),
+            )
+        )
+    return SourceSet(categories=categories, images=tuple(images))
+
+
+def voc_image_id(name: str) -> int:
+    """Numeric id of a VOC image name, exact in float32.
+
+    ``"000005"`` (VOC2007) -> 5; ``"2008_000123"`` (VOC2012) ->
+    8_000_123: year - 2000 in the millions, so 2007-2012 names never collide
+    with each other or with VOC2007's six-digit names.
+
+    Raises:
+      ValueError: the name is not a VOC image name.
+    """
+    match = _VOC_ID.match(name)
+    if match is None:
+        raise ValueError(f"not a VOC image name: {name!r}")
+    year, number = match.groups()
+    image_id = int(number)
+    if year is not None:
+        if image_id >= _VOC_YEAR_STRIDE or int(year) < _VOC_FIRST_YEAR:
+            raise ValueError(f"VOC image name out of range: {name!r}")
+        image_id += (int(year) - _VOC_FIRST_YEAR) * _VOC_YEAR_STRIDE
+    if image_id >= MAX_EXACT_FLOAT32_ID:
+        raise ValueError(f"VOC image name out of range: {name!r}")
+    return image_id
+
+
+def load_label_map(path: str) -> dict[str, int]:
+    """Class name -> id from ``.pbtxt`` (TF OD API), ``.json`` or text.
+
+    JSON holds ``{"name": id}`` or a list of names (ids 1..n); text holds one
+    name per line (ids 1..n).
+
+    Raises:
+      ValueError: ids are not unique positive ints, or the file is empty.
+    """
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    if path.endswith(".pbtxt"):
+        items = re.findall(r"item\s*\{(.*?)\}", text, flags=re.DOTALL)
+        label_map = {}
+        for item in items:
+            name = re.search(r"\bname:\s*['\"](.*?)['\"]", item)
+            item_id = re.search(r"\bid:\s*(\d+)", item)
+            if not (name and item_id):
+                raise ValueError(f"{path}: item without name or id: {item!r}")
+            label_map[name.group(1)] = int(item_id.group(1))
+    elif path.endswith(".json"):
+        data = json.loads(text)
+        if isinstance(data, list):
+            data = {name: i + 1 for i, name in enumerate(data)}
+        label_map = {str(k): int(v) for k, v in data.items()}
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        label_map = {name: i + 1 for i, name in enumerate(names)}
+    ids = list(label_map.values())
+    if not ids or min(ids) < 1 or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"{path}: expected unique class ids >= 1, got {label_map}"
+        )
+    return label_map
+
+
+def read_voc(
+    image_sets: Sequence[tuple[str, str]],
+    label_map: Mapping[str, int] | None = None,
+    difficult_as_crowd: bool = True,
+    stats: ConversionStats | None = None,
+) -> SourceSet:
+    """Reads Pascal VOC ``Annotations/*.xml`` listed in ``ImageSets/Main``.
+
+    VOC boxes are 1-based inclusive pixel indices; they become continuous
+    COCO boxes ``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]``.
+
+    Args:
+      image_sets: (VOC year folder, image set) pairs, e.g.
+        ``[("VOCdevkit/VOC2007", "trainval")]``.
+      label_map: class name -> id; the 20 VOC classes -> 1..20 by default.
+      difficult_as_crowd: write "difficult" objects as crowd, so training
+        skips them and COCO evaluation ignores detections on them (as VOC
+        does); otherwise they are plain objects.
+      stats: counters to update.
+    """
+    stats = stats if stats is not None else ConversionStats()
+    if label_map is None:
+        label_map = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
+    images, seen = [], set()
+    for voc_dir, image_set in image_sets:
+        list_path = os.path.join(
+            voc_dir, "ImageSets", "Main", f"{image_set}.txt"
+        )
+        with tf.io.gfile.GFile(list_path) as f:
+            names = [line.split()[0] for line in f if line.strip()]
+        for name in names:
+            image_id = voc_image_id(name)
+            if image_id in seen:
+                stats.add("images_duplicate")
+                continue
+            seen.add(image_id)
+            xml_path = os.path.join(voc_dir, "Annotations", f"{name}.xml")
+            try:
+                with tf.io.gfile.GFile(xml_path) as f:
+                    root = ElementTree.fromstring(f.read())
+            except (OSError, tf.errors.OpError, ElementTree.ParseError):
+                stats.add("annotations_unreadable")
+                continue
+            boxes = []
+            for obj in root.iter("object"):
+                label = (obj.findtext("name") or "").strip()
+                if label not in label_map:
+                    stats.add("boxes_unknown_class")
+                    continue
+                try:
+                    bndbox = obj.find("bndbox")
+                    x0, y0, x1, y1 = (
+                        float(bndbox.findtext(k))
+                        for k in ("xmin", "ymin", "xmax", "ymax")
+                    )
+                except (AttributeError, TypeError, ValueError):
+                    stats.add("boxes_degenerate")
+                    continue
+                difficult = (obj.findtext("difficult") or "0").strip() == "1"
+                boxes.append(
+                    Box(
+                        x0 - 1.0,
+                        y0 - 1.0,
+                        x1 - x0 + 1.0,
+                        y1 - y0 + 1.0,
+                        category_id=label_map[label],
+                        iscrowd=int(difficult and difficult_as_crowd),
+                    )
+                )
+            file_name = f"{name}.jpg"
+            images.append(
+                ImageRecord(
+                    image_id=image_id,
+                    file_name=f"{os.path.basename(voc_dir)}/{file_name}",
+                    path=os.path.join(voc_dir, "JPEGImages", file_name),
+                    height=_int_or_zero(root.findtext("size/height")),
+                    width=_int_or_zero(root.findtext("size/width")),
+                    boxes=tuple(boxes),
+                )
+            )
+    categories = tuple(sorted((i, n) for n, i in label_map.items()))
+    return SourceSet(categories=categories, images=tuple(images))
+
+
+def clean_image(
+    record: ImageRecord, known_classes: frozenset[int]
+) -> tuple[bytes | None, dict | None, list[dict], dict[str, int]]:
+    """Reads, checks and fixes one image and its boxes.
+
+    Args:
+      record: the source image.
+      known_classes: category ids of the label map.
+
+    Returns:
+      example: serialized tf.train.Example, None if the image is skipped.
+      image: COCO image entry, None if skipped.
+      annotations: COCO annotation entries (ids left to the caller).
+      counts: event -> count for ``ConversionStats``.
+    """
+    counts: collections.Counter[str] = collections.Counter()
+    try:
+        with tf.io.gfile.GFile(record.path, "rb") as f:
+            encoded = f.read()
+    except (OSError, tf.errors.OpError):
+        counts["images_missing"] += 1
+        return None, None, [], counts
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            image.load()
+            pil_format, mode = image.format, image.mode
+            width, height = image.size
+            if pil_format not in TF_FORMATS or mode not in TF_MODES:
+                encoded, pil_format = _reencode(image)
+                counts["images_reencoded"] += 1
+    except Exception:  # noqa: BLE001 (PIL raises many types on bad bytes)
+        counts["images_undecodable"] += 1
+        return None, None, [], counts
+    scale_x = scale_y = 1.0
+    if (
+        record.width > 0
+        and record.height > 0
+        and ((record.width, record.height) != (width, height))
+    ):
+        scale_x, scale_y = width / record.width, height / record.height
+        counts["images_size_mismatch"] += 1
+    annotations = []
+    for box in record.boxes:
+        if box.category_id not in known_classes:
+            counts["boxes_unknown_class"] += 1
+            continue
+        x, y, w, h = (
+            box.x * scale_x,
+            box.y * scale_y,
+            box.w * scale_x,
+            box.h * scale_y,
+        )
+        if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+            counts["boxes_degenerate"] += 1
+            continue
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+        clipped = (x0, y0, x1, y1) != (x, y, x + w, y + h)
+        if x1 <= x0 or y1 <= y0:
+            counts["boxes_degenerate"] += 1
+            continue
+        counts["boxes_clipped"] += int(clipped)
+        box_area = (x1 - x0) * (y1 - y0)
+        # Unknown area -> the box's; a clipped segment cannot exceed its box.
+        area = box.area * scale_x * scale_y
+        area = box_area if area <= 0 else min(area, box_area)
+        counts["boxes_crowd"] += int(box.iscrowd == 1)
+        annotations.append(
+            {
+                "image_id": record.image_id,
+                "category_id": box.category_id,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": area,
+                "iscrowd": int(box.iscrowd == 1),
+            }
+        )
+    counts["images_written"] += 1
+    counts["boxes_written"] += len(annotations)
+    counts["images_without_boxes"] += int(not annotations)
+    example = _make_example(
+        encoded, pil_format, record, height, width, annotations
+    )
+    image_entry = {
+        "id": record.image_id,
+        "file_name": record.file_name,
+        "height": height,
+        "width": width,
+    }
+    return example, image_entry, annotations, counts
+
+
+def write_split(
+    source: SourceSet,
+    output_dir: str,
+    split: str,
+    *,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    num_workers: int = 0,
+    progress: bool = True,
+    stats: ConversionStats | None = None,
+) -> SplitOutput:
+    """Writes ``{split}-NNNNN-of-MMMMM.tfrecord`` shards and ``{split}.json``.
+
+    Images go round-robin over the shards (as Model Garden's converters do).
+    Shards are written under temporary names and renamed when complete.
+
+    Args:
+      source: categories and images.
+      output_dir: destination folder (local or any tf.io.gfile path).
+      split: split name, the file prefix.
+      images_per_shard: shard count is ceil(images / images_per_shard).
+      num_workers: processes that read and check images; 0 = in process.
+      progress: show a progress bar.
+      stats: counters to update.
+    """
+    stats = stats if stats is not None else ConversionStats()
+    if images_per_shard < 1:
+        raise ValueError(
+            f"images_per_shard: expected >= 1, got {images_per_shard}"
+        )
+    tf.io.gfile.makedirs(output_dir)
+    num_shards = max(1, math.ceil(len(source.images) / images_per_shard))
+    paths = [
+        os.path.join(
+            output_dir, f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"
+        )
+        for i in range(num_shards)
+    ]
+    known = frozenset(i for i, _ in source.categories)
+    jobs = [(record, known) for record in source.images]
+    images, annotations = [], []
+    writers = [tf.io.TFRecordWriter(f"{p}.tmp") for p in paths]
+    # Spawned, not forked: a fork of a process running TF threads can hang.
+    pool = (
+        multiprocessing.get_context("spawn").Pool(num_workers)
+        if num_workers > 0
+        else None
+    )
+    try:
+        results = (
+            pool.imap(_clean_job, jobs, chunksize=16)
+            if pool
+            else map(_clean_job, jobs)
+        )
+        for example, image, boxes, counts in _progress(
+            results, len(jobs), split, progress
+        ):
+            for event, n in counts.items():
+                stats.add(event, n)
+            if example is None:
+                continue
+            writers[len(images) % num_shards].write(example)
+            images.append(image)
+            for box in boxes:
+                annotations.append({"id": len(annotations) + 1, **box})
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+        for writer in writers:
+            writer.close()
+    for path in paths:
+        tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+    json_path = os.path.join(output_dir, f"{split}.json")
+    with tf.io.gfile.GFile(json_path, "w") as f:
+        json.dump(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [
+                    {"id": i, "name": n} for i, n in source.categories
+                ],
+            },
+            f,
+        )
+    return SplitOutput(
+        file_pattern=os.path.join(output_dir, f"{split}-*-of-*.tfrecord"),
+        annotations=json_path,
+        num_images=len(images),
+        num_boxes=len(annotations),
+        counts={e: stats[e] for e in EVENTS if stats[e]},
+    )
+
+
+def convert_splits(
+    output_dir: str,
+    sources: Mapping[str, SourceSet],
+    *,
+    heldout_fraction: float = 0.0,
+    heldout_from: str = "train",
+    val_split: str = "val",
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    num_workers: int = 0,
+    progress: bool = True,
+    stats: Mapping[str, ConversionStats] | None = None,
+) -> dict[str, SplitOutput]:
+    """Writes every split, carving ``heldout`` from ``heldout_from`` if asked.
+
+    Args:
+      output_dir: destination folder.
+      sources: split name -> SourceSet.
+      heldout_fraction: share of ``heldout_from`` images (by id hash) moved
+        to a ``heldout`` split; 0 keeps the splits as given.
+      heldout_from: split the held-out images come from.
+      val_split: split whose image ids never appear in any other split.
+      images_per_shard, num_workers, progress: as in ``write_split``.
+      stats: split -> counters already holding what reading found.
+
+    Returns:
+      Split name -> SplitOutput; a summary per split is logged.
+    """
+    sources = dict(sources)
+    if heldout_fraction > 0:
+        if HELDOUT in sources:
+            raise ValueError(
+                f"heldout_fraction={heldout_fraction} but a {HELDOUT!r} split "
+                "is already given; use one or the other"
+            )
+        if heldout_from not in sources:
+            raise ValueError(
+                f"heldout_from: no split {heldout_from!r} in {list(sources)}"
+            )
+    stats = {
+        split: (stats or {}).get(split) or ConversionStats()
+        for split in sources
+    }
+    val_ids = (
+        {r.image_id for r in sources[val_split].images}
+        if val_split in sources
+        else set()
+    )
+    for split, source in list(sources.items()):
+        if split == val_split:
+            continue
+        fraction = heldout_fraction if split == heldout_from else 0.0
+        kept, heldout = split_heldout(
+            source.images, fraction, val_ids, stats[split]
+        )
+        sources[split] = dataclasses.replace(source, images=tuple(kept))
+        if heldout:
+            sources[HELDOUT] = dataclasses.replace(
+                source, images=tuple(heldout)
+            )
+            stats[HELDOUT] = ConversionStats()
+    outputs = {}
+    for split, source in sources.items():
+        outputs[split] = write_split(
+            source,
+            output_dir,
+            split,
+            images_per_shard=images_per_shard,
+            num_workers=num_workers,
+            progress=progress,
+            stats=stats[split],
+        )
+        problems = set(stats[split].counts) - _ROUTINE_EVENTS
+        log = logging.warning if problems else logging.info
+        log("%s", stats[split].summary(f"split {split}"))
+    return outputs
+
+
+def convert_coco(
+    output_dir: str,
+    sources: Mapping[str, tuple[str, str]],
+    **kwargs,
+) -> dict[str, SplitOutput]:
+    """Converts COCO splits: split name -> (annotations JSON, image folder).
+
+    Keyword arguments are those of ``convert_splits``.
+    """
+    stats = {split: ConversionStats() for split in sources}
+    sets = {
+        split: read_coco(annotations, images, stats[split])
+        for split, (annotations, images) in sources.items()
+    }
+    return convert_splits(output_dir, sets, stats=stats, **kwargs)
+
+
+def convert_voc(
+    output_dir: str,
+    sources: Mapping[str, Sequence[tuple[str, str]]],
+    label_map: Mapping[str, int] | None = None,
+    difficult_as_crowd: bool = True,
+    **kwargs,
+) -> dict[str, SplitOutput]:
+    """Converts VOC splits: split name -> [(VOC year folder, image set)].
+
+    Keyword arguments are those of ``convert_splits``.
+    """
+    stats = {split: ConversionStats() for split in sources}
+    sets = {
+        split: read_voc(image_sets, label_map, difficult_as_crowd, stats[split])
+        for split, image_sets in sources.items()
+    }
+    return convert_splits(output_dir, sets, stats=stats, **kwargs)
+
+
+def _clean_job(job):
+    return clean_image(*job)
+
+
+def _progress(results, total: int, split: str, enabled: bool):
+    if not enabled:
+        return results
+    from tqdm import tqdm
+
+    return tqdm(results, total=total, desc=split, unit="img")
+
+
+def _reencode(image: Image.Image) -> tuple[bytes, str]:
+    """Re-encodes to RGB: PNG stays lossless, anything else becomes JPEG."""
+    pil_format = "PNG" if image.format == "PNG" else "JPEG"
+    buffer = io.BytesIO()
+    kwargs = {"quality": JPEG_QUALITY} if pil_format == "JPEG" else {}
+    image.convert("RGB").save(buffer, format=pil_format, **kwargs)
+    return buffer.getvalue(), pil_format
+
+
+def _make_example(
+    encoded: bytes,
+    pil_format: str,
+    record: ImageRecord,
+    height: int,
+    width: int,
+    annotations: list[dict],
+) -> bytes:
+    xmins, ymins, xmaxs, ymaxs = [], [], [], []
+    for ann in annotations:
+        x, y, w, h = ann["bbox"]
+        xmins.append(x / width)
+        ymins.append(y / height)
+        xmaxs.append((x + w) / width)
+        ymaxs.append((y + h) / height)
+    builder = tf_example_builder.TfExampleBuilder()
+    builder.add_encoded_image_feature(
+        encoded,
+        image_format=pil_format,
+        height=height,
+        width=width,
+        num_channels=3,
+        image_source_id=str(record.image_id).encode("utf-8"),
+    )
+    builder.add_boxes_feature(
+        xmins, xmaxs, ymins, ymaxs, [a["category_id"] for a in annotations]
+    )
+    builder.add_floats_feature(
+        "image/object/area", [a["area"] for a in annotations]
+    )
+    builder.add_ints_feature(
+        "image/object/is_crowd", [a["iscrowd"] for a in annotations]
+    )
+    builder.add_bytes_feature("image/filename", record.file_name)
+    return builder.serialized_example
+
+
+def _int_or_zero(text: str | None) -> int:
+    try:
+        return max(int(float(text)), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _image_set(spec: str) -> tuple[str, str]:
+    folder, sep, image_set = spec.rpartition(":")
+    if not sep or not folder or not image_set:
+        raise argparse.ArgumentTypeError(
+            f"expected VOC_FOLDER:IMAGE_SET, e.g. VOCdevkit/VOC2007:trainval, "
+            f"got {spec!r}"
+        )
+    return folder, image_set
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m nasfpn_tf.data.convert",
+        description="COCO or Pascal VOC -> sharded TFRecords + COCO JSON.",
+    )
+    parser.add_argument("--format", choices=("coco", "voc"), required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--train_annotations", help="COCO: train JSON")
+    parser.add_argument("--train_images", help="COCO: train image folder")
+    parser.add_argument("--val_annotations", help="COCO: val JSON")
+    parser.add_argument("--val_images", help="COCO: val image folder")
+    parser.add_argument(
+        "--train_sets",
+        action="append",
+        type=_image_set,
+        default=[],
+        help="VOC: FOLDER:IMAGE_SET for train (repeatable)",
+    )
+    parser.add_argument(
+        "--val_sets",
+        action="append",
+        type=_image_set,
+        default=[],
+        help="VOC: FOLDER:IMAGE_SET for val (repeatable)",
+    )
+    parser.add_argument(
+        "--label_map", help="VOC: .pbtxt/.json/.txt (default: 20 VOC classes)"
+    )
+    parser.add_argument(
+        "--voc_difficult",
+        choices=("crowd", "keep"),
+        default="crowd",
+        help="VOC difficult objects: crowd (ignored) or plain objects",
+    )
+    parser.add_argument(
+        "--heldout_fraction",
+        type=float,
+        default=0.0,
+        help="share of train images (by id hash) for the search reward split",
+    )
+    parser.add_argument(
+        "--images_per_shard", type=int, default=DEFAULT_IMAGES_PER_SHARD
+    )
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.format == "coco":
+        for split in ("train", "val"):
+            a = getattr(args, f"{split}_annotations")
+            i = getattr(args, f"{split}_images")
+            if bool(a) != bool(i):
+                parser.error(
+                    f"--{split}_annotations and --{split}_images go together"
+                )
+        if not (args.train_annotations or args.val_annotations):
+            parser.error("COCO needs --train_annotations or --val_annotations")
+    elif not (args.train_sets or args.val_sets):
+        parser.error("VOC needs --train_sets or --val_sets")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, SplitOutput]:
+    args = parse_args(argv)
+    kwargs = {
+        "heldout_fraction": args.heldout_fraction,
+        "images_per_shard": args.images_per_shard,
+        "num_workers": args.num_workers,
+        "progress": not args.no_progress,
+    }
+    if args.format == "coco":
+        sources = {
+            split: (
+                getattr(args, f"{split}_annotations"),
+                getattr(args, f"{split}_images"),
+            )
+            for split in ("train", "val")
+            if getattr(args, f"{split}_annotations")
+        }
+        outputs = convert_coco(args.output_dir, sources, **kwargs)
+    else:
+        sources = {
+            split: getattr(args, f"{split}_sets")
+            for split in ("train", "val")
+            if getattr(args, f"{split}_sets")
+        }
+        label_map = load_label_map(args.label_map) if args.label_map else None
+        outputs = convert_voc(
+            args.output_dir,
+            sources,
+            label_map=label_map,
+            difficult_as_crowd=args.voc_difficult == "crowd",
+            **kwargs,
+        )
+    for split, output in outputs.items():
+        print(ConversionStats(output.counts).summary(f"split {split}"))
+        print(f"  -> {output.file_pattern}\n  -> {output.annotations}")
+    return outputs
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    main(sys.argv[1:])
