@@ -521,7 +521,8 @@ class ControllerConfig:
         lstm_size: LSTM units.
         embedding_size: size of the embedding of the previous action.
         temperature: softmax temperature of the logits.
-        tanh_constant: logits become c * tanh(logits / c); None keeps them.
+        tanh_constant: logits become c * tanh(logits / temperature) (ENAS);
+            None keeps them.
         entropy_weight: entropy bonus in the policy loss.
         learning_rate: Adam learning rate of the controller.
         ppo_clip: PPO ratio clipping epsilon.

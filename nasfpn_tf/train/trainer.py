@@ -1,0 +1,343 @@
+"""Training and evaluation of a NAS-FPN detector under tf.distribute.
+
+NAS-FPN (Ghiasi, Lin, Pang, Le, CVPR 2019, arXiv:1904.07392) models are
+RetinaNets trained with SGD; this trains them, the full models as well as
+the search's short proxy runs (`train_and_evaluate`).
+
+Orbit runs it, as Model Garden's `train_lib` does: `loops.DetectionTrainer`
+holds the inner loops, an `orbit.Controller` the outer one, and restores
+and saves checkpoints. Model, optimizer and step live in
+`strategy.scope()`; the data comes from `strategy.
+distribute_datasets_from_function`, each pipeline reading its shard.
+
+A model_dir holds `config.yaml`, `spec.json` (when a spec is given),
+`checkpoints/` (`ckpt-<step>`, the newest `train.keep_checkpoints`),
+TensorBoard summaries in `train/` and `eval/`, and `metrics.jsonl`.
+Rerunning with the same model_dir resumes from the last checkpoint and the
+step count goes on.
+
+A non-finite loss (or weights) stops training with `NonFiniteLossError`
+before anything is saved; the error names the newest checkpoint whose
+values are all finite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orbit
+import tensorflow as tf
+import tf_keras
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf import evaluation
+from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.modeling import detector
+from nasfpn_tf.train import checkpoints, inputs, progress, schedule
+from nasfpn_tf.train import strategy as strategy_lib
+from nasfpn_tf.train.loops import DetectionTrainer, NonFiniteLossError
+
+__all__ = [
+    "DetectionTrainer",
+    "NonFiniteLossError",
+    "run",
+    "train_and_evaluate",
+]
+
+MODES = ("train", "eval", "train_and_eval")
+EVAL_SUBDIR = "eval"
+SPEC_FILENAME = "spec.json"
+# orbit's sentinel for "evaluate until the dataset ends".
+WHOLE_SPLIT = -1
+
+
+def run(
+    mode: str,
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict[str, Any]:
+    """Trains, evaluates, or trains with interleaved evaluations.
+
+    Args:
+        mode: "train" (to `train.steps`), "eval" (the latest checkpoint on
+            the val split) or "train_and_eval" (an evaluation every
+            `eval.every` steps and at the end).
+        config: the run's config.
+        model_dir: the run's directory; a rerun resumes from it.
+        strategy: from `make_strategy`; None makes the config's.
+
+    Returns:
+        `steps` (the global step reached) and, when training,
+        `train_seconds` (this call's) and `final_loss` (mean total loss of
+        the last logged interval); when evaluating, the val COCO metrics
+        (`AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`).
+
+    Raises:
+        ValueError: an unknown mode.
+        FileNotFoundError: "eval" without a checkpoint.
+        NonFiniteLossError: training diverged.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
+    session = _Session(config, model_dir, strategy, mode=mode)
+    if mode == "eval":
+        return session.evaluate_latest()
+    return session.fit(eval_every=config.eval.every if mode != "train" else 0)
+
+
+def train_and_evaluate(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    strategy: tf.distribute.Strategy | None = None,
+    spec: NeckSpec | None = None,
+    eval_split: str = "val",
+) -> dict[str, Any]:
+    """Trains to `train.steps` (resuming), then evaluates once.
+
+    The search's proxy task calls this with `proxy_experiment(config)` and
+    `eval_split="heldout"`.
+
+    Args:
+        config: the run's config.
+        model_dir: the run's directory.
+        strategy: None makes the config's.
+        spec: the neck topology; None resolves `model.neck.arch`.
+        eval_split: "val" or "heldout".
+
+    Returns:
+        `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` on `eval_split`,
+        `steps`, `train_seconds` (this call's) and `final_loss`.
+
+    Raises:
+        NonFiniteLossError: training diverged.
+    """
+    session = _Session(
+        config,
+        model_dir,
+        strategy,
+        mode="train_and_eval",
+        spec=spec,
+        eval_split=eval_split,
+    )
+    return session.fit(eval_every=0)
+
+
+class _Session:
+    """One run's model, data, trainer and orbit Controller."""
+
+    def __init__(
+        self,
+        config: config_lib.ExperimentConfig,
+        model_dir: str,
+        strategy: tf.distribute.Strategy | None,
+        mode: str,
+        spec: NeckSpec | None = None,
+        eval_split: str = "val",
+    ):
+        self.config = config
+        self.model_dir = model_dir
+        self.eval_split = eval_split
+        self.training = mode != "eval"
+        evaluating = mode != "train"
+        self.strategy = strategy or strategy_lib.make_strategy(config.runtime)
+        config_lib.check_batch(config, self.strategy.num_replicas_in_sync)
+        # Workers other than a multi-worker run's chief train alike but
+        # keep their files out of model_dir.
+        self.chief = strategy_lib.is_chief(self.strategy)
+        tf.io.gfile.makedirs(model_dir)
+        if self.training and self.chief:
+            config_lib.save(config, model_dir)
+            if spec is not None:
+                spec.save(os.path.join(model_dir, SPEC_FILENAME))
+
+        train = config.train
+        with _policy(train.mixed_precision), self.strategy.scope():
+            tf_keras.utils.set_random_seed(config.runtime.seed)
+            kwargs = {} if spec is None else {"spec": spec}
+            model = detector.build_detector(
+                config.model, l2_weight_decay=train.l2_weight_decay, **kwargs
+            )
+            self.learning_rate = schedule.build_learning_rate(train)
+            optimizer = schedule.build_optimizer(train, self.learning_rate)
+            # Slots now, so checkpoints restore them at once.
+            optimizer.build(model.trainable_variables)
+        self.eval_data = None
+        if evaluating:
+            self.eval_data = inputs.resolve_split(config, eval_split)
+            inputs.log_split(eval_split, self.eval_data)
+        self.trainer = DetectionTrainer(
+            config,
+            self.strategy,
+            model,
+            optimizer,
+            annotation_file=self.eval_data.annotations if evaluating else "",
+        )
+        init_fn = None
+        if self.training and train.init_checkpoint:
+            init_fn = checkpoints.backbone_initializer(
+                model, train.init_checkpoint
+            )
+        write_dir = model_dir
+        if not self.chief:
+            # Every worker saves (variables are read collectively), only
+            # the chief's copy counts; all resume from the chief's.
+            write_dir = tempfile.mkdtemp(prefix="nasfpn_tf_worker_")
+            latest = tf.train.latest_checkpoint(
+                checkpoints.checkpoint_dir(model_dir)
+            )
+            if latest:
+                with self.strategy.scope():
+                    self.trainer.checkpoint.restore(latest)
+                init_fn = None
+        self.manager = checkpoints.make_manager(
+            self.trainer.checkpoint,
+            write_dir,
+            self.trainer.global_step,
+            every=train.checkpoint_every,
+            keep=train.keep_checkpoints,
+            init_fn=init_fn,
+        )
+        self.progress = progress.Progress(
+            model_dir,
+            total_steps=train.steps,
+            global_batch=train.batch_size,
+            log_every=train.log_every,
+            summary_every=train.summary_every,
+            learning_rate=self.learning_rate,
+            write=self.chief,
+        )
+        # Restores the latest checkpoint, if any.
+        self.controller = orbit.Controller(
+            global_step=self.trainer.global_step,
+            trainer=self.trainer if self.training else None,
+            evaluator=self.trainer if evaluating else None,
+            strategy=self.strategy,
+            train_actions=[self._after_train_loop] if self.training else None,
+            steps_per_loop=self._steps_to_next_event,
+            checkpoint_manager=self.manager,
+            summary_dir=None,  # `progress` writes the train summaries
+            eval_summary_dir=(
+                os.path.join(model_dir, EVAL_SUBDIR) if self.chief else None
+            ),
+        )
+        self.start_step = self.step
+        if evaluating:
+            self.trainer.eval_dataset = orbit.utils.make_distributed_dataset(
+                self.strategy,
+                inputs.dataset_fn(
+                    config,
+                    self.eval_data.file_pattern,
+                    is_training=False,
+                    # Static shapes on TPU; elsewhere every image counts.
+                    drop_remainder=isinstance(
+                        self.strategy, tf.distribute.TPUStrategy
+                    ),
+                ),
+            )
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer.global_step.numpy())
+
+    def _steps_to_next_event(self, step: int) -> int:
+        """Inner loops end at every log, summary and checkpoint step."""
+        train = self.config.train
+        intervals = (
+            train.log_every,
+            train.summary_every,
+            train.checkpoint_every,
+        )
+        return min(n - step % n for n in intervals)
+
+    def _after_train_loop(self, output: Mapping[str, Any]) -> None:
+        del output  # the total only; the trainer keeps every part
+        self.progress.on_train(
+            self.step, self.trainer.loop_means, self.trainer.loop_seconds
+        )
+
+    def fit(self, eval_every: int) -> dict[str, Any]:
+        """Trains to `train.steps`, evaluating every `eval_every` steps
+        (0: only at the end, if this session evaluates)."""
+        total = self.config.train.steps
+        train_data = inputs.resolve_split(self.config, "train")
+        inputs.log_split("train", train_data)
+        # A rerun reshuffles from another seed rather than replaying the
+        # batches the first run began with.
+        self.trainer.train_dataset = orbit.utils.make_distributed_dataset(
+            self.strategy,
+            inputs.dataset_fn(
+                self.config,
+                train_data.file_pattern,
+                is_training=True,
+                seed=self.config.runtime.seed + self.start_step,
+            ),
+        )
+        self.progress.start(self.start_step)
+        if self.manager.latest_checkpoint is None:
+            # Step 0 (or the pretrained start) is the first good state, and
+            # it starts the checkpoint interval at 0.
+            self.controller.save_checkpoint()
+        metrics: dict[str, Any] = {}
+        try:
+            while self.step < total:
+                target = total
+                if eval_every:
+                    target = min(
+                        total, (self.step // eval_every + 1) * eval_every
+                    )
+                self.controller.train(target, checkpoint_at_completion=False)
+                if eval_every and self.eval_data is not None:
+                    metrics = self._evaluate()
+            self.controller.save_checkpoint()
+        except NonFiniteLossError as error:
+            error.checkpoint = checkpoints.last_good(self.manager)
+            raise
+        if self.eval_data is not None and (not metrics or not eval_every):
+            metrics = self._evaluate()
+        last = self.progress.last_train or {}
+        return {
+            **metrics,
+            "steps": self.step,
+            "train_seconds": self.progress.train_seconds,
+            "final_loss": last.get("total_loss", float("nan")),
+        }
+
+    def evaluate_latest(self) -> dict[str, Any]:
+        """Evaluates the restored checkpoint (mode "eval")."""
+        if self.manager.latest_checkpoint is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {checkpoints.checkpoint_dir(self.model_dir)}"
+                "; train first (--mode=train)."
+            )
+        return {**self._evaluate(), "steps": self.step}
+
+    def _evaluate(self) -> dict[str, float]:
+        steps = self.config.eval.steps or WHOLE_SPLIT
+        metrics = self.controller.evaluate(steps=steps)
+        metrics = {
+            k: float(v)
+            for k, v in metrics.items()
+            if k in evaluation.METRIC_NAMES
+        }
+        self.progress.on_eval(self.step, self.eval_split, metrics)
+        return metrics
+
+
+@contextlib.contextmanager
+def _policy(name: str) -> Iterator[None]:
+    """Builds layers under mixed precision policy `name`, then restores.
+
+    main.py sets the policy for a whole process; this also covers callers
+    such as the search's proxy that train several configs in one process.
+    """
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)

@@ -1,0 +1,628 @@
+"""Tests for nasfpn_tf.train.{trainer,schedule,progress,inputs,checkpoints}.
+
+Most tests train a stand-in detector (`tiny_detector`: one conv pooled to
+each pyramid level and shared 1x1 heads, with batch norm and L2) so that a
+few real steps take seconds; the real detector trains in the `slow` tests.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.modeling import detector, losses
+from nasfpn_tf.train import checkpoints, inputs, progress, schedule, trainer
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS_DIR)
+
+# Tiny runs: 2 images a step, a checkpoint, log line and summary every 2.
+FAST = {
+    "train.batch_size": 2,
+    "train.steps": 4,
+    "train.warmup_steps": 1,
+    "train.log_every": 2,
+    "train.summary_every": 2,
+    "train.checkpoint_every": 2,
+    "train.keep_checkpoints": 2,
+    "eval.batch_size": 2,
+    "data.synthetic.num_train": 8,
+    "data.synthetic.num_heldout": 4,
+    "data.synthetic.num_val": 4,
+    "data.shuffle_buffer": 8,
+}
+
+
+def fast_config(**changes):
+    return config_lib.override(
+        config_lib.ExperimentConfig(), {**FAST, **changes}
+    )
+
+
+def tiny_detector(model_config, spec=None, l2_weight_decay=0.0, **_):
+    """A stand-in with the detector's training outputs, cheap to trace.
+
+    Returns:
+        A functional model: images [B, H, W, 3] -> {"cls_outputs",
+        "box_outputs"}: level key -> [B, ceil(H / 2**level), ..., A * C]
+        / [..., A * 4], with sync batch norm per `model.norm.use_sync_bn`
+        and L2 on the kernels as the real detector has.
+    """
+    del spec
+    regularizer = detector.l2_regularizer(l2_weight_decay)
+    anchors = detector.anchors_per_location(model_config)
+    images = tf_keras.Input([None, None, 3])
+    x = tf_keras.layers.Conv2D(
+        4, 3, strides=2, padding="same", kernel_regularizer=regularizer
+    )(images)
+    x = tf_keras.layers.BatchNormalization(
+        synchronized=model_config.norm.use_sync_bn
+    )(x)
+    x = tf_keras.layers.ReLU()(x)
+    cls_head = tf_keras.layers.Conv2D(
+        anchors * model_config.num_classes, 1, kernel_regularizer=regularizer
+    )
+    box_head = tf_keras.layers.Conv2D(
+        anchors * 4, 1, kernel_regularizer=regularizer
+    )
+    cls_outputs, box_outputs = {}, {}
+    for level in range(model_config.min_level, model_config.max_level + 1):
+        pooled = tf_keras.layers.AveragePooling2D(
+            2 ** (level - 1), padding="same"
+        )(x)
+        cls_outputs[str(level)] = cls_head(pooled)
+        box_outputs[str(level)] = box_head(pooled)
+    return tf_keras.Model(
+        images, {"cls_outputs": cls_outputs, "box_outputs": box_outputs}
+    )
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One generated-data cache for every test of the session."""
+    path = str(tmp_path_factory.mktemp("data"))
+    previous = os.environ.get(inputs.DATA_DIR_ENV)
+    os.environ[inputs.DATA_DIR_ENV] = path
+    yield path
+    if previous is None:
+        del os.environ[inputs.DATA_DIR_ENV]
+    else:
+        os.environ[inputs.DATA_DIR_ENV] = previous
+
+
+@pytest.fixture
+def tiny_model(monkeypatch, data_dir):
+    monkeypatch.setattr(detector, "build_detector", tiny_detector)
+
+
+def _train_rows(model_dir):
+    rows = progress.MetricsLog(str(model_dir)).rows()
+    return [r for r in rows if r["kind"] == "train"]
+
+
+def _quiet(*_):
+    return None
+
+
+# --------------------------------------------------------------------------
+# Schedule and optimizer.
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    train = fast_config(
+        **{
+            "train.steps": 110,
+            "train.warmup_steps": 10,
+            "train.learning_rate": 0.1,
+            "train.warmup_learning_rate": 0.01,
+        }
+    ).train
+    rate = schedule.build_learning_rate(train)
+    expected = {
+        0: 0.01,
+        5: 0.01 + 0.5 * (0.1 - 0.01),
+        10: 0.1,
+        35: 0.1 * (1 + math.cos(math.pi * 0.25)) / 2,
+        60: 0.05,
+        110: 0.0,
+        200: 0.0,
+    }
+    for step, value in expected.items():
+        assert float(rate(step)) == pytest.approx(value, abs=1e-6), step
+
+
+def test_step_schedule_multiplies_after_each_boundary():
+    train = fast_config(
+        **{
+            "train.steps": 100,
+            "train.warmup_steps": 0,
+            "train.learning_rate": 0.08,
+            "train.schedule": "step",
+            "train.step_boundaries": [50, 80],
+            "train.step_factor": 0.1,
+        }
+    ).train
+    rate = schedule.build_learning_rate(train)
+    for step, value in {0: 0.08, 50: 0.08, 51: 0.008, 81: 0.0008}.items():
+        assert float(rate(step)) == pytest.approx(value, rel=1e-5), step
+
+
+def test_optimizer_is_clipped_sgd_and_scales_the_loss_in_float16():
+    train = fast_config(**{"train.gradient_clip_norm": 3.0}).train
+    sgd = schedule.build_optimizer(train)
+    assert isinstance(sgd, tf_keras.optimizers.SGD)
+    assert sgd.global_clipnorm == 3.0
+    assert sgd.momentum == pytest.approx(train.momentum)
+    fp16 = schedule.build_optimizer(
+        fast_config(**{"train.mixed_precision": "mixed_float16"}).train
+    )
+    assert isinstance(fp16, tf_keras.mixed_precision.LossScaleOptimizer)
+
+
+# --------------------------------------------------------------------------
+# Progress and metrics.jsonl.
+
+
+def test_progress_averages_windows_and_writes_rows(tmp_path):
+    lines = []
+    log = progress.Progress(
+        str(tmp_path),
+        total_steps=6,
+        global_batch=4,
+        log_every=4,
+        summary_every=2,
+        learning_rate=lambda step: 0.1,
+        printer=lines.append,
+    )
+    log.start(0)
+    # Loops of 2 steps of 4 images in 1 s each: 8 images/s.
+    for step, loss in ((2, 1.0), (4, 3.0), (6, 5.0)):
+        log.on_train(step, {"total_loss": loss, "cls_loss": loss}, 1.0)
+    log.on_eval(6, "val", {"AP": 0.25})
+    rows = log.log.rows()
+    assert [(r["kind"], r["step"]) for r in rows] == [
+        ("train", 4),
+        ("train", 6),
+        ("eval", 6),
+    ]
+    assert rows[0]["total_loss"] == pytest.approx(2.0)  # mean of 1 and 3
+    assert rows[1]["total_loss"] == pytest.approx(5.0)
+    assert rows[0]["images_per_second"] == pytest.approx(8.0)
+    assert rows[2]["AP"] == 0.25
+    assert log.train_seconds == pytest.approx(3.0)
+    assert lines[0].startswith("train | step 4/6 | loss 2.0000")
+    assert "8.0 img/s" in lines[0] and "ETA 0:00:01" in lines[0]
+    assert "AP 0.2500" in lines[-1]
+
+
+def test_metrics_log_skips_a_torn_line_and_drops_lost_steps(tmp_path):
+    log = progress.MetricsLog(str(tmp_path))
+    for step in (10, 20, 30):
+        log.append({"kind": "train", "step": np.int64(step), "loss": 1.0})
+    with open(log.path, "a") as f:
+        f.write('{"kind": "train", "st')  # killed mid-write
+    assert [r["step"] for r in log.rows()] == [10, 20, 30]
+    log.append({"kind": "eval", "step": 30})
+    assert [r["step"] for r in log.rows()] == [10, 20, 30, 30]
+    log.drop_after(20)
+    assert [r["step"] for r in log.rows()] == [10, 20]
+    with open(log.path) as f:
+        assert len(f.read().splitlines()) == 2
+
+
+def test_format_eta():
+    assert progress.format_eta(3725.2) == "1:02:05"
+    assert progress.format_eta(float("inf")) == "?"
+
+
+# --------------------------------------------------------------------------
+# Inputs.
+
+
+def test_synthetic_dir_names_the_generation_parameters(monkeypatch):
+    monkeypatch.setenv(inputs.DATA_DIR_ENV, "/cache")
+    config = fast_config(**{"model.image_size": 96, "data.synthetic.seed": 3})
+    assert inputs.synthetic_dir(config) == "/cache/96px-2cls-8-4-4-seed3"
+
+
+def test_given_paths_are_used_and_bad_splits_rejected():
+    config = fast_config(
+        **{
+            "data.train_path": "t-*",
+            "data.val_path": "v-*",
+            "data.val_annotations": "v.json",
+            "data.heldout_path": "h-*",
+        }
+    )
+    assert inputs.resolve_split(config, "val") == inputs.SplitData(
+        "v-*", "v.json"
+    )
+    assert inputs.resolve_split(config, "train").annotations == ""
+    with pytest.raises(ValueError, match="split must be one of"):
+        inputs.resolve_split(config, "test")
+
+
+def test_empty_paths_generate_one_shared_set(data_dir):
+    config = fast_config()
+    val = inputs.resolve_split(config, "val")
+    assert val.synthetic and val.file_pattern.startswith(data_dir)
+    assert os.path.exists(val.annotations)
+    again = inputs.resolve_split(config, "heldout")
+    assert os.path.dirname(again.annotations) == os.path.dirname(
+        val.annotations
+    )
+
+
+# --------------------------------------------------------------------------
+# Training.
+
+
+def test_reported_loss_is_the_global_batch_loss(tiny_model):
+    """One replica: the logged loss is detection_loss + L2 of the batch."""
+    config = fast_config()
+    split = inputs.resolve_split(config, "train")
+    batch = next(
+        iter(
+            inputs.dataset_fn(
+                config, split.file_pattern, is_training=True, seed=0
+            )()
+        )
+    )
+    model = tiny_detector(config.model, l2_weight_decay=1e-2)
+    images, labels = batch
+    expected, parts = losses.detection_loss(
+        model(images, training=True),
+        labels,
+        config.train,
+        config.model.num_classes,
+    )
+    l2 = float(tf.add_n(model.losses))
+    strategy = tf.distribute.get_strategy()
+    optimizer = schedule.build_optimizer(config.train)
+    loop = trainer.DetectionTrainer(
+        config,
+        strategy,
+        model,
+        optimizer,
+        train_dataset=tf.data.Dataset.from_tensors(batch).repeat(),
+    )
+    loop.train(tf.constant(1))
+    means = loop.loop_means
+    assert means["model_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert means["cls_loss"] == pytest.approx(float(parts["cls_loss"]))
+    assert means["l2_loss"] == pytest.approx(l2, rel=1e-4)
+    assert means["total_loss"] == pytest.approx(float(expected) + l2, 1e-5)
+    assert int(loop.global_step.numpy()) == 1
+
+
+def test_resume_continues_the_step_keeps_k_checkpoints_and_logs(
+    tiny_model, tmp_path
+):
+    model_dir = str(tmp_path / "run")
+    first = trainer.run("train", fast_config(), model_dir)
+    assert first["steps"] == 4
+    assert math.isfinite(first["final_loss"])
+    assert config_lib.load_saved(model_dir) == fast_config()
+    longer = fast_config(**{"train.steps": 8})
+    second = trainer.run("train", longer, model_dir)
+    assert second["steps"] == 8
+    manager_dir = checkpoints.checkpoint_dir(model_dir)
+    # Saved at 0, 2, 4 then 6, 8: only the newest K=2 remain.
+    assert tf.train.latest_checkpoint(manager_dir).endswith("ckpt-8")
+    kept = sorted(f for f in os.listdir(manager_dir) if f.endswith(".index"))
+    assert kept == ["ckpt-6.index", "ckpt-8.index"]
+    # Steps 6 and 8 were trained by the rerun, not steps 2 and 4 again.
+    assert [r["step"] for r in _train_rows(model_dir)] == [2, 4, 6, 8]
+    assert all(
+        math.isfinite(r["total_loss"]) and r["learning_rate"] >= 0
+        for r in _train_rows(model_dir)
+    )
+    # A third run with nothing left to do trains nothing.
+    third = trainer.run("train", longer, model_dir)
+    assert third["steps"] == 8 and third["train_seconds"] == 0.0
+    # TensorBoard: every loss part and the learning rate, every 2 steps.
+    tags = {}
+    summary_dir = os.path.join(model_dir, "train")
+    for name in sorted(os.listdir(summary_dir)):
+        path = os.path.join(summary_dir, name)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    for tag in ("total_loss", "cls_loss", "box_loss", "l2_loss"):
+        assert tags[tag] == [2, 4, 6, 8], tag
+    assert tags["learning_rate"] == [2, 4, 6, 8]
+
+
+@pytest.mark.faults
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_model, tmp_path, monkeypatch
+):
+    real_loss = losses.detection_loss
+    calls = tf.Variable(0)
+    poison_at = 5
+
+    def poisoned(*args, **kwargs):
+        total, parts = real_loss(*args, **kwargs)
+        calls.assign_add(1)
+        nan = tf.constant(float("nan"))
+        return tf.where(calls >= poison_at, nan, total), parts
+
+    monkeypatch.setattr(losses, "detection_loss", poisoned)
+    model_dir = str(tmp_path / "run")
+    config = fast_config(**{"train.steps": 8, "train.keep_checkpoints": 5})
+    with pytest.raises(trainer.NonFiniteLossError) as raised:
+        trainer.run("train", config, model_dir)
+    error = raised.value
+    assert error.step == poison_at and math.isnan(error.loss)
+    assert f"step {poison_at}" in str(error)
+    assert error.checkpoint.endswith("ckpt-4")
+    # Nothing from the diverged steps reached the disk.
+    assert tf.train.latest_checkpoint(
+        checkpoints.checkpoint_dir(model_dir)
+    ).endswith("ckpt-4")
+    model = tiny_detector(config.model)
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(model=model, step=step).read(
+        error.checkpoint
+    ).expect_partial()
+    assert int(step.numpy()) == 4
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert checkpoints.is_finite(error.checkpoint)
+
+
+def test_backbone_initializer_loads_only_the_backbone(tmp_path):
+    def backbone():
+        inputs_ = tf_keras.Input([8])
+        return tf_keras.Model(inputs_, tf_keras.layers.Dense(3)(inputs_))
+
+    class Detector:
+        def __init__(self):
+            self.backbone = backbone()
+
+    pretrained = backbone()
+    path = tf.train.Checkpoint(backbone=pretrained).save(
+        str(tmp_path / "imagenet" / "ckpt")
+    )
+    model = Detector()
+    checkpoints.backbone_initializer(model, str(tmp_path / "imagenet"))()
+    for got, want in zip(
+        model.backbone.get_weights(), pretrained.get_weights()
+    ):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoints.backbone_initializer(model, str(tmp_path))()
+    assert os.path.exists(path + ".index")
+
+
+def test_non_finite_weights_are_caught(tiny_model):
+    config = fast_config()
+    model = tiny_detector(config.model)
+    optimizer = schedule.build_optimizer(config.train)
+    optimizer.build(model.trainable_variables)
+    loop = trainer.DetectionTrainer(
+        config, tf.distribute.get_strategy(), model, optimizer
+    )
+    assert loop.state_is_finite()
+    model.trainable_variables[0].assign(
+        tf.fill(model.trainable_variables[0].shape, float("inf"))
+    )
+    assert not loop.state_is_finite()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"train.jit_compile": True},
+        {"train.mixed_precision": "mixed_float16"},
+        {"train.mixed_precision": "mixed_bfloat16"},
+    ],
+    ids=["jit", "float16", "bfloat16"],
+)
+def test_precision_and_jit_options_train(tiny_model, tmp_path, changes):
+    config = fast_config(**{"train.steps": 2, **changes})
+    result = trainer.run("train", config, str(tmp_path / "run"))
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+    # The policy is the caller's again after the model is built.
+    assert tf_keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_eval_without_a_checkpoint_says_so(tiny_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train first"):
+        trainer.run("eval", fast_config(), str(tmp_path / "empty"))
+
+
+def test_unknown_mode_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        trainer.run("predict", fast_config(), str(tmp_path))
+
+
+# --------------------------------------------------------------------------
+# Two replicas (2 logical CPUs, in a subprocess: TensorFlow fixes its
+# devices at start-up) give the update of one device.
+
+
+def compare_replicas(real_detector: bool, steps: int = 2) -> dict:
+    """Trains from the same weights on the same batch, on one device and
+    mirrored over every logical CPU; returns how far the weights differ.
+
+    Run in a process whose CPU was split into 2 logical devices.
+    """
+    from nasfpn_tf.train import strategy as strategy_lib
+
+    build = detector.build_detector if real_detector else tiny_detector
+    changes = {
+        **FAST,
+        # Sync BN sees the global batch, as one device does.
+        "model.norm.use_sync_bn": True,
+        "train.batch_size": 4,
+        "train.warmup_steps": 0,
+        "train.learning_rate": 0.05,
+        "data.aug_scale_min": 1.0,
+        "data.aug_scale_max": 1.0,
+        "data.aug_rand_hflip": False,
+    }
+
+    def make(kind):
+        return config_lib.override(
+            config_lib.ExperimentConfig(),
+            {**changes, "runtime.strategy": kind},
+        )
+
+    config = make("default")
+    split = inputs.resolve_split(config, "train")
+    batch = next(
+        iter(
+            inputs.dataset_fn(
+                config, split.file_pattern, is_training=True, seed=0
+            )()
+        )
+    )
+    initial = build(config.model, l2_weight_decay=1e-3).get_weights()
+    results = {}
+    for kind in ("default", "mirrored"):
+        config = make(kind)
+        strategy = strategy_lib.make_strategy(config.runtime)
+        with strategy.scope():
+            model = build(config.model, l2_weight_decay=1e-3)
+            model.set_weights(initial)
+            optimizer = schedule.build_optimizer(config.train)
+        data = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors(batch).repeat()
+        )
+        loop = trainer.DetectionTrainer(
+            config, strategy, model, optimizer, train_dataset=data
+        )
+        loop.train(tf.constant(steps))
+        results[kind] = (
+            strategy.num_replicas_in_sync,
+            model.get_weights(),
+            loop.loop_means["total_loss"],
+        )
+    (one, w_one, loss_one), (two, w_two, loss_two) = (
+        results["default"],
+        results["mirrored"],
+    )
+    return {
+        "replicas": [one, two],
+        "loss": [loss_one, loss_two],
+        # Compared with the size of the update itself: float32 sums in
+        # another order differ by ~1e-4 of it, a mis-scaled gradient by
+        # a sizeable fraction.
+        "largest_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(w_one, w_two)
+        ),
+        "largest_update": max(
+            float(np.max(np.abs(a - w0))) for a, w0 in zip(w_one, initial)
+        ),
+    }
+
+
+_REPLICA_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+sys.path.insert(0, {tests!r})
+from test_trainer import compare_replicas
+print("RESULT " + json.dumps(compare_replicas({real})))
+"""
+
+
+def _run_replicas(real_detector: bool, data_dir: str) -> dict:
+    script = _REPLICA_SCRIPT.format(tests=TESTS_DIR, real=real_detector)
+    env = dict(os.environ, **{inputs.DATA_DIR_ENV: data_dir})
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    lines = [
+        line for line in done.stdout.splitlines() if line.startswith("RESULT")
+    ]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def _check_replicas(result: dict) -> None:
+    assert result["replicas"] == [1, 2]
+    assert result["largest_update"] > 1e-3  # the steps did move the weights
+    # The summed replica shares are the global batch's loss.
+    assert result["loss"][1] == pytest.approx(result["loss"][0], rel=1e-5)
+    ratio = result["largest_difference"] / result["largest_update"]
+    assert ratio < 1e-2, result
+
+
+def test_two_replicas_give_the_update_of_one(data_dir):
+    _check_replicas(_run_replicas(False, data_dir))
+
+
+@pytest.mark.slow
+def test_two_replicas_give_the_update_of_one_for_the_detector(data_dir):
+    _check_replicas(_run_replicas(True, data_dir))
+
+
+# --------------------------------------------------------------------------
+# End to end with the real detector.
+
+
+@pytest.mark.slow
+def test_end_to_end_train_eval_and_proxy(data_dir, tmp_path):
+    config = fast_config(
+        **{
+            "train.steps": 24,
+            "train.warmup_steps": 4,
+            "train.log_every": 8,
+            "train.summary_every": 8,
+            "train.checkpoint_every": 12,
+            "eval.every": 12,
+        }
+    )
+    model_dir = str(tmp_path / "run")
+    result = trainer.run("train_and_eval", config, model_dir)
+    assert result["steps"] == 24
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert -1.0 <= result[name] <= 1.0
+    rows = progress.MetricsLog(model_dir).rows()
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [(r["step"], r["split"]) for r in evals] == [
+        (12, "val"),
+        (24, "val"),
+    ]
+    assert os.listdir(os.path.join(model_dir, "eval"))
+    again = trainer.run("eval", config, model_dir)
+    assert again["steps"] == 24
+    assert again["AP"] == pytest.approx(result["AP"], abs=1e-6)
+
+    from nasfpn_tf.arch.known import NASFPN_SPEC
+
+    proxy_dir = str(tmp_path / "child")
+    child = trainer.train_and_evaluate(
+        config_lib.proxy_experiment(config),
+        proxy_dir,
+        spec=NASFPN_SPEC,
+        eval_split="heldout",
+    )
+    assert child["steps"] == config.search.proxy.train_steps
+    assert child["train_seconds"] > 0 and math.isfinite(child["final_loss"])
+    assert 0.0 <= child["AP"] <= 1.0
+    assert os.path.exists(os.path.join(proxy_dir, trainer.SPEC_FILENAME))
+    heldout = [
+        r for r in progress.MetricsLog(proxy_dir).rows() if r["kind"] == "eval"
+    ]
+    assert [r["split"] for r in heldout] == ["heldout"]
