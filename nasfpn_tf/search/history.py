@@ -1,0 +1,607 @@
+"""The search directory: sample history, reward cache, best specs, state.
+
+An architecture search (NAS-FPN, Ghiasi et al., CVPR 2019,
+arXiv:1904.07392, Sec. 3) keeps everything it decides in one directory,
+local or `gs://`:
+
+  config.yaml        the resolved config (written by `main`)
+  history.jsonl      one `SampleRecord` per sample, in the order recorded
+  controller/        the policy checkpoint of each of the last updates and
+                     `latest.json`, naming the one to resume from
+  trials/trial_N/    the work directory of child N and its `result.json`
+  best_spec.json     the best spec so far (`--arch` reads it)
+  top_specs.json     the best specs with their rewards
+  search_progress.png, best_spec.png, summaries/   plots, drawing, scalars
+
+`history.jsonl` plus the controller checkpoint are the source of truth a
+resumed search restarts from. Appends to a local history are flushed and
+fsynced; object stores such as GCS cannot append, so there the whole file is
+rewritten (atomically) at each append, a few MB at most for thousands of
+samples. Every other file is written atomically: to a temporary name, then
+renamed. A write cut short by a kill leaves at most a torn last line in the
+history, which `read_history` reports and `History.open` drops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+from nasfpn_tf.arch.spec import NeckSpec, SpecError
+
+HISTORY_FILE = "history.jsonl"
+BEST_SPEC_FILE = "best_spec.json"
+TOP_SPECS_FILE = "top_specs.json"
+CONTROLLER_DIR = "controller"
+LATEST_FILE = "latest.json"
+TRIALS_DIR = "trials"
+RESULT_FILE = "result.json"
+PLOT_FILE = "search_progress.png"
+DRAWING_FILE = "best_spec.png"
+SUMMARIES_DIR = "summaries"
+
+OK = "ok"
+FAILED = "failed"
+CACHED = "cached"
+STATUSES = (OK, FAILED, CACHED)
+# Statuses whose reward measures the architecture (a failure's is a penalty).
+RATED_STATUSES = (OK, CACHED)
+
+# Controller checkpoints kept: the last one, and the one before in case the
+# last is unreadable.
+KEEP_CHECKPOINTS = 2
+DEFAULT_TOP_K = 10
+# Zero-padded width of sample numbers in trial directory names.
+SAMPLE_DIGITS = 6
+_CHECKPOINT_PREFIX = "update-"
+_LOCAL_SCHEMES = ("", "file")
+
+
+class HistoryError(ValueError):
+    """A history file or search directory that cannot be read as written."""
+
+
+# --------------------------------------------------------------------------
+# Files.
+
+
+def is_local(path: str) -> bool:
+    """Whether `path` is on the local file system (not gs://, ram://, ...)."""
+    scheme = path.split("://", 1)[0] if "://" in path else ""
+    return scheme in _LOCAL_SCHEMES
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Writes `data` to `path` so readers see the old or the new file.
+
+    The data goes to a temporary file in the same directory, is fsynced
+    when local, and is renamed over `path`.
+    """
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    temp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    mode = "wb" if isinstance(data, bytes) else "w"
+    if is_local(path):
+        encoding = None if isinstance(data, bytes) else "utf-8"
+        with open(_local(temp), mode, encoding=encoding) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    else:
+        with tf.io.gfile.GFile(temp, mode) as f:
+            f.write(data)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    """Writes `value` as indented JSON, atomically."""
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: str) -> Any | None:
+    """The JSON value in `path`, or None when the file does not exist.
+
+    Raises:
+        HistoryError: the file exists but is not JSON.
+    """
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HistoryError(f"{path}: not valid JSON ({error})") from None
+
+
+def _local(path: str) -> str:
+    return path.removeprefix("file://")
+
+
+# --------------------------------------------------------------------------
+# Records.
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRecord:
+    """One sampled architecture and what it earned.
+
+    Attributes:
+        step: the controller update this sample belongs to (its batch).
+        sample: the sample's index over the whole search, from 0.
+        actions: the controller's choice at every decision.
+        spec: the spec's JSON object (`NeckSpec.to_dict`).
+        hash: `NeckSpec.canonical_key()`, equal for specs that compute the
+            same function.
+        reward: held-out AP of the child, or the penalty if it failed.
+        status: "ok" (trained), "failed" (penalty), "cached" (the reward of
+            an earlier sample with the same hash, not trained again).
+        error: what went wrong, for failed samples.
+        seconds: time the child took (0 when cached).
+        tuner: the KerasTuner tuner id that trained it ("" when cached).
+        time: UNIX time the record was written.
+        metrics: the child's other final metrics (AP50, steps, ...).
+        cached_from: for cached samples, the sample whose reward is reused.
+    """
+
+    step: int
+    sample: int
+    actions: tuple[int, ...]
+    spec: Mapping[str, Any]
+    hash: str
+    reward: float
+    status: str
+    error: str | None = None
+    seconds: float = 0.0
+    tuner: str = ""
+    time: float = 0.0
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    cached_from: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "actions", tuple(self.actions))
+        for name in ("step", "sample"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise HistoryError(
+                    f"{name}: expected an int >= 0, got {value!r}"
+                )
+        if not all(_is_int(a) and a >= 0 for a in self.actions):
+            raise HistoryError(
+                f"actions: expected ints >= 0, got {list(self.actions)!r}"
+            )
+        if self.status not in STATUSES:
+            raise HistoryError(
+                f"status: expected one of {STATUSES}, got {self.status!r}"
+            )
+        if not _is_number(self.reward) or not math.isfinite(self.reward):
+            raise HistoryError(
+                f"reward: expected a finite number, got {self.reward!r}"
+            )
+        if not isinstance(self.hash, str) or not self.hash:
+            raise HistoryError(f"hash: expected a string, got {self.hash!r}")
+        if (self.status == CACHED) != (self.cached_from is not None):
+            raise HistoryError(
+                "cached_from: set for cached samples and only for them; got "
+                f"status {self.status!r} with cached_from {self.cached_from!r}"
+            )
+
+    def neck_spec(self) -> NeckSpec:
+        """The sampled spec."""
+        return NeckSpec.from_dict(self.spec)
+
+    @property
+    def rated(self) -> bool:
+        """Whether the reward measures the architecture (not a penalty)."""
+        return self.status in RATED_STATUSES
+
+    def outcome(self) -> tuple:
+        """What the search decided, without timing: equal for two runs that
+        sampled and rewarded the same way."""
+        return (
+            self.step,
+            self.sample,
+            self.actions,
+            self.hash,
+            self.reward,
+            self.status,
+            self.cached_from,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["actions"] = list(self.actions)
+        data["spec"] = dict(self.spec)
+        data["metrics"] = dict(self.metrics)
+        return data
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SampleRecord:
+        if not isinstance(data, Mapping):
+            raise HistoryError(
+                f"expected a JSON object, got {type(data).__name__}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - set(data))
+        if missing:
+            raise HistoryError(f"missing field(s): {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise HistoryError(f"unknown field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def read_history(path: str) -> tuple[list[SampleRecord], str | None]:
+    """Reads a history file, tolerating a torn last line.
+
+    Each record is written as one line ending in a newline. A kill during an
+    append can leave the last line incomplete: it is returned separately and
+    not as a record. A last line that is complete JSON but lacks only its
+    newline is kept.
+
+    Args:
+        path: the history file; a missing file is an empty history.
+
+    Returns:
+        (records in file order, the torn last line's text or None).
+
+    Raises:
+        HistoryError: a line other than the last is not a valid record,
+            naming the file and line number.
+    """
+    records, torn, _ = _read_history(path)
+    return records, torn
+
+
+def _read_history(path: str) -> tuple[list[SampleRecord], str | None, bool]:
+    """As `read_history`, plus whether the file ends cleanly."""
+    if not tf.io.gfile.exists(path):
+        return [], None, True
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    lines = text.split("\n")
+    # The text after the last newline: "" when the file ends cleanly.
+    tail = lines.pop()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append(_parse_record(line))
+            except HistoryError as error:
+                raise HistoryError(
+                    f"{path}:{number}: not a valid sample record ({error})"
+                ) from None
+    torn = None
+    if tail.strip():
+        try:
+            records.append(_parse_record(tail))
+        except HistoryError:
+            torn = tail
+    return records, torn, not tail
+
+
+def _parse_record(line: str) -> SampleRecord:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise HistoryError(f"not JSON: {error}") from None
+    try:
+        return SampleRecord.from_dict(data)
+    except TypeError as error:
+        raise HistoryError(str(error)) from None
+
+
+class History:
+    """The append-only sample history of a search.
+
+    Use `History.open(path)`: it reads what is there and drops a torn last
+    line. `records` holds every record in file order.
+    """
+
+    def __init__(self, path: str, records: Sequence[SampleRecord] = ()):
+        self.path = path
+        self.records: list[SampleRecord] = list(records)
+        self._samples = {r.sample for r in self.records}
+        if len(self._samples) != len(self.records):
+            raise HistoryError(f"{path}: a sample is recorded twice")
+
+    @classmethod
+    def open(cls, path: str) -> History:
+        """Reads `path` and repairs a torn last line.
+
+        Raises:
+            HistoryError: see `read_history`, or a sample recorded twice.
+        """
+        records, torn, clean = _read_history(path)
+        history = cls(path, records)
+        if not clean:
+            if torn is not None:
+                logging.warning(
+                    "%s: dropped a torn last line (%d characters) left by an "
+                    "interrupted write: %.80r",
+                    path,
+                    len(torn),
+                    torn,
+                )
+            history._rewrite()
+        return history
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, sample: int) -> bool:
+        return sample in self._samples
+
+    def append(self, record: SampleRecord) -> None:
+        """Adds `record` durably before returning.
+
+        Raises:
+            HistoryError: the sample is already recorded.
+        """
+        if record.sample in self._samples:
+            raise HistoryError(
+                f"{self.path}: sample {record.sample} is already recorded"
+            )
+        line = record.to_json() + "\n"
+        if is_local(self.path):
+            parent = os.path.dirname(self.path)
+            if parent:
+                os.makedirs(_local(parent), exist_ok=True)
+            with open(_local(self.path), "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.records.append(record)
+        else:
+            self.records.append(record)
+            try:
+                self._rewrite()
+            except BaseException:
+                self.records.pop()
+                raise
+        self._samples.add(record.sample)
+
+    def _rewrite(self) -> None:
+        write_atomic(
+            self.path, "".join(r.to_json() + "\n" for r in self.records)
+        )
+
+
+class RewardCache:
+    """Rewards of trained architectures, keyed by canonical hash.
+
+    Only successful children are cached: a failure may come from the
+    machine (a lost host, a full disk) rather than the architecture, so a
+    repeat of a failed spec is trained again. The first reward of a hash is
+    kept; later samples of it are marked cached, so they agree.
+    """
+
+    def __init__(self, records: Iterable[SampleRecord] = ()):
+        self._entries: dict[str, tuple[float, int]] = {}
+        for record in records:
+            self.add(record)
+
+    def add(self, record: SampleRecord) -> None:
+        if record.status == OK and record.hash not in self._entries:
+            self._entries[record.hash] = (record.reward, record.sample)
+
+    def get(self, key: str) -> tuple[float, int] | None:
+        """(reward, sample that earned it) for hash `key`, or None."""
+        return self._entries.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# --------------------------------------------------------------------------
+# Results.
+
+
+def ranked(records: Iterable[SampleRecord]) -> list[SampleRecord]:
+    """Rated records best first, one per hash (its first sample).
+
+    Ties are broken by the earlier sample.
+    """
+    first: dict[str, SampleRecord] = {}
+    for record in sorted(records, key=lambda r: r.sample):
+        if record.rated and record.hash not in first:
+            first[record.hash] = record
+    return sorted(first.values(), key=lambda r: (-r.reward, r.sample))
+
+
+def _top_entry(rank: int, record: SampleRecord) -> dict[str, Any]:
+    spec = record.neck_spec()
+    try:
+        block_specs = [list(b) for b in spec.to_block_specs()]
+    except SpecError:
+        block_specs = None
+    return {
+        "rank": rank,
+        "reward": record.reward,
+        "sample": record.sample,
+        "step": record.step,
+        "hash": record.hash,
+        "metrics": dict(record.metrics),
+        "spec": dict(record.spec),
+        "block_specs": block_specs,
+    }
+
+
+# --------------------------------------------------------------------------
+# The directory.
+
+
+class SearchDir:
+    """Paths and state files of one search directory.
+
+    Args:
+        root: the search's model_dir (local or gs://).
+    """
+
+    def __init__(self, root: str):
+        if not root:
+            raise HistoryError("the search directory must not be empty")
+        self.root = root
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def history_path(self) -> str:
+        return self._path(HISTORY_FILE)
+
+    @property
+    def best_spec_path(self) -> str:
+        return self._path(BEST_SPEC_FILE)
+
+    @property
+    def top_specs_path(self) -> str:
+        return self._path(TOP_SPECS_FILE)
+
+    @property
+    def controller_dir(self) -> str:
+        return self._path(CONTROLLER_DIR)
+
+    @property
+    def trials_dir(self) -> str:
+        return self._path(TRIALS_DIR)
+
+    @property
+    def plot_path(self) -> str:
+        return self._path(PLOT_FILE)
+
+    @property
+    def drawing_path(self) -> str:
+        return self._path(DRAWING_FILE)
+
+    @property
+    def summaries_dir(self) -> str:
+        return self._path(SUMMARIES_DIR)
+
+    def trial_dir(self, sample: int) -> str:
+        """Work directory of child `sample` (KerasTuner's trial_<id>)."""
+        return self._path(TRIALS_DIR, f"trial_{trial_id(sample)}")
+
+    def result_path(self, sample: int) -> str:
+        return os.path.join(self.trial_dir(sample), RESULT_FILE)
+
+    # -- controller state ---------------------------------------------------
+
+    def save_policy(self, policy: Any, updates: int, algorithm: str) -> str:
+        """Checkpoints `policy` after `updates` updates; returns the prefix.
+
+        The checkpoint is written under a fresh name first and
+        `controller/latest.json` is pointed at it afterwards, so a kill at
+        any moment leaves `latest.json` naming a complete checkpoint.
+        Checkpoints beyond the last `KEEP_CHECKPOINTS` are deleted.
+        """
+        name = f"{_CHECKPOINT_PREFIX}{updates:06d}"
+        prefix = os.path.join(self.controller_dir, name)
+        tf.io.gfile.makedirs(self.controller_dir)
+        policy.save(prefix)
+        write_json_atomic(
+            os.path.join(self.controller_dir, LATEST_FILE),
+            {"updates": updates, "checkpoint": name, "algorithm": algorithm},
+        )
+        self._prune_checkpoints(updates)
+        return prefix
+
+    def _prune_checkpoints(self, updates: int) -> None:
+        pattern = os.path.join(self.controller_dir, f"{_CHECKPOINT_PREFIX}*")
+        kept = {
+            f"{_CHECKPOINT_PREFIX}{u:06d}"
+            for u in range(updates - KEEP_CHECKPOINTS + 1, updates + 1)
+        }
+        for path in tf.io.gfile.glob(pattern):
+            name = os.path.basename(path).split(".", 1)[0]
+            if name not in kept:
+                tf.io.gfile.remove(path)
+
+    def latest_policy(self, algorithm: str) -> tuple[int, str] | None:
+        """(updates, checkpoint prefix) to resume from, or None if none.
+
+        Raises:
+            HistoryError: the pointer names another algorithm or a
+                checkpoint that is not there.
+        """
+        pointer = os.path.join(self.controller_dir, LATEST_FILE)
+        data = read_json(pointer)
+        if data is None:
+            return None
+        try:
+            updates = int(data["updates"])
+            name = str(data["checkpoint"])
+            saved_algorithm = str(data["algorithm"])
+        except (KeyError, TypeError, ValueError):
+            raise HistoryError(
+                f"{pointer}: expected updates, checkpoint and algorithm; "
+                f"got {data!r}"
+            ) from None
+        if saved_algorithm != algorithm:
+            raise HistoryError(
+                f"{pointer}: this search ran with algorithm "
+                f"{saved_algorithm!r}, the config asks for {algorithm!r}; use "
+                "a new model_dir"
+            )
+        prefix = os.path.join(self.controller_dir, name)
+        if not tf.io.gfile.exists(f"{prefix}.index"):
+            raise HistoryError(
+                f"{pointer}: names checkpoint {prefix}, which is missing"
+            )
+        return updates, prefix
+
+    # -- results ------------------------------------------------------------
+
+    def write_results(
+        self, records: Iterable[SampleRecord], top_k: int = DEFAULT_TOP_K
+    ) -> SampleRecord | None:
+        """Writes best_spec.json and top_specs.json; returns the best record.
+
+        Nothing is written while no sample has a rated reward.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        best = ranked(records)
+        if not best:
+            return None
+        best[0].neck_spec().save(self.best_spec_path)
+        write_json_atomic(
+            self.top_specs_path,
+            [_top_entry(i + 1, r) for i, r in enumerate(best[:top_k])],
+        )
+        return best[0]
+
+
+def trial_id(sample: int) -> str:
+    """KerasTuner trial id of a sample: its index, zero-padded."""
+    return f"{sample:0{SAMPLE_DIGITS}d}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,280 @@
+"""The proxy task: a child spec in, a reward out.
+
+NAS-FPN (Ghiasi et al., CVPR 2019, arXiv:1904.07392, Sec. 3) rates each
+sampled architecture by training a small RetinaNet with it for a short
+schedule and taking its AP on a held-out part of the training images. Here
+the child trains with `config.proxy_experiment(config)` (the search's proxy
+sizes and steps applied to the main config) through
+`trainer.train_and_evaluate(..., eval_split="heldout")`, and its reward is
+the held-out COCO AP.
+
+The proxy knows nothing of reinforcement learning: it maps a spec to a
+`ProxyResult`. A child that raises is not fatal to the search: it is
+recorded as failed with its error and earns `search.penalty_reward`.
+Transient errors (a lost connection to storage or to a TPU worker) are
+retried up to `search.max_retries` times first; the child's work directory
+is kept, so a retry resumes from the child's last checkpoint. Errors that
+come with the architecture, such as running out of accelerator memory
+(`tf.errors.ResourceExhaustedError`) or a non-finite loss
+(`NonFiniteLossError`), would only repeat and are not retried.
+
+Children train in the search process, not in a subprocess per child: a
+subprocess would pay the TensorFlow import and the accelerator set-up
+(minutes on a TPU host, which one process may hold at a time) for every
+child, while the search's children are short. Between children the Keras
+session is cleared and Python garbage collected. A child that crashes the
+process itself (a segfault, the kernel's OOM killer) stops the search, and
+rerunning the command resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import tensorflow as tf
+from absl import logging
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.arch.spec import NeckSpec
+
+OK = "ok"
+FAILED = "failed"
+STATUSES = (OK, FAILED)
+# The final metric that is the reward, as the evaluator names COCO AP.
+REWARD_METRIC = "AP"
+EVAL_SPLIT = "heldout"
+# The trainer's checkpoint folder inside a child's work directory.
+CHECKPOINTS_DIR = "checkpoints"
+# Error text kept in the history (the log has the full traceback).
+MAX_ERROR_CHARS = 2000
+# Errors of the machine, not the architecture: worth another try.
+TRANSIENT_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+    ConnectionError,
+    TimeoutError,
+)
+
+TrainFn = Callable[..., Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyResult:
+    """What training one child gave.
+
+    Attributes:
+        reward: held-out AP, or the penalty reward when the child failed.
+        status: "ok" or "failed".
+        metrics: the child's final metrics (AP, AP50, ..., steps,
+            train_seconds, final_loss), finite numbers only.
+        seconds: wall time of all attempts together.
+        error: "ExceptionType: message" of the last failure, for failed
+            children.
+        attempts: trainings started (1 + retries).
+    """
+
+    reward: float
+    status: str
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    attempts: int = 1
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(
+                f"status must be one of {STATUSES}; got {self.status!r}."
+            )
+        if not math.isfinite(self.reward):
+            raise ValueError(f"reward must be finite; got {self.reward!r}.")
+        if (self.status == FAILED) != (self.error is not None):
+            raise ValueError(
+                "error is set for failed results and only for them; got "
+                f"status {self.status!r} with error {self.error!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["metrics"] = dict(self.metrics)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProxyResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Proxy(Protocol):
+    """Anything that rates a spec. `ProxyTask` trains; tests use formulas.
+
+    A proxy may also define `release(work_dir)`, called once the result is
+    stored, to delete what the child no longer needs.
+    """
+
+    def reward(self, spec: NeckSpec, work_dir: str) -> ProxyResult:
+        """Rates `spec`, using `work_dir` for the child's files."""
+        ...
+
+
+class ProxyTask:
+    """Short training of a child, rated by its held-out AP.
+
+    Args:
+        config: the search's experiment config; children train with
+            `proxy_experiment(config)`, with a NAS-FPN neck from the sampled
+            spec.
+        strategy: the tf.distribute strategy children train under; None
+            lets the trainer pick its default.
+        train_fn: `train_and_evaluate(config, model_dir, strategy=, spec=,
+            eval_split=) -> metrics`; None is the trainer's.
+        keep_checkpoints: keep each child's checkpoints after its result is
+            stored (they are only needed to resume an interrupted child).
+
+    Raises:
+        config_lib.ConfigError: the proxy batch sizes do not split over the
+            strategy's replicas.
+    """
+
+    def __init__(
+        self,
+        config: config_lib.ExperimentConfig,
+        *,
+        strategy: tf.distribute.Strategy | None = None,
+        train_fn: TrainFn | None = None,
+        keep_checkpoints: bool = False,
+    ):
+        self.config = config
+        # The spec is passed to the trainer itself; a neck type or arch
+        # path left in the main config must not replace it.
+        self.child_config = config_lib.override(
+            config_lib.proxy_experiment(config),
+            {"model.neck.type": "nasfpn", "model.neck.arch": None},
+        )
+        self.strategy = strategy
+        if strategy is not None:
+            config_lib.check_batch(
+                self.child_config, strategy.num_replicas_in_sync
+            )
+        self.penalty_reward = float(config.search.penalty_reward)
+        self.max_retries = int(config.search.max_retries)
+        self._train_fn = train_fn
+        self.keep_checkpoints = keep_checkpoints
+
+    def _train(self) -> TrainFn:
+        if self._train_fn is None:
+            from nasfpn_tf.train import trainer
+
+            self._train_fn = trainer.train_and_evaluate
+        return self._train_fn
+
+    def reward(self, spec: NeckSpec, work_dir: str) -> ProxyResult:
+        """Trains `spec` in `work_dir` and rates it; never raises Exception.
+
+        Returns:
+            An "ok" result with reward = held-out AP, or a "failed" one with
+            the penalty reward and the error.
+        """
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                metrics = self._train()(
+                    self.child_config,
+                    work_dir,
+                    strategy=self.strategy,
+                    spec=spec,
+                    eval_split=EVAL_SPLIT,
+                )
+                reward = _reward_from(metrics)
+                return ProxyResult(
+                    reward=reward,
+                    status=OK,
+                    metrics=_finite_metrics(metrics),
+                    seconds=time.monotonic() - start,
+                    attempts=attempt,
+                )
+            # A child never stops the search: whatever it raises is its
+            # failure.
+            except Exception as error:  # noqa: BLE001
+                retry = (
+                    isinstance(error, TRANSIENT_ERRORS)
+                    and attempt <= self.max_retries
+                )
+                logging.warning(
+                    "Child in %s failed (attempt %d%s):\n%s",
+                    work_dir,
+                    attempt,
+                    ", retrying" if retry else "",
+                    traceback.format_exc(),
+                )
+                if not retry:
+                    return ProxyResult(
+                        reward=self.penalty_reward,
+                        status=FAILED,
+                        seconds=time.monotonic() - start,
+                        error=describe_error(error),
+                        attempts=attempt,
+                    )
+            finally:
+                _free_memory()
+
+    def release(self, work_dir: str) -> None:
+        """Deletes the child's checkpoints unless `keep_checkpoints`."""
+        path = os.path.join(work_dir, CHECKPOINTS_DIR)
+        if not self.keep_checkpoints and tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)
+
+
+class ProxyError(RuntimeError):
+    """A child finished but gave no usable reward."""
+
+
+def _reward_from(metrics: Mapping[str, Any]) -> float:
+    if REWARD_METRIC not in metrics:
+        raise ProxyError(
+            f"the child's metrics have no {REWARD_METRIC!r}: {sorted(metrics)}"
+        )
+    reward = float(metrics[REWARD_METRIC])
+    # pycocotools reports -1 when the split has no ground truth to match.
+    if not math.isfinite(reward) or reward < 0:
+        raise ProxyError(
+            f"held-out {REWARD_METRIC} is {reward}; the held-out split may "
+            "have no ground-truth boxes"
+        )
+    return reward
+
+
+def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[str(key)] = number
+    return out
+
+
+def describe_error(error: BaseException) -> str:
+    """ "Type: message", cut to MAX_ERROR_CHARS."""
+    text = f"{type(error).__name__}: {error}".strip()
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 3] + "..."
+    return text
+
+
+def _free_memory() -> None:
+    import tf_keras
+
+    tf_keras.backend.clear_session()
+    gc.collect()

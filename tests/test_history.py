@@ -1,0 +1,230 @@
+"""Tests of the search directory: history file, reward cache, results."""
+
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from nasfpn_tf.arch import known
+from nasfpn_tf.arch.space import SearchSpace
+from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.search import controller
+from nasfpn_tf.search import history as history_lib
+
+SPACE = SearchSpace()
+
+
+def _record(sample, reward=0.5, status="ok", step=None, spec=None, **kw):
+    spec = spec or SPACE.to_spec(SPACE.random_actions(_rng(sample)))
+    if status == "cached":
+        kw.setdefault("cached_from", 0)
+    if status == "failed":
+        kw.setdefault("error", "ValueError: boom")
+    return history_lib.SampleRecord(
+        step=sample // 3 if step is None else step,
+        sample=sample,
+        actions=tuple(SPACE.from_spec(spec)),
+        spec=spec.to_dict(),
+        hash=spec.canonical_key(),
+        reward=reward,
+        status=status,
+        **kw,
+    )
+
+
+def _rng(seed):
+    import random
+
+    return random.Random(seed)
+
+
+def test_record_round_trips_through_json():
+    record = _record(4, reward=0.25, seconds=1.5, tuner="tuner1")
+    line = record.to_json()
+    assert "\n" not in line
+    again = history_lib.SampleRecord.from_dict(json.loads(line))
+    assert again == record
+    assert again.neck_spec() == record.neck_spec()
+    assert again.outcome() == record.outcome()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"status": "done"}, "status"),
+        ({"reward": float("nan")}, "reward"),
+        ({"sample": -1}, "sample"),
+        ({"actions": (0, "a")}, "actions"),
+        ({"status": "cached"}, "cached_from"),
+    ],
+)
+def test_bad_record_fields_are_named(change, message):
+    fields = _record(0).to_dict()
+    fields.update(change)
+    with pytest.raises(history_lib.HistoryError, match=message):
+        history_lib.SampleRecord.from_dict(fields)
+
+
+def test_unknown_and_missing_fields_are_named():
+    fields = _record(0).to_dict()
+    with pytest.raises(history_lib.HistoryError, match="unknown.*colour"):
+        history_lib.SampleRecord.from_dict({**fields, "colour": 1})
+    del fields["hash"]
+    with pytest.raises(history_lib.HistoryError, match="missing.*hash"):
+        history_lib.SampleRecord.from_dict(fields)
+
+
+def test_append_then_read(tmp_path):
+    path = str(tmp_path / "history.jsonl")
+    history = history_lib.History.open(path)
+    assert len(history) == 0
+    records = [_record(i, reward=i / 10) for i in range(4)]
+    for record in records:
+        history.append(record)
+    assert 2 in history
+    again, torn = history_lib.read_history(path)
+    assert torn is None
+    assert again == records
+    text = (tmp_path / "history.jsonl").read_text()
+    assert text.endswith("\n") and text.count("\n") == 4
+
+
+def test_a_sample_is_recorded_once(tmp_path):
+    history = history_lib.History.open(str(tmp_path / "h.jsonl"))
+    history.append(_record(0))
+    with pytest.raises(history_lib.HistoryError, match="already recorded"):
+        history.append(_record(0, reward=0.9))
+
+
+def test_torn_last_line_is_reported_and_dropped(tmp_path):
+    path = tmp_path / "history.jsonl"
+    good = [_record(0), _record(1)]
+    torn_text = _record(2).to_json()[:37]
+    path.write_text("".join(r.to_json() + "\n" for r in good) + torn_text)
+    records, torn = history_lib.read_history(str(path))
+    assert records == good
+    assert torn == torn_text
+    history = history_lib.History.open(str(path))
+    assert history.records == good
+    # Repaired on open, so the next append starts on a line of its own.
+    assert path.read_text() == "".join(r.to_json() + "\n" for r in good)
+    history.append(_record(2))
+    assert history_lib.read_history(str(path)) == (good + [_record(2)], None)
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "history.jsonl"
+    records = [_record(0), _record(1)]
+    path.write_text(records[0].to_json() + "\n" + records[1].to_json())
+    assert history_lib.read_history(str(path)) == (records, None)
+    history = history_lib.History.open(str(path))
+    history.append(_record(2))
+    assert len(history_lib.read_history(str(path))[0]) == 3
+
+
+def test_corrupt_middle_line_names_the_line(tmp_path):
+    path = tmp_path / "history.jsonl"
+    path.write_text(
+        _record(0).to_json() + "\n{not json\n" + _record(1).to_json() + "\n"
+    )
+    with pytest.raises(history_lib.HistoryError, match=r"history.jsonl:2"):
+        history_lib.read_history(str(path))
+
+
+def test_history_on_a_store_without_append():
+    # ram:// stands in for GCS: not local, so each append rewrites the file.
+    path = "ram://search_history_test/history.jsonl"
+    assert not history_lib.is_local(path)
+    history = history_lib.History.open(path)
+    for i in range(3):
+        history.append(_record(i))
+    assert history_lib.read_history(path) == (history.records, None)
+    assert not tf.io.gfile.glob(path + ".tmp-*")
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path):
+    path = str(tmp_path / "sub" / "value.json")
+    history_lib.write_json_atomic(path, {"a": 1})
+    history_lib.write_json_atomic(path, {"a": 2})
+    assert history_lib.read_json(path) == {"a": 2}
+    assert os.listdir(tmp_path / "sub") == ["value.json"]
+    assert history_lib.read_json(str(tmp_path / "missing.json")) is None
+
+
+def test_reward_cache_keeps_first_successful_reward():
+    spec = known.NASFPN_SPEC
+    cache = history_lib.RewardCache(
+        [
+            _record(0, reward=0.0, status="failed", spec=spec),
+            _record(1, reward=0.3, spec=spec),
+            _record(2, reward=0.9, spec=spec),
+        ]
+    )
+    assert cache.get(spec.canonical_key()) == (0.3, 1)
+    assert len(cache) == 1
+    failed_only = history_lib.RewardCache([_record(5, status="failed")])
+    assert len(failed_only) == 0
+
+
+def test_ranked_is_best_first_one_per_hash():
+    spec = known.NASFPN_SPEC
+    records = [
+        _record(0, reward=0.2),
+        _record(1, reward=0.7, spec=spec),
+        _record(2, reward=0.7, status="cached", spec=spec, cached_from=1),
+        _record(3, reward=0.9, status="failed"),
+        _record(4, reward=0.4),
+    ]
+    best = history_lib.ranked(records)
+    assert [r.sample for r in best] == [1, 4, 0]
+
+
+def test_write_results_best_spec_loads_as_arch(tmp_path):
+    search_dir = history_lib.SearchDir(str(tmp_path))
+    assert search_dir.write_results([_record(0, status="failed")]) is None
+    assert not os.path.exists(search_dir.best_spec_path)
+    records = [_record(i, reward=r) for i, r in enumerate([0.1, 0.5, 0.3])]
+    records.append(_record(3, reward=0.6, spec=known.NASFPN_SPEC))
+    best = search_dir.write_results(records, top_k=2)
+    assert best.sample == 3
+    assert NeckSpec.load(search_dir.best_spec_path) == known.NASFPN_SPEC
+    top = history_lib.read_json(search_dir.top_specs_path)
+    assert [(t["rank"], t["sample"], t["reward"]) for t in top] == [
+        (1, 3, 0.6),
+        (2, 1, 0.5),
+    ]
+    assert [tuple(b[:2]) for b in top[0]["block_specs"]] == [
+        (b[0], b[1]) for b in known.NASFPN_BLOCK_SPECS
+    ]
+    assert NeckSpec.from_dict(top[1]["spec"]) == records[1].neck_spec()
+
+
+def test_policy_checkpoints_and_pointer(tmp_path):
+    search_dir = history_lib.SearchDir(str(tmp_path))
+    assert search_dir.latest_policy("random") is None
+    policy = controller.RandomPolicy((3, 4), seed=1)
+    for updates in range(1, 5):
+        policy.sample(2)
+        search_dir.save_policy(policy, updates, "random")
+    updates, prefix = search_dir.latest_policy("random")
+    assert updates == 4
+    names = {p.split(".")[0] for p in os.listdir(search_dir.controller_dir)}
+    assert names == {"update-000003", "update-000004", "latest"}
+    restored = controller.RandomPolicy((3, 4), seed=1)
+    restored.restore(prefix)
+    assert (restored.sample(5).actions == policy.sample(5).actions).all()
+    with pytest.raises(history_lib.HistoryError, match="algorithm 'random'"):
+        search_dir.latest_policy("ppo")
+    for path in tf.io.gfile.glob(prefix + "*"):
+        os.remove(path)
+    with pytest.raises(history_lib.HistoryError, match="missing"):
+        search_dir.latest_policy("random")
+
+
+def test_trial_dirs_are_named_by_sample(tmp_path):
+    search_dir = history_lib.SearchDir(str(tmp_path))
+    assert search_dir.trial_dir(12).endswith(
+        os.path.join("trials", "trial_000012")
+    )
+    assert search_dir.result_path(3).endswith("trial_000003/result.json")

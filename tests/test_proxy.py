@@ -1,0 +1,216 @@
+"""Tests of the proxy task: spec -> reward, failures -> penalty."""
+
+import math
+import os
+
+import pytest
+import tensorflow as tf
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.arch import known
+from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.train.trainer import NonFiniteLossError
+
+PENALTY = -0.25
+
+
+class FakeTrain:
+    """Records calls; each call pops its outcome (an exception or metrics)."""
+
+    def __init__(self, *outcomes):
+        self.outcomes = list(outcomes)
+        self.calls = []
+
+    def __call__(self, config, model_dir, *, strategy, spec, eval_split):
+        self.calls.append(
+            {
+                "config": config,
+                "model_dir": model_dir,
+                "strategy": strategy,
+                "spec": spec,
+                "eval_split": eval_split,
+            }
+        )
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _config(**changes):
+    base = {
+        "search.penalty_reward": PENALTY,
+        "search.max_retries": 1,
+        "search.proxy.train_steps": 7,
+        "search.proxy.image_size": 32,
+        "search.proxy.filters": 8,
+        "search.proxy.repeats": 1,
+        "search.proxy.eval_steps": 2,
+        "model.neck.type": "fpn",
+        "train.warmup_steps": 10,
+    }
+    base.update(changes)
+    return config_lib.override(config_lib.ExperimentConfig(), base)
+
+
+METRICS = {"AP": 0.125, "AP50": 0.5, "steps": 7, "final_loss": 1.5, "x": "s"}
+
+
+def test_reward_is_heldout_ap_of_the_proxy_child(tmp_path):
+    train = FakeTrain(dict(METRICS))
+    task = proxy_lib.ProxyTask(_config(), train_fn=train)
+    result = task.reward(known.NASFPN_SPEC, str(tmp_path))
+    assert result.status == "ok" and result.error is None
+    assert result.reward == 0.125
+    assert result.attempts == 1 and result.seconds >= 0
+    assert result.metrics == {
+        "AP": 0.125,
+        "AP50": 0.5,
+        "steps": 7.0,
+        "final_loss": 1.5,
+    }
+    (call,) = train.calls
+    assert call["spec"] == known.NASFPN_SPEC
+    assert call["eval_split"] == "heldout"
+    assert call["model_dir"] == str(tmp_path)
+    child = call["config"]
+    assert child.train.steps == 7
+    assert child.train.warmup_steps == 6  # cut to fit the short schedule
+    assert child.model.image_size == 32
+    assert child.model.neck.filters == child.model.head.num_filters == 8
+    assert child.model.neck.repeats == 1
+    assert child.eval.steps == 2
+    # The sampled spec is the neck, whatever the main config says.
+    assert child.model.neck.type == "nasfpn"
+    assert child.model.neck.arch is None
+
+
+@pytest.mark.parametrize(
+    "error, name",
+    [
+        (NonFiniteLossError(3, float("nan")), "NonFiniteLossError"),
+        (tf.errors.ResourceExhaustedError(None, None, "OOM"), "ResourceExh"),
+        (ValueError("cannot build"), "ValueError"),
+    ],
+)
+def test_failures_earn_the_penalty_without_retry(tmp_path, error, name):
+    train = FakeTrain(error, dict(METRICS))
+    task = proxy_lib.ProxyTask(_config(), train_fn=train)
+    result = task.reward(known.NASFPN_SPEC, str(tmp_path))
+    assert result.status == "failed"
+    assert result.reward == PENALTY
+    assert result.error.startswith(name)
+    assert result.attempts == 1 and len(train.calls) == 1
+
+
+def test_transient_errors_are_retried(tmp_path):
+    unavailable = tf.errors.UnavailableError(None, None, "socket closed")
+    train = FakeTrain(unavailable, dict(METRICS))
+    task = proxy_lib.ProxyTask(_config(), train_fn=train)
+    result = task.reward(known.NASFPN_SPEC, str(tmp_path))
+    assert result.status == "ok" and result.attempts == 2
+    assert len(train.calls) == 2
+
+    train = FakeTrain(unavailable, unavailable, unavailable)
+    task = proxy_lib.ProxyTask(
+        _config(**{"search.max_retries": 1}), train_fn=train
+    )
+    result = task.reward(known.NASFPN_SPEC, str(tmp_path))
+    assert result.status == "failed" and result.attempts == 2
+    assert result.error.startswith("UnavailableError")
+    assert len(train.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "metrics, message",
+    [
+        ({"AP": float("nan")}, "nan"),
+        ({"AP": -1.0}, "no ground-truth"),
+        ({"AP50": 0.5}, "no 'AP'"),
+    ],
+)
+def test_unusable_ap_is_a_failure(tmp_path, metrics, message):
+    task = proxy_lib.ProxyTask(_config(), train_fn=FakeTrain(metrics))
+    result = task.reward(known.NASFPN_SPEC, str(tmp_path))
+    assert result.status == "failed" and result.reward == PENALTY
+    assert message in result.error
+
+
+def test_keyboard_interrupt_is_not_swallowed(tmp_path):
+    task = proxy_lib.ProxyTask(
+        _config(), train_fn=FakeTrain(KeyboardInterrupt())
+    )
+    with pytest.raises(KeyboardInterrupt):
+        task.reward(known.NASFPN_SPEC, str(tmp_path))
+
+
+def test_long_errors_are_cut():
+    text = proxy_lib.describe_error(ValueError("x" * 10_000))
+    assert len(text) == proxy_lib.MAX_ERROR_CHARS
+    assert text.startswith("ValueError: xxx") and text.endswith("...")
+
+
+def test_release_drops_checkpoints_unless_kept(tmp_path):
+    for keep in (False, True):
+        work_dir = tmp_path / str(keep)
+        (work_dir / "checkpoints").mkdir(parents=True)
+        (work_dir / "checkpoints" / "ckpt-1.index").write_text("x")
+        (work_dir / "metrics.jsonl").write_text("{}\n")
+        task = proxy_lib.ProxyTask(
+            _config(), train_fn=FakeTrain(), keep_checkpoints=keep
+        )
+        task.release(str(work_dir))
+        assert (work_dir / "checkpoints").exists() == keep
+        assert (work_dir / "metrics.jsonl").exists()
+
+
+def test_strategy_reaches_the_trainer_and_batches_are_checked(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    train = FakeTrain(dict(METRICS))
+    task = proxy_lib.ProxyTask(_config(), strategy=strategy, train_fn=train)
+    task.reward(known.NASFPN_SPEC, str(tmp_path))
+    assert train.calls[0]["strategy"] is strategy
+
+    class EightReplicas:
+        num_replicas_in_sync = 8
+
+    with pytest.raises(config_lib.ConfigError, match="train.batch_size"):
+        proxy_lib.ProxyTask(
+            _config(**{"train.batch_size": 4}), strategy=EightReplicas()
+        )
+
+
+def test_result_round_trips_and_checks_itself():
+    result = proxy_lib.ProxyResult(0.5, "ok", {"AP": 0.5}, 3.0)
+    assert proxy_lib.ProxyResult.from_dict(result.to_dict()) == result
+    with pytest.raises(ValueError, match="status"):
+        proxy_lib.ProxyResult(0.5, "great")
+    with pytest.raises(ValueError, match="error"):
+        proxy_lib.ProxyResult(0.0, "failed")
+    with pytest.raises(ValueError, match="finite"):
+        proxy_lib.ProxyResult(math.inf, "ok")
+
+
+@pytest.mark.slow
+def test_real_tiny_child_trains_and_earns_heldout_ap(tmp_path):
+    """One real child on the generated data: a finite AP in [0, 1]."""
+    config = config_lib.override(
+        config_lib.ExperimentConfig(),
+        {
+            "search.proxy.train_steps": 4,
+            "train.warmup_steps": 1,
+            "train.log_every": 2,
+            "data.synthetic.num_train": 8,
+            "data.synthetic.num_heldout": 4,
+            "data.synthetic.num_val": 4,
+        },
+    )
+    task = proxy_lib.ProxyTask(config)
+    work_dir = str(tmp_path / "child")
+    result = task.reward(known.NASFPN_SPEC, work_dir)
+    assert result.status == "ok", result.error
+    assert 0.0 <= result.reward <= 1.0
+    assert result.metrics["AP"] == result.reward
+    assert os.path.isdir(os.path.join(work_dir, "checkpoints"))
+    task.release(work_dir)
+    assert not os.path.exists(os.path.join(work_dir, "checkpoints"))
