@@ -341,3 +341,19 @@ def test_samples_of_the_nasfpn_space_are_valid_specs():
     np.testing.assert_allclose(
         samples.log_probs, -np.log(counts).sum(axis=1), rtol=1e-5
     )
+
+
+def test_controller_stays_float32_under_mixed_precision():
+    import tf_keras
+
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        controller = Controller((3, 4), seed=0)
+        samples = controller.sample(4)
+        stats = controller.update(samples, [0.0, 1.0, 0.5, 0.2])
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+    assert samples.log_probs.dtype == np.float32
+    assert np.isfinite(stats["loss"])
+    assert {v.dtype.name for v in controller.trainable_variables} == {"float32"}

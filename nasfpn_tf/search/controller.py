@@ -361,8 +361,12 @@ class Controller(_Policy):
                 recurrent_initializer=tf_keras.initializers.RandomUniform(
                     -INIT_SCALE, INIT_SCALE, seed=self.seed + 1
                 ),
+                # The policy stays float32 whatever mixed precision the
+                # children train with: log-probs and PPO ratios need it.
+                dtype="float32",
             ),
             return_sequences=True,
+            dtype="float32",
             name="lstm",
         )
         self._lstm.build(tf.TensorShape([None, None, self.embedding_size]))

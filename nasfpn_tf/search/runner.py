@@ -64,24 +64,16 @@ def make_policy(
 ) -> controller_lib.Policy:
     """The controller of `search.algorithm`, seeded by `runtime.seed`.
 
-    Built under the float32 Keras policy: the global mixed-precision policy
-    is meant for the children, and the controller's LSTM would otherwise
-    compute in bfloat16 against float32 weights.
+    The controller pins its own layers to float32, so the global
+    mixed-precision policy (meant for the children) does not reach it.
     """
-    import tf_keras
-
-    previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy("float32")
-    try:
-        return controller_lib.make_policy(
-            config.search.algorithm,
-            space.num_choices,
-            space.mask,
-            config.search.controller,
-            seed=config.runtime.seed,
-        )
-    finally:
-        tf_keras.mixed_precision.set_global_policy(previous)
+    return controller_lib.make_policy(
+        config.search.algorithm,
+        space.num_choices,
+        space.mask,
+        config.search.controller,
+        seed=config.runtime.seed,
+    )
 
 
 def _proxy_factory(
@@ -140,6 +132,8 @@ def search(
             a row (the results so far are written first).
         oracle.SearchStateError: the directory holds a search run with
             another batch size, algorithm, seed or space.
+        oracle.SearchStorageError: the directory cannot be written (a
+            full disk, no permission); what was recorded stays intact.
     """
     start = time.monotonic()
     _export_oracle_address(config)
@@ -156,13 +150,16 @@ def search(
         "penalty_reward": settings.penalty_reward,
         "reuse_rewards": settings.reuse_rewards,
         "max_consecutive_failures": max_consecutive_failures,
+        "max_retries": settings.max_retries,
     }
     factory = _proxy_factory(config, proxy)
     if part == "worker":
         stand_in = oracle_lib.ControllerOracle(
             space, None, None, **oracle_kwargs
         )
-        tuner = tuner_lib.SearchTuner(stand_in, space, search_dir, factory)
+        tuner = tuner_lib.SearchTuner(
+            stand_in, space, search_dir, factory, settings.worker_timeout
+        )
         tuner.search()
         return {"role": part, "tuner": tuner.tuner_id, "trained": tuner.trained}
 
@@ -194,10 +191,24 @@ def search(
         **oracle_kwargs,
     )
     reporter.oracle = oracle
-    oracle.restore()
-    tuner = tuner_lib.SearchTuner(oracle, space, search_dir, factory)
-    tuner.search()
-    summary = reporter.finish(role=part, seconds=time.monotonic() - start)
+    tuner = tuner_lib.SearchTuner(
+        oracle, space, search_dir, factory, settings.worker_timeout
+    )
+    try:
+        oracle.restore()
+        tuner.search()
+        summary = reporter.finish(role=part, seconds=time.monotonic() - start)
+    except Exception as error:
+        cause = proxy_lib.storage_error_of(error)
+        if cause is None:
+            raise
+        raise oracle_lib.SearchStorageError(
+            f"The search stopped: {search_dir.root} cannot be written "
+            f"({proxy_lib.describe_error(cause)}). The {len(oracle.records)} "
+            f"samples in {search_dir.history_path} are intact; free space "
+            "or make the directory writable, then rerun the same command to "
+            "resume."
+        ) from error
     if oracle.aborted is not None:
         raise oracle.aborted
     return summary
