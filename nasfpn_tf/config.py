@@ -573,7 +573,7 @@ class ProxyConfig:
         image_size: input side of a child.
     """
 
-    train_steps: int = 30
+    train_steps: int = 100
     eval_steps: int = 0
     repeats: int = 2
     filters: int = 16
@@ -602,11 +602,15 @@ class SearchConfig:
             recorded reward instead of being trained again.
         oracle_host: address of the KerasTuner oracle for parallel trials.
         oracle_port: its port.
+        worker_timeout: seconds a worker training a child may go without
+            a heartbeat before the chief counts it lost and hands the
+            child to another worker (`max_retries` times) or records it
+            as failed.
     """
 
     algorithm: str = "ppo"
-    num_samples: int = 6
-    samples_per_update: int = 3
+    num_samples: int = 8
+    samples_per_update: int = 4
     parallel_trials: int = 1
     penalty_reward: float = 0.0
     max_retries: int = 1
@@ -618,6 +622,7 @@ class SearchConfig:
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
     oracle_host: str = "127.0.0.1"
     oracle_port: int = 8000
+    worker_timeout: float = 600.0
 
     def __post_init__(self):
         _choice("search.algorithm", self.algorithm, SEARCH_ALGORITHMS)
@@ -625,6 +630,7 @@ class SearchConfig:
         _positive("search.samples_per_update", self.samples_per_update)
         _positive("search.parallel_trials", self.parallel_trials)
         _non_negative("search.max_retries", self.max_retries)
+        _positive("search.worker_timeout", self.worker_timeout)
         if not self.oracle_host:
             raise ConfigError("search.oracle_host must not be empty.")
         if not 0 < self.oracle_port <= MAX_PORT:
