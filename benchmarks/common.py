@@ -1,0 +1,316 @@
+"""Timing and printing helpers shared by the benchmark scripts.
+
+Every benchmark prints one JSON object per line for each case (machine
+readable, ``json.loads`` of each line starting with ``{``) and a readable
+table at the end. Times are wall-clock seconds of calls that have finished:
+a TF function called eagerly on CPU returns once its outputs exist, and
+``fetch`` copies a result to host memory to make sure of it.
+
+Competing callables are timed round-robin (A B C A B C ...) after their
+warm-up, so that a change of machine load (other processes, turbo,
+thermal limits) falls on all of them alike; ratios are taken between their
+medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+# Shown for missing values in tables (a failed case, a ratio without base).
+MISSING = "-"
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+# An error is reported by its first lines (Keras puts the cause second).
+ERROR_LINES = 2
+ERROR_CHARS = 400
+
+
+def quiet_tensorflow() -> None:
+    """Hides TF's C++ info logs (set before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of repeated calls of one callable.
+
+    Attributes:
+        samples: seconds of each timed call, in order.
+        first_call_s: seconds of the first warm-up call (tracing, graph
+            optimisation or XLA compilation included).
+    """
+
+    samples: tuple[float, ...]
+    first_call_s: float = float("nan")
+
+    def __post_init__(self):
+        if not self.samples:
+            raise ValueError("Timing needs at least one sample")
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.samples)
+
+    def as_dict(self) -> dict[str, float]:
+        """Median, min, max and count, rounded for printing."""
+        return {
+            "median_s": round(self.median_s, 6),
+            "min_s": round(self.min_s, 6),
+            "max_s": round(self.max_s, 6),
+            "repeats": len(self.samples),
+            "first_call_s": round(self.first_call_s, 3),
+        }
+
+
+def fetch(value: Any) -> Any:
+    """Copies every tensor in ``value`` to host memory (numpy).
+
+    Returns the numpy structure; plain Python values pass through.
+    """
+
+    def to_host(x):
+        return x.numpy() if hasattr(x, "numpy") else x
+
+    import tensorflow as tf
+
+    return tf.nest.map_structure(to_host, value)
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+    """Seconds of one call of ``fn``, its result fetched to the host."""
+    start = time.perf_counter()
+    fetch(fn())
+    return time.perf_counter() - start
+
+
+def time_round_robin(
+    fns: Mapping[str, Callable[[], Any]],
+    warmup: int,
+    repeats: int,
+    errors: dict[str, str] | None = None,
+) -> dict[str, Timing]:
+    """Times several callables alternately: A B A B ... after warm-up.
+
+    Args:
+        fns: name -> callable without arguments; its result is fetched.
+        warmup: untimed calls of each before timing (>= 1: the first call
+            traces and compiles).
+        repeats: timed calls of each.
+        errors: if given, a callable whose first call raises is dropped and
+            ``errors[name]`` gets the exception's type and first line;
+            otherwise the exception propagates.
+
+    Returns:
+        name -> Timing, in the order of ``fns``, for those that ran.
+
+    Raises:
+        ValueError: no callable, ``warmup < 1`` or ``repeats < 1``.
+    """
+    if not fns:
+        raise ValueError("time_round_robin: no callable to time")
+    if warmup < 1 or repeats < 1:
+        raise ValueError(
+            f"warmup and repeats must be >= 1, got {warmup} and {repeats}"
+        )
+    first = {}
+    for name, fn in fns.items():
+        try:
+            first[name] = time_call(fn)
+        except Exception as error:
+            if errors is None:
+                raise
+            errors[name] = describe_error(error)
+            continue
+        for _ in range(warmup - 1):
+            time_call(fn)
+    running = {name: fn for name, fn in fns.items() if name in first}
+    samples: dict[str, list[float]] = {name: [] for name in running}
+    for _ in range(repeats):
+        for name, fn in running.items():
+            samples[name].append(time_call(fn))
+    return {
+        name: Timing(tuple(samples[name]), first_call_s=first[name])
+        for name in running
+    }
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: the first lines of the message`` (TF errors run long)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:ERROR_LINES])
+    return f"{type(error).__name__}: {text}"[:ERROR_CHARS]
+
+
+def best_of(fn: Callable[[], Any], warmup: int, repeats: int) -> Timing:
+    """Times one callable alone (``repeats`` calls after ``warmup``)."""
+    return time_round_robin({"fn": fn}, warmup, repeats)["fn"]
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator rounded to 3 digits, None if undefined."""
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def cpu_flags() -> set[str]:
+    """Instruction-set flags of the CPU (empty where /proc is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: CPU, cores, TF and its threads."""
+    import tensorflow as tf
+
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu_flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags],
+        "load_average_1m": round(os.getloadavg()[0], 2)
+        if hasattr(os, "getloadavg")
+        else None,
+        "tensorflow": tf.__version__,
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def emit(row: Mapping[str, Any], out: TextIO | None = None) -> dict:
+    """Prints ``row`` as one JSON line (flushed) and returns it as a dict."""
+    row = dict(row)
+    out = out or sys.stdout
+    out.write(json.dumps(row, sort_keys=False, default=_json_default) + "\n")
+    out.flush()
+    return row
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and tuples of them.
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        if math.isnan(value):
+            return MISSING
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        if abs(value) >= 1:
+            # Three decimals: a ratio of 1.004 must not read as 1.00.
+            return f"{value:.3f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> str:
+    """A plain-text table of ``rows`` with one column per key.
+
+    Missing keys and None print as ``-``.
+    """
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [
+        max([len(c)] + [len(r[i]) for r in cells])
+        for i, c in enumerate(columns)
+    ]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def print_table(
+    title: str,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    out: TextIO | None = None,
+) -> None:
+    """Prints a titled table (after the JSON lines) to ``out`` or stdout."""
+    out = out or sys.stdout
+    out.write(f"\n{title}\n{format_table(rows, columns)}\n")
+    out.flush()
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a float >= 0, got {text}")
+    return value
+
+
+def add_timing_flags(
+    parser: argparse.ArgumentParser, warmup: int = 2, repeats: int = 5
+) -> None:
+    """--warmup and --repeats with the given defaults."""
+    parser.add_argument(
+        "--warmup",
+        type=positive_int,
+        default=warmup,
+        help="untimed calls of each callable first (the first one traces)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=repeats,
+        help="timed calls of each callable, taken alternately",
+    )
