@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import logging as std_logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,23 @@ LOG_LEVELS = {
 RESUME_FREE_KEYS = ("runtime.tpu",)
 DEFAULT_RUNS_DIR = "runs"
 EXPORT_SUBDIR = "export"
+# Modes that build the neck from model.neck.arch (the search samples its
+# own specs).
+ARCH_MODES = ("train", "eval", "train_and_eval", "export")
+# Errors that say what is wrong with the input or the run's directory
+# (config, spec, data, checkpoints, search state, a full disk): the command
+# line reports them in one message, without a traceback. By module and
+# name, so that --help does not import TensorFlow.
+USER_ERRORS = (
+    ("nasfpn_tf.config", "ConfigError"),
+    ("nasfpn_tf.arch.spec", "SpecError"),
+    ("nasfpn_tf.data.pipeline", "UnusableDataError"),
+    ("nasfpn_tf.train.checkpoints", "UnreadableCheckpointError"),
+    ("nasfpn_tf.search.history", "HistoryError"),
+    ("nasfpn_tf.search.oracle", "SearchStateError"),
+    ("nasfpn_tf.search.oracle", "SearchAborted"),
+    ("nasfpn_tf.search.oracle", "SearchStorageError"),
+)
 
 _MODE = flags.DEFINE_enum("mode", "search", MODES, "What to run.")
 _MODEL_DIR = flags.DEFINE_string(
@@ -95,6 +113,7 @@ def resolve_config(
     arch: str | None = None,
     tpu: str | None = None,
     overwrite_config: bool = False,
+    check_arch: bool = False,
 ) -> config_lib.ExperimentConfig:
     """Resolves the run's config and saves it to `model_dir/config.yaml`.
 
@@ -110,6 +129,8 @@ def resolve_config(
         arch: spec JSON path for model.neck.arch.
         tpu: TPU name; also selects the "tpu" strategy.
         overwrite_config: let the flags replace a differing saved config.
+        check_arch: read and check the spec of `model.neck.arch` before
+            saving anything (the modes that build it).
 
     Returns:
         The config the run uses.
@@ -125,6 +146,8 @@ def resolve_config(
     flags_given = bool(config_files or params_override or arch is not None)
     if saved is not None and not flags_given:
         logging.info("Resuming with %s", config_lib.config_path(model_dir))
+        if check_arch:
+            check_spec(saved)
         if not tpu_changes:
             return saved
         config = config_lib.override(saved, tpu_changes)
@@ -136,6 +159,8 @@ def resolve_config(
         extra["model.neck.arch"] = arch
     if extra:
         config = config_lib.override(config, extra)
+    if check_arch:
+        check_spec(config)
     if saved is not None and not overwrite_config:
         conflicts = {
             key: values
@@ -155,6 +180,32 @@ def resolve_config(
             )
     config_lib.save(config, model_dir)
     return config
+
+
+def check_spec(config: config_lib.ExperimentConfig) -> None:
+    """Reads and checks the neck spec `model.neck.arch` names, if any.
+
+    Raises:
+        config_lib.ConfigError: a missing or invalid spec file (the
+            message names the field at fault), or a spec whose levels
+            differ from model.min_level..max_level.
+    """
+    path = config.model.neck.arch
+    if not path:
+        return
+    from nasfpn_tf.arch.spec import NeckSpec, SpecError
+
+    try:
+        spec = NeckSpec.load(path)
+    except SpecError as error:
+        raise config_lib.ConfigError(f"model.neck.arch: {error}") from None
+    model = config.model
+    if (spec.min_level, spec.max_level) != (model.min_level, model.max_level):
+        raise config_lib.ConfigError(
+            f"model.neck.arch: {path} covers levels {spec.min_level}.."
+            f"{spec.max_level} but model.min_level..max_level is "
+            f"{model.min_level}..{model.max_level}."
+        )
 
 
 def execute(
@@ -210,6 +261,7 @@ def main(argv: Sequence[str]) -> None:
             _ARCH.value,
             _TPU.value,
             _OVERWRITE_CONFIG.value,
+            check_arch=mode in ARCH_MODES,
         )
     except config_lib.ConfigError as error:
         # A bad config is not a flag-syntax problem: say what is wrong
@@ -221,9 +273,39 @@ def main(argv: Sequence[str]) -> None:
         logging.info("%s result: %s", mode, result)
 
 
+def cli_main(argv: Sequence[str]) -> None:
+    """`main` for the command line: an error in the user's input (see
+    USER_ERRORS) ends the process with its message and status 1, without
+    a traceback."""
+    try:
+        main(argv)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        raise SystemExit(f"Error: {error}") from None
+
+
+def _is_user_error(error: Exception) -> bool:
+    # A module not loaded yet cannot have raised its error.
+    loaded = [
+        getattr(sys.modules[module], name)
+        for module, name in USER_ERRORS
+        if module in sys.modules
+    ]
+    if isinstance(error, tuple(loaded)):
+        return True
+    if "tensorflow" not in sys.modules:  # nothing was written yet
+        return False
+    # A full disk or a directory that cannot be written: the message
+    # names the path and the reason.
+    from nasfpn_tf.search.proxy import is_storage_error
+
+    return is_storage_error(error)
+
+
 def run() -> None:
     """Console-script entry point (`nasfpn-tf`)."""
-    app.run(main)
+    app.run(cli_main)
 
 
 if __name__ == "__main__":

@@ -14,3 +14,30 @@ def _seed():
     tf_keras.utils.set_random_seed(0)
     yield
     tf_keras.backend.clear_session()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Lists each fault the `faults` tests injected and how it ended.
+
+    Tests note faults with `record_property("fault", text)` (see
+    `faults_helpers.record_fault`); a `faults` test that failed before
+    noting one is listed by its id.
+    """
+    lines = []
+    for status in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(status, []):
+            if getattr(report, "when", "") != "call":
+                continue
+            if "faults" not in getattr(report, "keywords", {}):
+                continue
+            notes = [
+                value
+                for name, value in report.user_properties
+                if name == "fault"
+            ]
+            for note in notes or [report.nodeid]:
+                lines.append(f"{status.upper():6}  {note}")
+    if lines:
+        terminalreporter.section("injected faults and outcomes")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -44,6 +44,10 @@ DEFAULT_SHUFFLE_BUFFER = 1024
 MAX_PARALLEL_FILES = 16
 
 
+class UnusableDataError(ValueError):
+    """Not one record of a split can be read and decoded."""
+
+
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
     """What turns one serialized example into (image, labels).
@@ -236,10 +240,12 @@ def build_dataset(
     """Batched (images, labels) for training or evaluation.
 
     Training shuffles files and records, repeats forever and augments only
-    there (flip, scale jitter); evaluation reads once in order and adds
-    ``labels["groundtruths"]``. Every shape is static when
-    ``drop_remainder`` (TPU); evaluation with ``drop_remainder`` drops the
-    last ``num_images % batch_size`` images, so pass False off TPU.
+    there (flip, scale jitter); when not one record of a pass is usable,
+    the training dataset ends instead (nothing to repeat). Evaluation
+    reads once in order and adds ``labels["groundtruths"]``. Every shape
+    is static when ``drop_remainder`` (TPU); evaluation with
+    ``drop_remainder`` drops the last ``num_images % batch_size`` images,
+    so pass False off TPU.
 
     Args:
       file_pattern: TFRecord path(s), globs or comma-separated lists.
@@ -298,13 +304,18 @@ def build_dataset(
     if cache:
         records = records.cache()
     if is_training:
-        records = records.shuffle(shuffle_buffer, seed=seed).repeat()
+        records = records.shuffle(shuffle_buffer, seed=seed)
     dataset = records.map(
         make_parse_fn(config, is_training),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     if skip_errors:
         dataset = dataset.ignore_errors(log_warning=True)
+    if is_training:
+        # Repeat after skipping: an epoch that yields nothing ends the
+        # repetition (tf.data's rule), so a split without one usable
+        # example ends the dataset instead of looping forever.
+        dataset = dataset.repeat()
     dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
     options = tf.data.Options()
     # Without a seed, training order may follow whichever file is ready.

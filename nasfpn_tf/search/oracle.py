@@ -31,6 +31,13 @@ A child that fails earns the penalty reward; a run of
 `max_consecutive_failures` failures stops the search, as it points at a
 broken set-up rather than at bad architectures.
 
+Lost workers. A worker sends a heartbeat (`get_trial`) while it trains a
+child; the chief takes back the child of a worker silent for longer than
+`search.worker_timeout` (killed, preempted, its host gone) and hands it to
+the next tuner that asks, which resumes from the child's checkpoints,
+`max_retries` times; after that the child is recorded as failed. A result
+the lost worker stored before dying is used as it is.
+
 Resuming. `history.jsonl` and the controller checkpoint are the source of
 truth, not KerasTuner's `oracle.json` and `trial.json`, which are written
 in place (a kill mid-write leaves a file that cannot be reloaded) and whose
@@ -44,6 +51,7 @@ trial interrupted after its result was stored is not trained again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import threading
@@ -80,6 +88,15 @@ class SearchStateError(RuntimeError):
 
 class SearchAborted(RuntimeError):
     """The search stopped itself (too many children failed in a row)."""
+
+
+class SearchStorageError(kt.errors.FatalError):
+    """The search directory cannot be written (full disk, no permission).
+
+    A KerasTuner FatalError, so the tuner stops instead of counting the
+    child as failed: every child would fail alike, and penalty rewards
+    for a full disk would mislead the controller.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +171,8 @@ class ControllerOracle(kt.Oracle):
         reuse_rewards: give a repeated architecture its earlier reward.
         max_consecutive_failures: failures in a row that stop the search;
             0 never stops.
+        max_retries: times the child of a lost worker is handed out
+            again before it is recorded as failed.
         on_sample: called with each new history record.
         on_update: called with an `UpdateInfo` after each update.
     """
@@ -170,6 +189,7 @@ class ControllerOracle(kt.Oracle):
         penalty_reward: float = 0.0,
         reuse_rewards: bool = True,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        max_retries: int = 0,
         on_sample: OnSample | None = None,
         on_update: Callable[[UpdateInfo], None] | None = None,
     ):
@@ -204,6 +224,7 @@ class ControllerOracle(kt.Oracle):
         self.penalty_reward = float(penalty_reward)
         self.reuse_rewards = reuse_rewards
         self.max_consecutive_failures = max_consecutive_failures
+        self.max_retries = max_retries
         self._on_sample = on_sample
         self._on_update = on_update
         self.history: history_lib.History | None = None
@@ -213,6 +234,10 @@ class ControllerOracle(kt.Oracle):
         self._finished: dict[int, history_lib.SampleRecord] = {}
         self._batch: _Batch | None = None
         self._failures_in_a_row = 0
+        # Trial id -> monotonic time its tuner was last heard of; sample ->
+        # times its worker was lost.
+        self._heard: dict[str, float] = {}
+        self._lost: collections.Counter[int] = collections.Counter()
         # Reentrant, and released when a call raises (KerasTuner's
         # `synchronized` would keep it).
         self._lock = threading.RLock()
@@ -448,7 +473,9 @@ class ControllerOracle(kt.Oracle):
         with self._lock:
             if tuner_id in self.ongoing_trials:
                 # A restarted tuner with the same id carries on its trial.
-                return self.ongoing_trials[tuner_id]
+                trial = self.ongoing_trials[tuner_id]
+                self._heard[trial.trial_id] = time.monotonic()
+                return trial
             self.tuner_ids.add(tuner_id)
             sample = self._advance()
             if sample is None:
@@ -467,6 +494,7 @@ class ControllerOracle(kt.Oracle):
             self.trials[trial.trial_id] = trial
             self.ongoing_trials[tuner_id] = trial
             self.start_order.append(trial.trial_id)
+            self._heard[trial.trial_id] = time.monotonic()
             return trial
 
     def populate_space(self, trial_id: str) -> dict[str, Any]:
@@ -493,10 +521,57 @@ class ControllerOracle(kt.Oracle):
             return super().update_trial(trial_id, metrics, step=step)
 
     def get_trial(self, trial_id: str) -> trial_lib.Trial:
+        """The trial; a worker's heartbeat while it trains the child."""
         with self._lock:
+            if trial_id in self._heard:
+                self._heard[trial_id] = time.monotonic()
             if trial_id not in self.trials:
                 return trial_lib.Trial(self.get_space(), trial_id, RUNNING)
             return self.trials[trial_id]
+
+    def reclaim_lost_trials(self, silent_for: float) -> list[str]:
+        """Takes back the children of tuners silent for `silent_for` s.
+
+        Each goes to the next tuner that asks (the same trial id, so the
+        same work directory and checkpoints) until it has been lost
+        `max_retries` times; then it is recorded as failed. A result its
+        worker stored is recorded as it is.
+
+        Returns:
+            The ids of the trials taken back.
+        """
+        with self._lock:
+            now = time.monotonic()
+            lost = [
+                (tuner_id, trial)
+                for tuner_id, trial in self.ongoing_trials.items()
+                if now - self._heard.get(trial.trial_id, now) > silent_for
+            ]
+            for tuner_id, trial in lost:
+                del self.ongoing_trials[tuner_id]
+                self.tuner_ids.discard(tuner_id)
+                self._heard.pop(trial.trial_id, None)
+                sample = int(trial.trial_id)
+                self._lost[sample] += 1
+                message = (
+                    f"tuner {tuner_id} was silent for more than "
+                    f"{silent_for:g} s while training sample {sample} (lost "
+                    f"{self._lost[sample]} time(s))"
+                )
+                batch = self._batch
+                pos = sample - batch.start if batch is not None else -1
+                if not 0 <= pos < (batch.size if batch else 0):
+                    continue
+                stored = read_result(self.search_dir, sample, batch.hashes[pos])
+                if stored is None and self._lost[sample] <= self.max_retries:
+                    logging.warning("%s; handing it out again", message)
+                    batch.handed.discard(pos)
+                    continue
+                logging.warning("%s; recording it", message)
+                trial.status = trial_lib.TrialStatus.FAILED
+                trial.message = message
+                self.end_trial(trial)
+            return [trial.trial_id for _, trial in lost]
 
     def end_trial(self, trial: trial_lib.Trial) -> None:
         """Records a finished child; learns when its batch is complete."""
@@ -508,6 +583,7 @@ class ControllerOracle(kt.Oracle):
             for tuner_id, ongoing in list(self.ongoing_trials.items()):
                 if ongoing.trial_id == trial.trial_id:
                     del self.ongoing_trials[tuner_id]
+            self._heard.pop(trial.trial_id, None)
             sample = int(trial.trial_id)
             batch = self._batch
             if batch is None or not 0 <= sample - batch.start < batch.size:

@@ -16,7 +16,10 @@ retried up to `search.max_retries` times first; the child's work directory
 is kept, so a retry resumes from the child's last checkpoint. Errors that
 come with the architecture, such as running out of accelerator memory
 (`tf.errors.ResourceExhaustedError`) or a non-finite loss
-(`NonFiniteLossError`), would only repeat and are not retried.
+(`NonFiniteLossError`), would only repeat and are not retried. Errors of
+the storage (a full disk, a directory that cannot be written) are not the
+child's either: every child would fail alike and their penalty rewards
+would mislead the controller, so they propagate and stop the search.
 
 Children train in the search process, not in a subprocess per child: a
 subprocess would pay the TensorFlow import and the accelerator set-up
@@ -30,6 +33,7 @@ rerunning the command resumes it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import math
 import os
@@ -62,6 +66,21 @@ TRANSIENT_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+
+# Errors of the storage, not of the child: a full disk or quota, a
+# read-only or forbidden directory (OSError numbers; TensorFlow's file
+# system reports the same conditions as OpErrors with these messages).
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+STORAGE_MESSAGES = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Read-only file system",
+    "Permission denied",
+)
+# How far down `__cause__` / `__context__` a storage error is looked for.
+MAX_ERROR_CHAIN = 8
 
 TrainFn = Callable[..., Mapping[str, Any]]
 
@@ -203,8 +222,10 @@ class ProxyTask:
                     attempts=attempt,
                 )
             # A child never stops the search: whatever it raises is its
-            # failure.
-            except Exception as error:  # noqa: BLE001
+            # failure, unless the storage failed.
+            except Exception as error:
+                if is_storage_error(error):
+                    raise
                 retry = (
                     isinstance(error, TRANSIENT_ERRORS)
                     and attempt <= self.max_retries
@@ -263,6 +284,29 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         if math.isfinite(number):
             out[str(key)] = number
     return out
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) says the storage
+    cannot take a write: full, over quota, read-only or forbidden."""
+    return storage_error_of(error) is not None
+
+
+def storage_error_of(error: BaseException) -> BaseException | None:
+    """The storage error in `error`'s chain of causes, or None."""
+    for _ in range(MAX_ERROR_CHAIN):
+        if error is None:
+            return None
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            return error
+        if isinstance(error, tf.errors.PermissionDeniedError):
+            return error
+        if isinstance(error, tf.errors.OpError) and any(
+            text in str(error.message) for text in STORAGE_MESSAGES
+        ):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def describe_error(error: BaseException) -> str:

@@ -91,6 +91,20 @@ def _proxy_factory(
     return make
 
 
+def check_data(config: config_lib.ExperimentConfig) -> None:
+    """Fails at once when a data path the children read matches no file,
+    rather than failing every child with it.
+
+    Raises:
+        config_lib.ConfigError: naming the key and the path.
+    """
+    from nasfpn_tf.train import inputs
+
+    for split in ("train", proxy_lib.EVAL_SPLIT):
+        if getattr(config.data, f"{split}_path"):
+            inputs.check_split(split, inputs.resolve_split(config, split))
+
+
 def _export_oracle_address(config: config_lib.ExperimentConfig) -> None:
     if os.environ.get(tuner_lib.ENV_TUNER_ID):
         os.environ.setdefault(
@@ -134,6 +148,8 @@ def search(
             another batch size, algorithm, seed or space.
         oracle.SearchStorageError: the directory cannot be written (a
             full disk, no permission); what was recorded stays intact.
+        config_lib.ConfigError: a data path the children read matches no
+            file.
     """
     start = time.monotonic()
     _export_oracle_address(config)
@@ -142,6 +158,8 @@ def search(
     if not tf.io.gfile.exists(config_lib.config_path(model_dir)):
         config_lib.save(config, model_dir)
     part = tuner_lib.role()
+    if proxy is None and part != "chief":
+        check_data(config)
     settings = config.search
     oracle_kwargs = {
         "num_samples": settings.num_samples,

@@ -12,14 +12,18 @@ variables one process does both.
 A trial's result is stored as `result.json` in its trial directory before
 the oracle hears of it, so a child trained by a process that dies before
 reporting is not trained again: the next tuner handed the same sample
-reuses the stored result.
+reuses the stored result. While a worker trains, a heartbeat thread tells
+the chief it is alive; the chief takes back the children of silent ones
+(`oracle.ControllerOracle.reclaim_lost_trials`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import tensorflow as tf
@@ -43,6 +47,9 @@ SERVER_POLL_SECONDS = 0.2
 # tuners that have not asked yet (they ask every IDLE_WAIT_SECONDS).
 CHIEF_LINGER_SECONDS = 5 * IDLE_WAIT_SECONDS
 SERVER_STOP_GRACE_SECONDS = 1.0
+# Heartbeats a worker sends per `search.worker_timeout`: a few may be late
+# (a long trace holding the GIL) before the chief counts the worker lost.
+HEARTBEATS_PER_TIMEOUT = 4
 
 ProxyFactory = Callable[[], proxy_lib.Proxy]
 
@@ -70,6 +77,10 @@ class SearchTuner(base_tuner.BaseTuner):
         search_dir: the search directory (shared by chief and workers).
         proxy_factory: makes the proxy on first use, so a chief, which
             trains nothing, never builds a strategy.
+        worker_timeout: seconds of silence after which the chief takes
+            back a worker's child; workers send HEARTBEATS_PER_TIMEOUT
+            heartbeats in that time while training. None: no heartbeats,
+            nothing taken back.
     """
 
     def __init__(
@@ -78,9 +89,11 @@ class SearchTuner(base_tuner.BaseTuner):
         space: SearchSpace,
         search_dir: history_lib.SearchDir,
         proxy_factory: ProxyFactory,
+        worker_timeout: float | None = None,
     ):
         self.space = space
         self.search_dir = search_dir
+        self.worker_timeout = worker_timeout
         self._proxy_factory = proxy_factory
         self._proxy: proxy_lib.Proxy | None = None
         self.trained = 0
@@ -97,7 +110,27 @@ class SearchTuner(base_tuner.BaseTuner):
         return self._proxy
 
     def run_trial(self, trial: trial_lib.Trial) -> dict[str, float]:
-        """Rates the trial's spec; a result stored earlier is reused."""
+        """Rates the trial's spec; a result stored earlier is reused.
+
+        Raises:
+            oracle.SearchStorageError: the search directory cannot be
+                written (a full disk, no permission): the search stops.
+        """
+        beat = None
+        if self.worker_timeout is not None and role() == "worker":
+            beat = self.worker_timeout / HEARTBEATS_PER_TIMEOUT
+        try:
+            with _heartbeats(self.oracle, trial.trial_id, beat):
+                return self._rate(trial)
+        except Exception as error:
+            cause = proxy_lib.storage_error_of(error)
+            if cause is None:
+                raise
+            raise oracle_lib.SearchStorageError(
+                proxy_lib.describe_error(cause)
+            ) from error
+
+    def _rate(self, trial: trial_lib.Trial) -> dict[str, float]:
         sample = int(trial.trial_id)
         spec = self.space.to_spec(oracle_lib.actions_of(trial, self.space))
         key = spec.canonical_key()
@@ -128,7 +161,7 @@ class SearchTuner(base_tuner.BaseTuner):
         without pause and whose chief polls for the end every 20 s.
         """
         if role() == "chief":
-            serve(self.oracle)
+            serve(self.oracle, self.worker_timeout)
             return
         self.on_search_begin()
         while True:
@@ -150,13 +183,43 @@ class SearchTuner(base_tuner.BaseTuner):
         """Reads nothing: the oracle restores from the history."""
 
 
-def serve(oracle: oracle_lib.ControllerOracle) -> None:
+@contextlib.contextmanager
+def _heartbeats(
+    oracle: oracle_lib.ControllerOracle, trial_id: str, seconds: float | None
+) -> Iterator[None]:
+    """Asks the oracle for the trial every `seconds` (a heartbeat) in a
+    thread while the body runs; nothing when `seconds` is None."""
+    if seconds is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(seconds):
+            try:
+                oracle.get_trial(trial_id)
+            except Exception as error:  # noqa: BLE001 (the next may pass)
+                logging.warning("Heartbeat for trial %s: %s", trial_id, error)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def serve(
+    oracle: oracle_lib.ControllerOracle, worker_timeout: float | None = None
+) -> None:
     """Serves `oracle` to worker tuners over gRPC until the search is over.
 
     Listens on KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT with
     KerasTuner's servicer. Returns when every batch is learned from (or the
     search aborted), no trial is running, and every tuner has been told to
-    stop or CHIEF_LINGER_SECONDS have passed.
+    stop or CHIEF_LINGER_SECONDS have passed. With `worker_timeout`, the
+    children of workers silent that long are taken back
+    (`oracle.reclaim_lost_trials`).
 
     Raises:
         RuntimeError: the address cannot be bound.
@@ -183,6 +246,8 @@ def serve(oracle: oracle_lib.ControllerOracle) -> None:
     try:
         while True:
             time.sleep(SERVER_POLL_SECONDS)
+            if worker_timeout is not None:
+                oracle.reclaim_lost_trials(worker_timeout)
             over, waiting = oracle.serving_state()
             if not over:
                 over_since = None

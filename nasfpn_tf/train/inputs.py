@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 from absl import logging
+from official.core import input_reader
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.data import pipeline, synthetic
@@ -95,6 +96,55 @@ def resolve_split(config: config_lib.ExperimentConfig, split: str) -> SplitData:
         return SplitData(path, annotations)
     output = generate_synthetic(config)[split]
     return SplitData(output.file_pattern, output.annotations, synthetic=True)
+
+
+def check_split(split: str, data: SplitData) -> None:
+    """Fails before any work when a split's files do not exist.
+
+    Args:
+        split: "train", "heldout" or "val" (names the config keys).
+        data: from `resolve_split`.
+
+    Raises:
+        config_lib.ConfigError: naming the key and the pattern or file
+            that is missing.
+    """
+    if data.synthetic:
+        return
+    key = f"data.{split}_path"
+    try:
+        files = input_reader.match_files(data.file_pattern)
+    except ValueError:
+        raise config_lib.ConfigError(
+            f"{key} {data.file_pattern!r} matches no file."
+        ) from None
+    missing = [path for path in files if not tf.io.gfile.exists(path)]
+    if missing:
+        raise config_lib.ConfigError(
+            f"{key} {data.file_pattern!r} names missing file(s): "
+            f"{', '.join(missing)}."
+        )
+    if data.annotations and not tf.io.gfile.exists(data.annotations):
+        raise config_lib.ConfigError(
+            f"data.{split}_annotations {data.annotations!r}: no such file."
+        )
+
+
+def no_examples_error(
+    split: str, data: SplitData
+) -> pipeline.UnusableDataError:
+    """The error for a split none of whose records is usable.
+
+    Reads the split once more (`pipeline.audit_records`) to say why.
+    """
+    audit = pipeline.audit_records(data.file_pattern)
+    corrupt = ", ".join(audit.corrupt_files) or "none"
+    return pipeline.UnusableDataError(
+        f"data.{split}_path {data.file_pattern!r} holds no usable example: "
+        f"{audit.files} file(s), {audit.records} intact record(s) of which "
+        f"{audit.undecodable} do not decode; corrupt file(s): {corrupt}. "
+        "Convert the data again (python -m nasfpn_tf.data.convert)."
+    )
 
 
 def generate_synthetic(config: config_lib.ExperimentConfig) -> dict:

@@ -81,6 +81,11 @@ def run(
         ValueError: an unknown mode.
         FileNotFoundError: "eval" without a checkpoint.
         NonFiniteLossError: training diverged.
+        config_lib.ConfigError: a data path that matches no file.
+        pipeline.UnusableDataError: no record of the training split can
+            be read and decoded.
+        checkpoints.UnreadableCheckpointError: checkpoints exist but
+            none can be restored.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
@@ -155,6 +160,18 @@ class _Session:
             if spec is not None:
                 spec.save(os.path.join(model_dir, SPEC_FILENAME))
 
+        # The data is checked before the model is built: a typo in a
+        # path costs seconds, not a model build.
+        self.train_data = None
+        if self.training:
+            self.train_data = inputs.resolve_split(config, "train")
+            inputs.check_split("train", self.train_data)
+        self.eval_data = None
+        if evaluating:
+            self.eval_data = inputs.resolve_split(config, eval_split)
+            inputs.check_split(eval_split, self.eval_data)
+            inputs.log_split(eval_split, self.eval_data)
+
         train = config.train
         with _policy(train.mixed_precision), self.strategy.scope():
             tf_keras.utils.set_random_seed(config.runtime.seed)
@@ -166,10 +183,6 @@ class _Session:
             optimizer = schedule.build_optimizer(train, self.learning_rate)
             # Slots now, so checkpoints restore them at once.
             optimizer.build(model.trainable_variables)
-        self.eval_data = None
-        if evaluating:
-            self.eval_data = inputs.resolve_split(config, eval_split)
-            inputs.log_split(eval_split, self.eval_data)
         self.trainer = DetectionTrainer(
             config,
             self.strategy,
@@ -264,7 +277,7 @@ class _Session:
         """Trains to `train.steps`, evaluating every `eval_every` steps
         (0: only at the end, if this session evaluates)."""
         total = self.config.train.steps
-        train_data = inputs.resolve_split(self.config, "train")
+        train_data = self.train_data
         inputs.log_split("train", train_data)
         # A rerun reshuffles from another seed rather than replaying the
         # batches the first run began with.
@@ -297,6 +310,10 @@ class _Session:
         except NonFiniteLossError as error:
             error.checkpoint = checkpoints.last_good(self.manager)
             raise
+        except tf.errors.OutOfRangeError:
+            # The training data repeats forever unless a whole pass
+            # yields no usable example.
+            raise inputs.no_examples_error("train", train_data) from None
         if self.eval_data is not None and (not metrics or not eval_every):
             metrics = self._evaluate()
         last = self.progress.last_train or {}
