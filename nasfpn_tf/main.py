@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,14 +31,16 @@ from absl import app, flags, logging
 
 from nasfpn_tf import config as config_lib
 
+# TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing a
+# user can act on; TF_CPP_MIN_LOG_LEVEL set in the environment still wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Libraries that log chattily at INFO through the root logger.
+QUIET_LOGGERS = ("matplotlib", "PIL", "h5py")
+
 MODES = ("search", "train", "eval", "train_and_eval", "export")
 TRAINER_MODES = ("train", "eval", "train_and_eval")
-LOG_LEVELS = {
-    "debug": std_logging.DEBUG,
-    "info": std_logging.INFO,
-    "warning": std_logging.WARNING,
-    "error": std_logging.ERROR,
-}
+# absl verbosity names (absl reads ints as its own levels, not logging's).
+LOG_LEVELS = ("debug", "info", "warning", "error")
 # Keys that may differ from the saved config on resume: where the run
 # executes, not what it computes (a TPU is often renamed between runs).
 RESUME_FREE_KEYS = ("runtime.tpu",)
@@ -102,7 +105,11 @@ _OVERWRITE_CONFIG = flags.DEFINE_bool(
     "give, instead of failing.",
 )
 _LOG_LEVEL = flags.DEFINE_enum(
-    "log_level", "info", list(LOG_LEVELS), "Logging verbosity."
+    "log_level",
+    "warning",
+    list(LOG_LEVELS),
+    "Logging verbosity. Progress lines and results are printed at any "
+    "level; 'info' adds the libraries' logs (orbit, TensorFlow tracing).",
 )
 
 
@@ -250,7 +257,8 @@ def main(argv: Sequence[str]) -> None:
             f"Unexpected arguments: {' '.join(argv[1:])}. Flags take the "
             "form --name=value."
         )
-    logging.set_verbosity(LOG_LEVELS[_LOG_LEVEL.value])
+    _quiet_imports()
+    logging.set_verbosity(_LOG_LEVEL.value)
     mode = _MODE.value
     model_dir = _MODEL_DIR.value or f"{DEFAULT_RUNS_DIR}/{mode}"
     try:
@@ -269,8 +277,19 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(f"Config error: {error}") from None
     logging.info("mode=%s model_dir=%s", mode, model_dir)
     result = execute(mode, config, model_dir, _EXPORT_DIR.value)
-    if result is not None:
-        logging.info("%s result: %s", mode, result)
+    if result is not None and mode != "search":  # search prints its own
+        print(f"{mode} result: {result}", flush=True)
+
+
+def _quiet_imports() -> None:
+    """Imports TensorFlow with absl at WARNING: its import logs dozens of
+    INFO lines (gradient registrations) that would bury the run's own."""
+    logging.set_verbosity(logging.WARNING)
+    import tensorflow  # noqa: F401
+    import tf_keras  # noqa: F401
+
+    for name in QUIET_LOGGERS:
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
 
 
 def cli_main(argv: Sequence[str]) -> None:
