@@ -34,11 +34,11 @@ from benchmarks import common
 
 common.quiet_tensorflow()
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from nasfpn_tf.arch.space import SearchSpace  # noqa: E402
-from nasfpn_tf.config import ControllerConfig  # noqa: E402
-from nasfpn_tf.search.controller import RandomPolicy, make_policy  # noqa: E402
+from nasfpn_tf.arch.space import SearchSpace
+from nasfpn_tf.config import ControllerConfig
+from nasfpn_tf.search.controller import RandomPolicy, make_policy
 
 ALGORITHMS = ("ppo", "reinforce", "random")
 THRESHOLD = 0.95
