@@ -173,7 +173,9 @@ class NormConfig:
 class NmsConfig:
     """Post-processing by Model Garden's detection generator.
 
-    `type` is its `nms_version`; `pre_nms_top_k` boxes per image enter NMS.
+    `type` is its `nms_version`. `pre_nms_top_k` boxes per image enter NMS
+    with "v1" and "v2" only: Model Garden's "batched" path takes every box
+    above `score_threshold` and ignores it.
     """
 
     type: str = "batched"
