@@ -30,6 +30,14 @@ resize keeping the aspect ratio to fit ``model.image_size``, zero padding
 bottom/right to the padded model size. Encoded images and examples are
 decoded and resized one by one, so a request may mix image sizes.
 
+Frozen export (``--freeze``): the network and NMS are stored with the
+weights as constants (``nasfpn_tf.modeling.frozen``): batch norms folded
+into the convs and conv filters kept in oneDNN's layout, about 16% faster
+on CPU at 640x640 (ResNet-50 7@256), with no variables in the SavedModel
+(it cannot be fine-tuned) and a slower first request (graph optimisation,
+about 13 s for that model: warm it up before taking traffic). Not for
+anytime models: every exit would hold its own copy of the weights.
+
 Layout: ``export_dir/<unix seconds>/`` is one SavedModel version, as TF
 Serving's model base path expects; its ``assets.extra/`` holds the
 resolved ``config.yaml`` and the neck's ``spec.json``.
@@ -55,7 +63,7 @@ from tf_keras.src.saving.legacy.saved_model import utils as keras_saving
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.data import pipeline
-from nasfpn_tf.modeling import detector
+from nasfpn_tf.modeling import detector, frozen
 from nasfpn_tf.train import checkpoints, trainer
 
 # Signature keys by Model Garden's names of the input types.
@@ -110,12 +118,18 @@ class DetectionExportModule(export_base.ExportModule):
     Args:
         config: the run's config (model sizes, anchors, classes).
         model: a built ``DetectorModel`` holding the trained weights.
+        freeze: run the network and NMS as a frozen function, the weights
+            copied in as constants now (see the module docstring).
+
+    Raises:
+        ValueError: ``freeze`` with an anytime model.
     """
 
     def __init__(
         self,
         config: config_lib.ExperimentConfig,
         model: detector.DetectorModel,
+        freeze: bool = False,
     ):
         size = config.model.image_size
         super().__init__(
@@ -129,6 +143,26 @@ class DetectionExportModule(export_base.ExportModule):
         self._padded_size = list(
             pipeline.padded_image_size(size, config.model.max_level)
         )
+        self._frozen_network: frozen.FrozenFunction | None = None
+        if freeze:
+            if getattr(model, "anytime", False):
+                raise ValueError(
+                    "freeze: not supported for anytime models (each exit "
+                    "would hold its own copy of the weights); export "
+                    "without --freeze"
+                )
+            self._frozen_network = frozen.freeze(
+                self._network,
+                tf.TensorSpec(
+                    [None, *self._padded_size, IMAGE_CHANNELS], tf.float32
+                ),
+                tf.TensorSpec([None, 2], tf.float32),
+            )
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether the network runs with its weights as constants."""
+        return self._frozen_network is not None
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -197,14 +231,10 @@ class DetectionExportModule(export_base.ExportModule):
         Returns:
             The OUTPUT_KEYS tensors described in the module docstring.
         """
-        # `call`, not `__call__`, as Model Garden's export does: Keras'
-        # __call__ cannot trace a model with several inputs for saving.
-        outputs = self.model.call(
-            images,
-            image_shape=image_info[:, 1, :],
-            training=False,
-            exit_repeat=exit_repeat,
-        )
+        if self._frozen_network is not None:
+            outputs = self._frozen_network(images, image_info[:, 1, :])
+        else:
+            outputs = self._network(images, image_info[:, 1, :], exit_repeat)
         # Pixels of the resized image -> pixels of the original -> [0, 1].
         scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])
         boxes = outputs["detection_boxes"] / scale
@@ -219,6 +249,24 @@ class DetectionExportModule(export_base.ExportModule):
             ),
             "num_detections": num_detections,
         }
+
+    def _network(
+        self,
+        images: tf.Tensor,
+        image_shape: tf.Tensor,
+        exit_repeat: int | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """The detector's inference call: network, box decoding and NMS,
+        boxes in the pixels of the resized image."""
+        # `call`, not `__call__`, as Model Garden's export does: Keras'
+        # __call__ cannot trace a model with several inputs for saving.
+        outputs = self.model.call(
+            images,
+            image_shape=image_shape,
+            training=False,
+            exit_repeat=exit_repeat,
+        )
+        return {key: outputs[key] for key in OUTPUT_KEYS}
 
     def serve(
         self, images: tf.Tensor, exit_repeat: int | None = None
@@ -358,11 +406,14 @@ def save(
     version = os.path.basename(version_dir)
     temp_dir = os.path.join(export_dir, f"{TEMP_PREFIX}{version}")
     signatures = module.signatures()
+    # A frozen module's signatures hold the weights as constants: saving
+    # the module itself would add its variables a second time.
+    root = tf.Module() if module.is_frozen else module
     # Serving needs only the signatures: without Keras' per-layer call
     # traces the export takes half the time and a third less disk, and
     # loads faster.
     with keras_saving.keras_option_scope(save_traces=False):
-        tf.saved_model.save(module, temp_dir, signatures=signatures)
+        tf.saved_model.save(root, temp_dir, signatures=signatures)
     extra = os.path.join(temp_dir, EXTRA_ASSETS_DIR)
     tf.io.gfile.makedirs(extra)
     _write_text(
@@ -379,7 +430,10 @@ def save(
 
 
 def export(
-    config: config_lib.ExperimentConfig, model_dir: str, export_dir: str
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    export_dir: str,
+    freeze: bool = False,
 ) -> str:
     """Exports the latest checkpoint of a run as a servable SavedModel.
 
@@ -389,6 +443,8 @@ def export(
             neck spec was given explicitly, `spec.json`.
         export_dir: TF Serving's model base path; each export adds a
             version subdirectory.
+        freeze: store the weights as constants (faster serving, no
+            variables; see the module docstring).
 
     Returns:
         The version directory written, `export_dir/<unix seconds>`.
@@ -396,14 +452,20 @@ def export(
     Raises:
         FileNotFoundError: `model_dir` holds no checkpoint.
         ValueError: the checkpoint does not fit the config's model.
+        config_lib.ConfigError: `freeze` with an anytime model.
     """
+    if freeze and config.model.anytime:
+        raise config_lib.ConfigError(
+            "--freeze: model.anytime is true; an anytime model cannot be "
+            "frozen (each exit would hold its own copy of the weights)"
+        )
     start = time.monotonic()
     checkpoint_path = latest_checkpoint(model_dir)
     spec = resolve_spec(config, model_dir)
     with _policy(SERVING_POLICY):
         model = detector.build_detector(config.model, spec=spec)
         restore(model, checkpoint_path)
-        module = DetectionExportModule(config, model)
+        module = DetectionExportModule(config, model, freeze=freeze)
         version_dir = save(module, export_dir, spec)
     logging.info(
         "Exported %s in %.1f s", checkpoint_path, time.monotonic() - start

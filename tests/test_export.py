@@ -508,6 +508,60 @@ def test_checkpoint_of_another_model_is_rejected(exported, tmp_path):
         export_lib.export(config, str(model_dir), str(tmp_path / "export"))
 
 
+# --------------------------------------------------------------------------
+# Frozen export (--freeze): the weights as constants.
+
+
+def test_frozen_export_serves_the_same_detections(tmp_path):
+    from nasfpn_tf import main as main_lib
+
+    config = config_lib.override(tiny_config(), {"model.anytime": False})
+    model_dir = tmp_path / "run"
+    config_lib.save(config, str(model_dir))
+    tf_keras.utils.set_random_seed(0)
+    model = detector.build_detector(config.model)
+    spread_head(model)
+    save_checkpoint(model, str(model_dir))
+    image = sample_image()
+    example = make_example(image)
+    want = reference_detections(model, config, example)
+    del model
+    tf_keras.backend.clear_session()
+
+    version_dir = main_lib.execute(
+        "export", config, str(model_dir), str(tmp_path / "export"), True
+    )
+    loaded = tf.saved_model.load(version_dir)
+    assert sorted(loaded.signatures) == sorted(SIGNATURES)
+    inputs = {
+        "serving_default": image[None],
+        "image_bytes": tf.constant([encode_png(image)]),
+        "tf_example": tf.constant([example]),
+    }
+    for key, value in inputs.items():
+        signature = loaded.signatures[key]
+        assert not signature.variables, f"{key} reads variables"
+        assert_same_detections(signature(inputs=value), want, where=key)
+    assert want["num_detections"].tolist() == [MAX_DETECTIONS]
+    assert (
+        pathlib.Path(
+            version_dir, export_lib.EXTRA_ASSETS_DIR, config_lib.CONFIG_FILENAME
+        )
+    ).exists()
+
+
+def test_freeze_rejects_anytime_models_before_writing(tmp_path):
+    config = tiny_config()
+    assert config.model.anytime
+    export_dir = tmp_path / "export"
+    with pytest.raises(config_lib.ConfigError, match="anytime"):
+        export_lib.export(config, str(tmp_path), str(export_dir), freeze=True)
+    assert not export_dir.exists()
+    model = detector.build_detector(config.model)
+    with pytest.raises(ValueError, match="anytime"):
+        export_lib.DetectionExportModule(config, model, freeze=True)
+
+
 def test_padded_slots_get_the_padding_class():
     classes = tf.constant([[1, 2, 1], [2, 1, 1], [1, 1, 1]])
     got = export_lib.mask_padding(classes, tf.constant([1, 3, 0]))

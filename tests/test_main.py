@@ -28,10 +28,12 @@ class _Recorder:
 
     def __init__(self, result=None):
         self.calls = []
+        self.keywords = []
         self.result = result
 
-    def __call__(self, *args):
+    def __call__(self, *args, **keywords):
         self.calls.append(args)
+        self.keywords.append(keywords)
         return self.result
 
 
@@ -106,6 +108,7 @@ def test_help_runs_and_lists_every_flag():
         "--arch",
         "--tpu",
         "--export_dir",
+        "--[no]freeze",
         "--[no]overwrite_config",
         "--log_level",
     ):
@@ -234,6 +237,9 @@ def test_export_default_dir(fakes, tmp_path):
         "--mode=export", f"--model_dir={model_dir}", "--export_dir=/tmp/x"
     )
     assert fakes.export.calls[1][2] == "/tmp/x"
+    assert fakes.export.keywords[:2] == [{"freeze": False}] * 2
+    _run_main("--mode=export", f"--model_dir={model_dir}", "--freeze")
+    assert fakes.export.keywords[2] == {"freeze": True}
 
 
 def test_main_writes_config_and_refuses_a_conflicting_rerun(fakes, tmp_path):
