@@ -286,9 +286,7 @@ def main(argv: Sequence[str]) -> None:
         # without the full usage text, and exit non-zero.
         raise SystemExit(f"Config error: {error}") from None
     logging.info("mode=%s model_dir=%s", mode, model_dir)
-    result = execute(
-        mode, config, model_dir, _EXPORT_DIR.value, _FREEZE.value
-    )
+    result = execute(mode, config, model_dir, _EXPORT_DIR.value, _FREEZE.value)
     if result is not None and mode != "search":  # search prints its own
         print(f"{mode} result: {result}", flush=True)
 

@@ -88,11 +88,16 @@ def test_callable_from_another_tf_function():
 
 
 @pytest.mark.parametrize(
-    "returned, message",
-    [((), "returns no tensor"), ({"n": None}, "must be a tensor")],
+    "returned, error, message",
+    [
+        ((), ValueError, "returns no tensor"),
+        ({"n": None}, TypeError, "must be a tensor"),
+    ],
 )
-def test_functions_without_tensor_outputs_are_rejected(returned, message):
-    with pytest.raises(ValueError, match=message):
+def test_functions_without_tensor_outputs_are_rejected(
+    returned, error, message
+):
+    with pytest.raises(error, match=message):
         frozen.freeze(
             lambda x: returned, tf.TensorSpec([1, 8, 8, 3], tf.float32)
         )

@@ -68,8 +68,8 @@ def freeze(
         A ``FrozenFunction`` taking the same positional tensors.
 
     Raises:
-        ValueError: ``function`` returns no tensor, or an output is not a
-            tensor (a Python value cannot be frozen into a graph output).
+        ValueError: ``function`` returns no tensor.
+        TypeError: an output is not a tensor (e.g. None).
     """
     if not isinstance(function, tf.types.experimental.GenericFunction):
         function = tf.function(function, autograph=False)
@@ -80,7 +80,7 @@ def freeze(
         raise ValueError("freeze: the function returns no tensor")
     for value in flat:
         if not isinstance(value, tf.Tensor):
-            raise ValueError(
+            raise TypeError(
                 "freeze: every output must be a tensor; got "
                 f"{type(value).__name__} {value!r}"
             )
