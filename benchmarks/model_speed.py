@@ -29,9 +29,16 @@ Modes (one case = one mode at one input size and batch):
            option, "batched" (``ratio_vs_mg`` / ``ratio_vs_mg_best``).
 Variants of our side that change numerics, ``--jit`` (XLA) and ``--bf16``
 (mixed_bfloat16), are extra rows of a case, never the equal-numerics rows.
+``--frozen`` adds forward and e2e rows of both networks frozen
+(``nasfpn_tf.modeling.frozen``, as ``--mode=export --freeze`` serves):
+the weights as constants, batch norms folded into the convs. Model
+Garden's frozen e2e row uses its batched NMS. Freezing is a TensorFlow
+technique, not a property of either network: the two frozen rows show
+how much it gives each.
 
   python benchmarks/model_speed.py --peak_gflops 300     # all cases
   python benchmarks/model_speed.py --cases e2e_r50 --jit --bf16 --breakdown
+  python benchmarks/model_speed.py --cases forward_r50 e2e_r50 --frozen
   python benchmarks/model_speed.py --cases e2e_r50_7@256_640 \
       --variants ours mg+batched_nms --repeats 10   # skip the slow "v2"
   python benchmarks/model_speed.py --quick               # smoke test
@@ -51,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import pathlib
 import sys
@@ -76,7 +84,7 @@ from official.vision.modeling import factory
 from official.vision.ops import anchor
 
 from nasfpn_tf import config as config_lib
-from nasfpn_tf.modeling import detector, losses, port
+from nasfpn_tf.modeling import detector, frozen, losses, port
 from nasfpn_tf.train import schedule
 
 TRAIN, FORWARD, E2E = "train", "forward", "e2e"
@@ -85,6 +93,9 @@ OURS, MODEL_GARDEN = "ours", "model_garden"
 # Variant names: one callable each in a case's round-robin.
 OURS_FP32, OURS_XLA, OURS_BF16 = "ours", "ours+xla", "ours+bf16"
 MG_DEFAULT, MG_BATCHED = "mg", "mg+batched_nms"
+# --frozen: forward and e2e with the weights as constants (e2e: Model
+# Garden's with batched NMS).
+OURS_FROZEN, MG_FROZEN = "ours+frozen", "mg+frozen"
 MG_DEFAULT_NMS, MG_BEST_NMS = "v2", "batched"
 
 COCO_CLASSES = 91  # ids 1..90 and background, as Model Garden counts
@@ -107,6 +118,10 @@ TARGETS = (
     (E2E, 640, MG_DEFAULT, 0.6),
     (E2E, 640, MG_BATCHED, 1.0),
 )
+# (mode, size, smallest share of the float32 peak), for each of our
+# float32 variants that ran.
+PEAK_TARGETS = ((FORWARD, 640, 0.8),)
+PEAK_VARIANTS = (OURS_FP32, OURS_FROZEN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -728,19 +743,7 @@ def case_callables(
     models[OURS_BF16] = sides.ours_bf16
     models = {k: m for k, m in models.items() if m is not None}
     fns: dict[str, Callable] = {}
-    if case.mode == FORWARD:
-        for name, model in models.items():
-            fns[name] = forward_fn(model)
-        if args.jit:
-            fns[OURS_XLA] = forward_fn(sides.ours, jit=True)
-    elif case.mode == E2E:
-        for name, model in models.items():
-            fns[name] = e2e_fn(model, case.batch, case.size)
-        if args.jit:
-            fns[OURS_XLA] = e2e_fn(
-                sides.ours, case.batch, case.size, jit_network_of=our_config
-            )
-    else:
+    if case.mode == TRAIN:
         train_config = config_lib.TrainConfig(
             l2_weight_decay=args.l2_weight_decay
         )
@@ -759,7 +762,48 @@ def case_callables(
         return {
             name: (lambda fn=fn: fn(images, labels)) for name, fn in fns.items()
         }
+    if case.mode == FORWARD:
+        for name, model in models.items():
+            fns[name] = forward_fn(model)
+        if args.jit:
+            fns[OURS_XLA] = forward_fn(sides.ours, jit=True)
+    else:
+        for name, model in models.items():
+            fns[name] = e2e_fn(model, case.batch, case.size)
+        if args.jit:
+            fns[OURS_XLA] = e2e_fn(
+                sides.ours, case.batch, case.size, jit_network_of=our_config
+            )
+    if args.frozen:
+        fns.update(frozen_variants(case, fns, args))
     return {name: (lambda fn=fn: fn(images)) for name, fn in fns.items()}
+
+
+def frozen_variants(
+    case: Case, fns: dict[str, Callable], args: argparse.Namespace
+) -> dict[str, Callable]:
+    """Frozen copies of our float32 and Model Garden's inference functions
+    (its batched NMS in e2e), each freezing taking seconds to minutes."""
+    sources = {
+        OURS_FROZEN: OURS_FP32,
+        MG_FROZEN: MG_DEFAULT if case.mode == FORWARD else MG_BATCHED,
+    }
+    spec = tf.TensorSpec(
+        [case.batch, case.size, case.size, IMAGE_CHANNELS], tf.float32
+    )
+    out = {}
+    for name, source in sources.items():
+        if source not in fns or (args.variants and name not in args.variants):
+            continue
+        try:
+            out[name] = frozen.freeze(fns[source], spec)
+        except Exception as exc:  # noqa: BLE001 (reported as the row's error)
+            out[name] = functools.partial(_raise, exc)
+    return out
+
+
+def _raise(error: Exception, *args: Any) -> None:
+    raise error
 
 
 def _ratios(
@@ -817,6 +861,8 @@ def run_case(
             OURS_FP32,
             MG_DEFAULT,
             MG_BATCHED,
+            OURS_FROZEN,
+            MG_FROZEN,
         )
         model_flops = flops.get(side)
         if case.mode == FORWARD and model_flops:
@@ -827,6 +873,8 @@ def run_case(
             row.update(_ratios(timing, mg, ""))
             if case.mode == E2E:
                 row.update(_ratios(timing, mg_best, "_best"))
+            if name == OURS_FROZEN:
+                row.update(_ratios(timing, timings.get(MG_FROZEN), "_frozen"))
         rows.append(row)
     if sides.theirs is None:
         names = (MG_DEFAULT, MG_BATCHED) if case.mode == E2E else (MG_DEFAULT,)
@@ -913,8 +961,29 @@ def breakdown_rows(
 
 
 def target_rows(rows: Sequence[dict]) -> list[dict]:
-    """The speed targets of our float32 side, where their cases ran."""
+    """The speed targets of our float32 side, where their cases ran:
+    time ratios against Model Garden, and shares of the float32 peak."""
     out = []
+    for mode, size, least in PEAK_TARGETS:
+        for row in rows:
+            if (
+                row.get("mode") == mode
+                and row.get("size") == size
+                and row.get("variant") in PEAK_VARIANTS
+                and row.get("share_of_peak") is not None
+            ):
+                out.append(
+                    {
+                        "benchmark": "model_speed",
+                        "row": "target",
+                        "case": row["case"],
+                        "variant": row["variant"],
+                        "versus": "float32 peak",
+                        "share_of_peak": row["share_of_peak"],
+                        "at_least": least,
+                        "met": row["share_of_peak"] >= least,
+                    }
+                )
     for mode, size, versus, limit in TARGETS:
         key = "ratio_vs_mg" if versus == MG_DEFAULT else "ratio_vs_mg_best"
         for row in rows:
@@ -929,6 +998,7 @@ def target_rows(rows: Sequence[dict]) -> list[dict]:
                         "benchmark": "model_speed",
                         "row": "target",
                         "case": row["case"],
+                        "variant": OURS_FP32,
                         "versus": versus,
                         "ratio": row[key],
                         "min_ratio": row.get(f"min_{key}"),
@@ -1004,7 +1074,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="*",
         default=[],
         help=f"time only these, of {OURS_FP32}, {MG_DEFAULT}, {MG_BATCHED}, "
-        f"{OURS_XLA}, {OURS_BF16} (default: all that apply)",
+        f"{OURS_XLA}, {OURS_BF16}, {OURS_FROZEN}, {MG_FROZEN} (default: "
+        "all that apply)",
     )
     parser.add_argument(
         "--breakdown",
@@ -1016,6 +1087,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--bf16", action="store_true", help="add mixed_bfloat16 rows of ours"
+    )
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="add forward and e2e rows of both networks with the weights "
+        "as constants (as export --freeze serves)",
     )
     parser.add_argument(
         "--peak_gflops",
@@ -1133,6 +1210,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             "share_of_peak",
             "ratio_vs_mg",
             "ratio_vs_mg_best",
+            "ratio_vs_mg_frozen",
             "min_ratio_vs_mg",
             "min_ratio_vs_mg_best",
         ),
@@ -1145,9 +1223,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         )
     if targets:
         common.print_table(
-            "Targets (ours float32 / Model Garden)",
+            "Targets (ours float32: time / Model Garden's, or share of peak)",
             targets,
-            ("case", "versus", "ratio", "min_ratio", "at_most", "met"),
+            (
+                "case",
+                "variant",
+                "versus",
+                "ratio",
+                "min_ratio",
+                "at_most",
+                "share_of_peak",
+                "at_least",
+                "met",
+            ),
         )
     failures = [r for r in case_table if r.get("status") == "failed"]
     for row in failures:

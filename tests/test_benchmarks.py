@@ -153,6 +153,55 @@ def test_model_speed_cases_targets_and_selection():
     assert targets[ms.MG_DEFAULT]["met"] is True
     assert targets[ms.MG_BATCHED]["met"] is False
     assert {t["case"] for t in targets.values()} == {"e2e_640"}
+    # The forward share of the float32 peak, per float32 variant of ours.
+    forward = [
+        {
+            "mode": "forward",
+            "size": 640,
+            "case": "f640",
+            "variant": variant,
+            "share_of_peak": share,
+        }
+        for variant, share in (
+            (ms.OURS_FP32, 0.75),
+            (ms.OURS_FROZEN, 0.88),
+            (ms.OURS_BF16, 0.9),
+            (ms.MG_FROZEN, 0.9),
+        )
+    ]
+    shares = {
+        t["variant"]: t["met"]
+        for t in ms.target_rows(forward)
+        if t["versus"] == "float32 peak"
+    }
+    assert shares == {ms.OURS_FP32: False, ms.OURS_FROZEN: True}
+
+
+def test_model_speed_frozen_rows_time_both_networks(capsys):
+    from benchmarks import model_speed as ms
+
+    variants = [ms.OURS_FP32, ms.OURS_FROZEN, ms.MG_FROZEN]
+    ms.main(
+        [
+            "--quick",
+            "--frozen",
+            "--no_flops",
+            "--cases",
+            "forward_quick",
+            "--variants",
+            *variants,
+        ]
+    )
+    rows = json_rows(capsys.readouterr().out)
+    timed = {r["variant"]: r for r in rows if r.get("mode") == "forward"}
+    assert set(timed) == set(variants)
+    assert all(
+        r["status"] == "ok" and r["median_s"] > 0 for r in timed.values()
+    )
+    ours = timed[ms.OURS_FROZEN]
+    assert ours["ratio_vs_mg_frozen"] == pytest.approx(
+        ours["median_s"] / timed[ms.MG_FROZEN]["median_s"], rel=1e-2
+    )
 
 
 def test_model_speed_labels_have_the_parsers_shapes():
@@ -216,3 +265,73 @@ def test_input_pipeline_quick_measures_its_consumer(capsys, tmp_path):
     assert len(rows) == 1
     assert rows[0]["model"] == "measured:quick"
     assert rows[0]["model_images_per_s"] > 0 and rows[0]["headroom"] > 0
+
+
+def test_numerics_summary_compares_each_variant_with_float32():
+    from benchmarks import numerics
+
+    def run(variant, seed, step, ap):
+        return {
+            "variant": variant,
+            "seed": seed,
+            "status": "ok",
+            "seconds_per_step": step,
+            "final_loss": 1.0,
+            "AP": ap,
+            "AP50": 2 * ap,
+        }
+
+    runs = [
+        run("float32", 0, 1.0, 0.30),
+        run("float32", 1, 1.2, 0.34),
+        run("bf16", 0, 0.5, 0.29),
+        run("bf16", 1, 0.7, 0.31),
+        {"variant": "xla", "seed": 0, "status": "failed", "error": "x"},
+    ]
+    summary = {r["variant"]: r for r in numerics.summary_rows(runs)}
+    assert set(summary) == {"float32", "bf16"}
+    bf16 = summary["bf16"]
+    assert bf16["seeds"] == 2
+    assert bf16["step_ratio_vs_float32"] == pytest.approx(0.6 / 1.1, abs=1e-3)
+    assert bf16["AP"] == pytest.approx(0.30)
+    assert bf16["AP_spread"] == pytest.approx(0.02)
+    assert bf16["AP_vs_float32"] == pytest.approx(0.30 - 0.32)
+    assert summary["float32"]["AP_vs_float32"] == pytest.approx(0.0)
+
+
+def test_numerics_variants_set_the_documented_config_keys():
+    from benchmarks import numerics
+
+    args = numerics.parse_args(["--variants", "bf16+xla", "--steps", "30"])
+    config = numerics.experiment(args, "bf16+xla", seed=5)
+    assert config.train.mixed_precision == "mixed_bfloat16"
+    assert config.train.jit_compile is True
+    assert (config.train.steps, config.runtime.seed) == (30, 5)
+    baseline = numerics.experiment(args, numerics.BASELINE, seed=5)
+    assert baseline.train.mixed_precision == "float32"
+    assert baseline.train.jit_compile is False
+
+
+@pytest.mark.slow
+def test_numerics_quick_trains_each_variant(capsys, tmp_path, monkeypatch):
+    from benchmarks import numerics
+    from nasfpn_tf.train import inputs
+
+    monkeypatch.setenv(inputs.DATA_DIR_ENV, str(tmp_path / "data"))
+    numerics.main(
+        [
+            "--quick",
+            "--variants",
+            "float32",
+            "bf16",
+            "--model_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    rows = json_rows(capsys.readouterr().out)
+    runs = [r for r in rows if r.get("row") == "run"]
+    assert [r["variant"] for r in runs] == ["float32", "bf16"]
+    assert all(r["status"] == "ok" and r["steps"] == 20 for r in runs)
+    assert all(r["seconds_per_step"] > 0 for r in runs)
+    summary = {r["variant"]: r for r in rows if r.get("row") == "summary"}
+    assert summary["float32"]["step_ratio_vs_float32"] == pytest.approx(1.0)
