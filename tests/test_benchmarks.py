@@ -204,10 +204,10 @@ def test_model_speed_frozen_rows_time_both_networks(capsys):
     )
 
 
-def test_model_speed_labels_have_the_parsers_shapes():
-    from benchmarks import model_speed as ms
+def test_retinanets_labels_have_the_parsers_shapes():
+    from benchmarks import retinanets
 
-    labels = ms.synthetic_labels(
+    labels = retinanets.synthetic_labels(
         size=96, batch=2, num_classes=3, anchors_per_location=9
     )
     anchors = 0
