@@ -14,7 +14,7 @@ from official.vision.dataloaders import tf_example_decoder
 from PIL import Image
 from pycocotools.coco import COCO
 
-from nasfpn_tf.data import convert, synthetic
+from nasfpn_tf.data import convert, sources, synthetic
 
 
 def _read_examples(file_pattern):
@@ -201,7 +201,7 @@ def test_bad_data_is_fixed_or_skipped_and_counted(tmp_path, bad_coco, caplog):
         "boxes_unknown_class": 1,
         "boxes_orphan": 1,
     }
-    summary = convert.ConversionStats(output.counts).summary()
+    summary = sources.ConversionStats(output.counts).summary()
     assert "valid negatives" in summary and "clipped" in summary
     coco = COCO(output.annotations)
     assert sorted(coco.getImgIds()) == [1, 3, 4, 5]
@@ -228,7 +228,7 @@ def test_bad_data_is_fixed_or_skipped_and_counted(tmp_path, bad_coco, caplog):
 
 def test_heldout_split_is_stable_and_never_in_val():
     records = [
-        convert.ImageRecord(i, f"{i}.jpg", "", 0, 0, ()) for i in range(2000)
+        sources.ImageRecord(i, f"{i}.jpg", "", 0, 0, ()) for i in range(2000)
     ]
     val_ids = set(range(0, 2000, 7))
     train, heldout = convert.split_heldout(records, 0.2, exclude_ids=val_ids)
@@ -325,39 +325,12 @@ def test_voc_boxes_labels_and_difficult(tmp_path):
     coco = COCO(output.annotations)
     assert sorted(coco.getImgIds()) == [8_000_001, 8_000_002]
     anns = coco.loadAnns(coco.getAnnIds(imgIds=8_000_001))
-    dog, person = convert.VOC_CLASSES.index("dog") + 1, 15
+    dog, person = sources.VOC_CLASSES.index("dog") + 1, 15
     assert [(a["category_id"], a["bbox"], a["iscrowd"]) for a in anns] == [
         (dog, [0.0, 0.0, 10.0, 20.0], 0),
         (person, [4.0, 5.0, 46.0, 35.0], 1),
     ]
     assert coco.loadCats(person)[0]["name"] == "person"
-
-
-def test_voc_image_ids():
-    assert convert.voc_image_id("000005") == 5
-    assert convert.voc_image_id("2008_000123") == 8_000_123
-    assert convert.voc_image_id("2012_004331") < 2**24
-    assert convert.voc_image_id("2007_000027") != convert.voc_image_id("000027")
-    for bad in ("abc", "2008_x", "1999_000001", "2008_1000000"):
-        with pytest.raises(ValueError, match="VOC image name"):
-            convert.voc_image_id(bad)
-
-
-def test_load_label_map_formats(tmp_path):
-    pbtxt = tmp_path / "map.pbtxt"
-    pbtxt.write_text(
-        "item {\n id: 2\n name: 'cat'\n}\nitem { name: \"dog\" id: 1 }"
-    )
-    assert convert.load_label_map(str(pbtxt)) == {"cat": 2, "dog": 1}
-    as_json = tmp_path / "map.json"
-    as_json.write_text(json.dumps(["cat", "dog"]))
-    assert convert.load_label_map(str(as_json)) == {"cat": 1, "dog": 2}
-    text = tmp_path / "map.txt"
-    text.write_text("cat\n\ndog\n")
-    assert convert.load_label_map(str(text)) == {"cat": 1, "dog": 2}
-    as_json.write_text(json.dumps({"cat": 1, "dog": 1}))
-    with pytest.raises(ValueError, match="unique class ids"):
-        convert.load_label_map(str(as_json))
 
 
 def test_cli_coco_and_voc(tmp_path, synthetic_coco, capsys):
@@ -379,11 +352,6 @@ def test_cli_coco_and_voc(tmp_path, synthetic_coco, capsys):
         convert.main(["--format=coco", "--output_dir=x", "--val_images=y"])
     with pytest.raises(SystemExit):
         convert.main(["--format=voc", "--output_dir=x", "--train_sets=nocolon"])
-
-
-def test_unknown_event_is_rejected():
-    with pytest.raises(KeyError, match="unknown event"):
-        convert.ConversionStats().add("images_lost")
 
 
 def test_no_temporary_files_left(tmp_path, synthetic_coco):
