@@ -1,4 +1,6 @@
-"""Tests for nasfpn_tf.search.controller: policies on toy spaces and rewards."""
+"""Tests for nasfpn_tf.search.controller and nasfpn_tf.search.policy:
+the LSTM controller and the random policy on the same toy spaces and
+rewards."""
 
 import math
 import types
@@ -6,12 +8,8 @@ import types
 import numpy as np
 import pytest
 
-from nasfpn_tf.search.controller import (
-    Controller,
-    RandomPolicy,
-    Samples,
-    make_policy,
-)
+from nasfpn_tf.search.controller import Controller, make_policy
+from nasfpn_tf.search.policy import RandomPolicy, Samples
 
 CHOICES = (3, 3, 4)
 TINY = {"lstm_size": 16, "embedding_size": 8}
