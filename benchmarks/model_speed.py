@@ -94,13 +94,13 @@ from benchmarks.retinanets import (
     forward_flops,
     forward_fn,
     our_model_config,
-    precision_policy,
     synthetic_labels,
     test_images,
     train_fn,
 )
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.modeling import detector, frozen
+from nasfpn_tf.train.trainer import precision_policy
 
 TRAIN, FORWARD, E2E = "train", "forward", "e2e"
 MODES = (TRAIN, FORWARD, E2E)

@@ -11,10 +11,9 @@ for both sides.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -229,17 +228,6 @@ def count_params(model: tf_keras.Model) -> tuple[int, int]:
     total = sum(v.shape.num_elements() for v in model.weights)
     trainable = sum(v.shape.num_elements() for v in model.trainable_weights)
     return int(total), int(trainable)
-
-
-@contextlib.contextmanager
-def precision_policy(name: str) -> Iterator[None]:
-    """Builds layers under a Keras mixed precision policy, then restores."""
-    previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        tf_keras.mixed_precision.set_global_policy(previous)
 
 
 # --------------------------------------------------------------------------

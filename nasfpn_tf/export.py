@@ -45,11 +45,9 @@ resolved ``config.yaml`` and the neck's ``spec.json``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -369,17 +367,6 @@ def restore(model: tf_keras.Model, checkpoint_path: str) -> None:
         ) from error
 
 
-@contextlib.contextmanager
-def _policy(name: str) -> Iterator[None]:
-    """Sets the global Keras mixed precision policy inside the block."""
-    previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        tf_keras.mixed_precision.set_global_policy(previous)
-
-
 def _write_text(path: str, text: str) -> None:
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
@@ -462,7 +449,7 @@ def export(
     start = time.monotonic()
     checkpoint_path = latest_checkpoint(model_dir)
     spec = resolve_spec(config, model_dir)
-    with _policy(SERVING_POLICY):
+    with trainer.precision_policy(SERVING_POLICY):
         model = detector.build_detector(config.model, spec=spec)
         restore(model, checkpoint_path)
         module = DetectionExportModule(config, model, freeze=freeze)

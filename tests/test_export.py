@@ -87,6 +87,20 @@ def save_checkpoint(model: tf_keras.Model, model_dir: str) -> str:
     return manager.save(checkpoint_number=step)
 
 
+def checkpointed_run(
+    root: pathlib.Path, config: config_lib.ExperimentConfig
+) -> tuple[pathlib.Path, detector.DetectorModel]:
+    """`root/run` with the config and a checkpoint of a seeded model whose
+    head is spread; returns the run directory and the model."""
+    model_dir = root / "run"
+    config_lib.save(config, str(model_dir))
+    tf_keras.utils.set_random_seed(0)
+    model = detector.build_detector(config.model)
+    spread_head(model)
+    save_checkpoint(model, str(model_dir))
+    return model_dir, model
+
+
 def sample_image(shape=(IMAGE_HEIGHT, IMAGE_WIDTH, 3), seed: int = 1):
     """Smooth gradients plus noise, uint8 [H, W, 3]."""
     height, width, _ = shape
@@ -207,12 +221,7 @@ class Exported:
 def exported(tmp_path_factory) -> Exported:
     root = tmp_path_factory.mktemp("export")
     config = tiny_config()
-    model_dir = root / "run"
-    config_lib.save(config, str(model_dir))
-    tf_keras.utils.set_random_seed(0)
-    model = detector.build_detector(config.model)
-    spread_head(model)
-    save_checkpoint(model, str(model_dir))
+    model_dir, model = checkpointed_run(root, config)
     image = sample_image()
     example = make_example(image)
     reference = {
@@ -516,12 +525,7 @@ def test_frozen_export_serves_the_same_detections(tmp_path):
     from nasfpn_tf import main as main_lib
 
     config = config_lib.override(tiny_config(), {"model.anytime": False})
-    model_dir = tmp_path / "run"
-    config_lib.save(config, str(model_dir))
-    tf_keras.utils.set_random_seed(0)
-    model = detector.build_detector(config.model)
-    spread_head(model)
-    save_checkpoint(model, str(model_dir))
+    model_dir, model = checkpointed_run(tmp_path, config)
     image = sample_image()
     example = make_example(image)
     want = reference_detections(model, config, example)
@@ -571,7 +575,7 @@ def test_padded_slots_get_the_padding_class():
 def test_model_is_built_in_float32_under_a_mixed_policy():
     tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        with export_lib._policy(export_lib.SERVING_POLICY):
+        with trainer.precision_policy(export_lib.SERVING_POLICY):
             policy = tf_keras.mixed_precision.global_policy()
             assert policy.compute_dtype == "float32"
         restored = tf_keras.mixed_precision.global_policy()

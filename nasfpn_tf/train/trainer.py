@@ -173,7 +173,7 @@ class _Session:
             inputs.log_split(eval_split, self.eval_data)
 
         train = config.train
-        with _policy(train.mixed_precision), self.strategy.scope():
+        with precision_policy(train.mixed_precision), self.strategy.scope():
             tf_keras.utils.set_random_seed(config.runtime.seed)
             kwargs = {} if spec is None else {"spec": spec}
             model = detector.build_detector(
@@ -346,7 +346,7 @@ class _Session:
 
 
 @contextlib.contextmanager
-def _policy(name: str) -> Iterator[None]:
+def precision_policy(name: str) -> Iterator[None]:
     """Builds layers under mixed precision policy `name`, then restores.
 
     main.py sets the policy for a whole process; this also covers callers
