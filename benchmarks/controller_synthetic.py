@@ -36,11 +36,12 @@ common.quiet_tensorflow()
 
 import numpy as np
 
+from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.config import ControllerConfig
 from nasfpn_tf.search.controller import RandomPolicy, make_policy
 
-ALGORITHMS = ("ppo", "reinforce", "random")
+ALGORITHMS = config_lib.SEARCH_ALGORITHMS
 THRESHOLD = 0.95
 NOISE_SIGMA = 0.05
 WINDOW = 64

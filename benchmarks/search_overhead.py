@@ -36,6 +36,7 @@ from benchmarks import common
 
 common.quiet_tensorflow()
 
+from benchmarks.search_vs_random import base_config, parse_algorithms
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
@@ -43,7 +44,6 @@ from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import runner
 
-ALGORITHMS = ("ppo", "reinforce", "random")
 PROXIES = ("train", "sleep")
 # (part, class, method): the harness's work outside the children.
 PARTS = (
@@ -186,27 +186,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config_file", action="append", default=[])
     parser.add_argument("--params_override", default="")
     args = parser.parse_args(argv)
-    args.algorithms = [a for a in args.algorithms.split(",") if a]
-    for algorithm in args.algorithms:
-        if algorithm not in ALGORITHMS:
-            parser.error(f"unknown algorithm {algorithm!r}")
+    args.algorithms = parse_algorithms(parser, args.algorithms)
     return args
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    config = config_lib.load_config(args.config_file, args.params_override)
-    config = config_lib.override(
-        config,
-        {
-            "search.num_samples": args.samples,
-            "search.samples_per_update": args.samples_per_update,
-            "search.proxy.train_steps": args.train_steps,
-            "train.warmup_steps": min(
-                config.train.warmup_steps, args.train_steps - 1
-            ),
-        },
-    )
+    config = base_config(args)
     common.emit({"case": "machine", **common.machine_info()})
     out_dir = tempfile.mkdtemp(prefix="search_overhead_")
     rows = []

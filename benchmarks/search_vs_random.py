@@ -43,7 +43,7 @@ from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import runner
 
-ALGORITHMS = ("ppo", "reinforce", "random")
+ALGORITHMS = config_lib.SEARCH_ALGORITHMS
 PROXIES = ("train", "match")
 COLUMNS = (
     "case",
@@ -75,6 +75,8 @@ class MatchProxy:
 
 
 def base_config(args: argparse.Namespace) -> config_lib.ExperimentConfig:
+    """The files and override, then the small search of ``args`` (the
+    children's warm-up is cut to their steps by ``proxy_experiment``)."""
     config = config_lib.load_config(args.config_file, args.params_override)
     return config_lib.override(
         config,
@@ -82,29 +84,38 @@ def base_config(args: argparse.Namespace) -> config_lib.ExperimentConfig:
             "search.num_samples": args.samples,
             "search.samples_per_update": args.samples_per_update,
             "search.proxy.train_steps": args.train_steps,
-            "train.warmup_steps": min(
-                config.train.warmup_steps, args.train_steps - 1
-            ),
         },
     )
 
 
-def summarize(history_path: str) -> dict:
-    """Reward figures of one finished search."""
-    records, _ = history_lib.read_history(history_path)
+def parse_algorithms(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``ppo,random`` -> ["ppo", "random"]; an unknown name is a usage
+    error."""
+    algorithms = [a for a in text.split(",") if a]
+    for algorithm in algorithms:
+        if algorithm not in ALGORITHMS:
+            parser.error(
+                f"unknown algorithm {algorithm!r}; expected from {ALGORITHMS}"
+            )
+    return algorithms
+
+
+def summarize(summary: dict) -> dict:
+    """Reward figures of one finished search (``runner.search``'s
+    summary, and its history for the rewards in sample order)."""
+    records, _ = history_lib.read_history(summary["history"])
     records.sort(key=lambda r: r.sample)
     rewards = [r.reward for r in records]
     half = len(rewards) // 2
-    rated = [r for r in records if r.rated]
-    best = max(rated, key=lambda r: (r.reward, -r.sample), default=None)
+    best, best_sample = summary["best_reward"], summary["best_sample"]
     return {
-        "samples": len(records),
-        "best": None if best is None else round(best.reward, 4),
+        "samples": summary["samples"],
+        "best": None if best is None else round(best, 4),
         "first_half_mean": round(statistics.mean(rewards[:half]), 4)
         if half
         else None,
         "second_half_mean": round(statistics.mean(rewards[half:]), 4),
-        "samples_to_best": None if best is None else best.sample + 1,
+        "samples_to_best": None if best_sample is None else best_sample + 1,
         "rewards": [round(r, 4) for r in rewards],
     }
 
@@ -115,6 +126,7 @@ def run_search(
     seed: int,
     model_dir: str,
     proxy,
+    proxy_kind: str,
 ) -> dict:
     config = config_lib.override(
         config, {"search.algorithm": algorithm, "runtime.seed": seed}
@@ -122,11 +134,11 @@ def run_search(
     start = time.perf_counter()
     summary = runner.search(config, model_dir, proxy=proxy)
     seconds = time.perf_counter() - start
-    row = {"case": algorithm, "seed": seed, "proxy_kind": None}
+    row = {"case": algorithm, "seed": seed, "proxy_kind": proxy_kind}
     row.update(
         {k: summary[k] for k in ("trained", "cached", "failed", "unique")}
     )
-    row.update(summarize(summary["history"]))
+    row.update(summarize(summary))
     row["seconds"] = round(seconds, 1)
     return row
 
@@ -176,10 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="where the searches run (kept); default: a temporary folder",
     )
     args = parser.parse_args(argv)
-    args.algorithms = [a for a in args.algorithms.split(",") if a]
-    for algorithm in args.algorithms:
-        if algorithm not in ALGORITHMS:
-            parser.error(f"unknown algorithm {algorithm!r}")
+    args.algorithms = parse_algorithms(parser, args.algorithms)
     return args
 
 
@@ -195,8 +204,9 @@ def main(argv=None) -> list[dict]:
             for algorithm in args.algorithms:
                 proxy = MatchProxy(space) if args.proxy == "match" else None
                 model_dir = os.path.join(out_dir, f"{algorithm}-seed{seed}")
-                row = run_search(config, algorithm, seed, model_dir, proxy)
-                row["proxy_kind"] = args.proxy
+                row = run_search(
+                    config, algorithm, seed, model_dir, proxy, args.proxy
+                )
                 rows.append(common.emit(row))
         if not args.no_published:
             start = time.perf_counter()

@@ -310,6 +310,14 @@ def test_numerics_variants_set_the_documented_config_keys():
     baseline = numerics.experiment(args, numerics.BASELINE, seed=5)
     assert baseline.train.mixed_precision == "float32"
     assert baseline.train.jit_compile is False
+    # Without --steps the experiment's own train.steps counts: the default
+    # override's, or the caller's.
+    assert (
+        numerics.experiment(numerics.parse_args([]), "xla", 0).train.steps
+        == 600
+    )
+    given = numerics.parse_args(["--params_override", "train.steps=45"])
+    assert numerics.experiment(given, "xla", 0).train.steps == 45
 
 
 @pytest.mark.slow
