@@ -19,6 +19,7 @@ number of replicas again, and a logged value is the sum over replicas.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,66 +58,72 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def head_loss(
-    cls_outputs: Mapping[str, tf.Tensor],
-    box_outputs: Mapping[str, tf.Tensor],
-    labels: Mapping[str, Any],
-    train_config: Any,
-    num_classes: int,
-    num_positives: tf.Tensor,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Focal and Huber losses of one head, as Model Garden computes them.
+@dataclasses.dataclass(frozen=True)
+class _Targets:
+    """One batch's targets, flattened once for every head.
 
-    Args:
-        cls_outputs: level key -> [batch, H_l, W_l, A * num_classes] logits.
-        box_outputs: level key -> [batch, H_l, W_l, A * 4] encoded boxes.
-        labels: the parser's ``cls_targets`` (level key -> [batch, H_l,
-            W_l, A] int, -1 background, -2 ignored), ``box_targets``
-            (level key -> [batch, H_l, W_l, A * 4]), ``cls_weights`` and
-            ``box_weights`` ([batch, num_anchors]).
-        train_config: a ``TrainConfig`` (focal alpha/gamma, Huber delta).
-        num_classes: classes including background.
-        num_positives: the normaliser, positives + 1 (a scalar).
-
-    Returns:
-        (cls_loss, box_loss), scalars; the box loss is not yet weighted.
+    Attributes:
+        levels: level keys in the order everything is flattened.
+        cls: [batch, anchors, num_classes] one-hot class targets.
+        box: [batch, anchors, 4] encoded box targets.
+        cls_weights, box_weights: [batch, anchors], divided by the number
+            of positives.
     """
-    cls_loss_fn = focal_loss.FocalLoss(
-        alpha=train_config.focal_alpha,
-        gamma=train_config.focal_gamma,
-        reduction=tf_keras.losses.Reduction.SUM,
+
+    levels: tuple[str, ...]
+    cls: tf.Tensor
+    box: tf.Tensor
+    cls_weights: tf.Tensor
+    box_weights: tf.Tensor
+
+
+def _flat_targets(
+    labels: Mapping[str, Any], num_classes: int, num_positives: tf.Tensor
+) -> _Targets:
+    """The parser's labels (``cls_targets``: level key -> [batch, H_l,
+    W_l, A] int, -1 background, -2 ignored; ``box_targets``: level key ->
+    [batch, H_l, W_l, A * 4]; ``cls_weights``, ``box_weights``: [batch,
+    num_anchors]) as Model Garden's RetinaNet task flattens them."""
+    cls_targets, box_targets = labels["cls_targets"], labels["box_targets"]
+    levels = tuple(sorted(cls_targets, key=int))
+    return _Targets(
+        levels=levels,
+        cls=tf.one_hot(
+            loss_utils.multi_level_flatten(
+                {k: cls_targets[k] for k in levels}, last_dim=None
+            ),
+            num_classes,
+        ),
+        box=loss_utils.multi_level_flatten(
+            {k: tf.cast(box_targets[k], tf.float32) for k in levels},
+            last_dim=BOX_PARAMS,
+        ),
+        cls_weights=tf.cast(labels["cls_weights"], tf.float32) / num_positives,
+        box_weights=tf.cast(labels["box_weights"], tf.float32) / num_positives,
     )
-    box_loss_fn = tf_keras.losses.Huber(
-        train_config.huber_delta, reduction=tf_keras.losses.Reduction.SUM
+
+
+def _flat_outputs(
+    outputs: Mapping[str, tf.Tensor], levels: Sequence[str], last_dim: int
+) -> tf.Tensor:
+    # Mixed precision heads emit bfloat16/float16; the loss sums in float32.
+    return loss_utils.multi_level_flatten(
+        {k: tf.cast(outputs[k], tf.float32) for k in levels},
+        last_dim=last_dim,
     )
-    cls_outputs, cls_targets = _by_level(
-        cls_outputs, labels["cls_targets"], "cls"
-    )
-    box_outputs, box_targets = _by_level(
-        box_outputs, labels["box_targets"], "box"
-    )
-    cls_weights = tf.cast(labels["cls_weights"], tf.float32) / num_positives
-    box_weights = tf.cast(labels["box_weights"], tf.float32) / num_positives
-    y_true_cls = tf.one_hot(
-        loss_utils.multi_level_flatten(cls_targets, last_dim=None),
-        num_classes,
-    )
-    y_pred_cls = loss_utils.multi_level_flatten(
-        _float32(cls_outputs), last_dim=num_classes
-    )
-    y_true_box = loss_utils.multi_level_flatten(
-        _float32(box_targets), last_dim=BOX_PARAMS
-    )
-    y_pred_box = loss_utils.multi_level_flatten(
-        _float32(box_outputs), last_dim=BOX_PARAMS
-    )
-    cls_loss = cls_loss_fn(
-        y_true=y_true_cls, y_pred=y_pred_cls, sample_weight=cls_weights
-    )
-    box_loss = box_loss_fn(
-        y_true=y_true_box, y_pred=y_pred_box, sample_weight=box_weights
-    )
-    return cls_loss, box_loss
+
+
+def _check_levels(
+    outputs: Mapping[str, Any],
+    targets: Mapping[str, Any],
+    outputs_name: str,
+    targets_name: str,
+) -> None:
+    if set(outputs) != set(targets):
+        raise ValueError(
+            f"{outputs_name} have levels {sorted(outputs)} but the labels' "
+            f"{targets_name} have {sorted(targets)}"
+        )
 
 
 def detection_loss(
@@ -147,20 +154,39 @@ def detection_loss(
     train_config = _train_config(train_config)
     box_weights = tf.cast(labels["box_weights"], tf.float32)
     num_positives = global_sum(tf.reduce_sum(box_weights)) + POSITIVES_OFFSET
+    # Model Garden's losses (official/vision/tasks/retinanet.py
+    # build_losses); the targets are flattened once for all the heads.
+    cls_loss_fn = focal_loss.FocalLoss(
+        alpha=train_config.focal_alpha,
+        gamma=train_config.focal_gamma,
+        reduction=tf_keras.losses.Reduction.SUM,
+    )
+    box_loss_fn = tf_keras.losses.Huber(
+        train_config.huber_delta, reduction=tf_keras.losses.Reduction.SUM
+    )
     heads = outputs.get(REPEAT_OUTPUTS) or [outputs]
+    for head in heads:
+        for output, target in (
+            (CLS_OUTPUTS, "cls_targets"),
+            (BOX_OUTPUTS, "box_targets"),
+        ):
+            _check_levels(head[output], labels[target], output, target)
+    targets = _flat_targets(labels, num_classes, num_positives)
     cls_loss = tf.constant(0.0)
     box_loss = tf.constant(0.0)
     for head in heads:
-        cls_r, box_r = head_loss(
-            head[CLS_OUTPUTS],
-            head[BOX_OUTPUTS],
-            labels,
-            train_config,
-            num_classes,
-            num_positives,
+        cls_loss += cls_loss_fn(
+            y_true=targets.cls,
+            y_pred=_flat_outputs(
+                head[CLS_OUTPUTS], targets.levels, num_classes
+            ),
+            sample_weight=targets.cls_weights,
         )
-        cls_loss += cls_r
-        box_loss += box_r
+        box_loss += box_loss_fn(
+            y_true=targets.box,
+            y_pred=_flat_outputs(head[BOX_OUTPUTS], targets.levels, BOX_PARAMS),
+            sample_weight=targets.box_weights,
+        )
     model_loss = cls_loss + train_config.box_loss_weight * box_loss
     total = model_loss
     if regularization_losses:
@@ -171,26 +197,3 @@ def detection_loss(
         "box_loss": box_loss,
         "model_loss": model_loss,
     }
-
-
-def _float32(tensors: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    # Mixed precision heads emit bfloat16/float16; the loss sums in float32.
-    return {k: tf.cast(v, tf.float32) for k, v in tensors.items()}
-
-
-def _by_level(
-    outputs: Mapping[str, tf.Tensor],
-    targets: Mapping[str, tf.Tensor],
-    name: str,
-) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-    """Outputs and targets in the same level order (tf.data sorts keys)."""
-    if set(outputs) != set(targets):
-        raise ValueError(
-            f"{name}_outputs have levels {sorted(outputs)} but the labels' "
-            f"{name}_targets have {sorted(targets)}"
-        )
-    levels = sorted(outputs, key=int)
-    return (
-        {k: outputs[k] for k in levels},
-        {k: targets[k] for k in levels},
-    )
