@@ -113,8 +113,14 @@ def test_role_follows_keras_tuner_environment(monkeypatch):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
     assert tuner_lib.role() == "single"  # no oracle address: not distributed
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    with pytest.raises(RuntimeError, match="KERASTUNER_ORACLE_PORT"):
+        tuner_lib.role()
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
     assert tuner_lib.role() == "chief"
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
+    assert tuner_lib.role() == "worker"
+    # An empty id is a worker to KerasTuner, which wraps its oracle: so here.
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "")
     assert tuner_lib.role() == "worker"
 
 

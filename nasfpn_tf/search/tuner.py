@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 from keras_tuner.engine import base_tuner
 from keras_tuner.engine import trial as trial_lib
+from keras_tuner.src.distribute import utils as distribute_utils
 
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.search import history as history_lib
@@ -56,12 +57,16 @@ ProxyFactory = Callable[[], proxy_lib.Proxy]
 
 def role() -> str:
     """This process's part: "single", "chief" (serves the oracle) or
-    "worker" (trains children), from KerasTuner's environment."""
-    tuner_id = os.environ.get(ENV_TUNER_ID, "")
-    if not tuner_id or ENV_ORACLE_IP not in os.environ:
+    "worker" (trains children), by the rule `BaseTuner` itself follows
+    when it wraps the oracle in a gRPC client.
+
+    Raises:
+        RuntimeError: KERASTUNER_ORACLE_IP without the port or tuner id
+            (KerasTuner's message names the missing variable).
+    """
+    if not distribute_utils.has_chief_oracle():
         return "single"
-    # KerasTuner's own rule (keras_tuner.src.distribute.utils).
-    return "chief" if "chief" in tuner_id else "worker"
+    return "chief" if distribute_utils.is_chief_oracle() else "worker"
 
 
 class SearchTuner(base_tuner.BaseTuner):
