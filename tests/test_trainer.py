@@ -340,6 +340,37 @@ def test_resume_continues_the_step_keeps_k_checkpoints_and_logs(
     assert tags["learning_rate"] == [2, 4, 6, 8]
 
 
+def test_a_resuming_worker_saves_at_the_chiefs_steps(
+    tiny_model, tmp_path, monkeypatch
+):
+    # Multi-worker saves read variables collectively: a non-chief that
+    # resumes must save exactly when the chief does (not at the resumed
+    # step, which the chief has on disk already).
+    model_dir = str(tmp_path / "run")
+    config = fast_config(**{"train.keep_checkpoints": 5})
+    trainer.run("train", config, model_dir)
+    worker_dir = tmp_path / "worker"
+    monkeypatch.setattr(trainer.strategy_lib, "is_chief", lambda s: False)
+    monkeypatch.setattr(
+        trainer.tempfile, "mkdtemp", lambda prefix: str(worker_dir)
+    )
+    longer = config_lib.override(config, {"train.steps": 8})
+    assert trainer.run("train", longer, model_dir)["steps"] == 8
+    saved = sorted(
+        f
+        for f in os.listdir(checkpoints.checkpoint_dir(str(worker_dir)))
+        if f.endswith(".index")
+    )
+    assert saved == ["ckpt-6.index", "ckpt-8.index"]
+    # The worker wrote nothing to the run's directory.
+    chief_saved = os.listdir(checkpoints.checkpoint_dir(model_dir))
+    assert sorted(f for f in chief_saved if f.endswith(".index")) == [
+        "ckpt-0.index",
+        "ckpt-2.index",
+        "ckpt-4.index",
+    ]
+
+
 @pytest.mark.faults
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tiny_model, tmp_path, monkeypatch

@@ -55,6 +55,7 @@ def make_manager(
     every: int,
     keep: int,
     init_fn=None,
+    last_checkpoint_step: int | None = None,
 ) -> tf.train.CheckpointManager:
     """A manager saving every `every` steps and keeping the newest `keep`.
 
@@ -65,6 +66,8 @@ def make_manager(
         every: steps between saves.
         keep: checkpoints kept on disk.
         init_fn: called instead of a restore when there is no checkpoint.
+        last_checkpoint_step: the step the save interval counts from
+            (None: from the first save, or the restored step).
     """
     return FallbackCheckpointManager(
         checkpoint,
@@ -73,6 +76,7 @@ def make_manager(
         step_counter=step,
         checkpoint_interval=every,
         init_fn=init_fn,
+        last_checkpoint_step=last_checkpoint_step,
     )
 
 

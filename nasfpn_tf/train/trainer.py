@@ -196,6 +196,7 @@ class _Session:
                 model, train.init_checkpoint
             )
         write_dir = model_dir
+        restored_step = None
         if not self.chief:
             # Every worker saves (variables are read collectively), only
             # the chief's copy counts; all resume from the chief's.
@@ -207,6 +208,7 @@ class _Session:
                 with self.strategy.scope():
                     self.trainer.checkpoint.restore(latest)
                 init_fn = None
+                restored_step = int(self.trainer.global_step.numpy())
         self.manager = checkpoints.make_manager(
             self.trainer.checkpoint,
             write_dir,
@@ -214,6 +216,16 @@ class _Session:
             every=train.checkpoint_every,
             keep=train.keep_checkpoints,
             init_fn=init_fn,
+            # As the chief's manager does after its restore: count the
+            # save interval from the restored step, so all save alike.
+            last_checkpoint_step=restored_step,
+        )
+        # Whether training goes on from a checkpoint of model_dir, the same
+        # on every worker (a worker's own manager starts empty).
+        self.resumed = (
+            self.manager.latest_checkpoint is not None
+            if self.chief
+            else restored_step is not None
         )
         self.progress = progress.Progress(
             model_dir,
@@ -291,9 +303,10 @@ class _Session:
             ),
         )
         self.progress.start(self.start_step)
-        if self.manager.latest_checkpoint is None:
+        if not self.resumed:
             # Step 0 (or the pretrained start) is the first good state, and
-            # it starts the checkpoint interval at 0.
+            # it starts the checkpoint interval at 0. Every worker saves or
+            # none does: a save reads variables collectively.
             self.controller.save_checkpoint()
         metrics: dict[str, Any] = {}
         try:
