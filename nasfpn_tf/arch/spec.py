@@ -332,12 +332,9 @@ class NeckSpec:
 
     def save(self, path: str) -> None:
         """Writes the JSON spec to ``path`` atomically (local or GCS)."""
-        import tensorflow as tf
+        from nasfpn_tf.files import write_atomic  # lazy: imports TF
 
-        tmp = f"{path}.tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(self.to_json() + "\n")
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        write_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str) -> NeckSpec:

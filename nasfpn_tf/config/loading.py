@@ -384,14 +384,10 @@ def save(config: ExperimentConfig, model_dir: str) -> str:
     The text goes to a temporary file first and is renamed over the old
     one, so a reader never sees half a config.
     """
-    import tensorflow as tf
+    from nasfpn_tf.files import write_atomic  # lazy: imports TF
 
-    tf.io.gfile.makedirs(model_dir)
     path = config_path(model_dir)
-    temp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temp, "w") as f:
-        f.write(to_yaml(config))
-    tf.io.gfile.rename(temp, path, overwrite=True)
+    write_atomic(path, to_yaml(config))
     return path
 
 

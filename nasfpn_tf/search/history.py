@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
+from nasfpn_tf.files import is_local, local_path, write_atomic
 
 HISTORY_FILE = "history.jsonl"
 BEST_SPEC_FILE = "best_spec.json"
@@ -62,7 +62,6 @@ DEFAULT_TOP_K = 10
 # Zero-padded width of sample numbers in trial directory names.
 SAMPLE_DIGITS = 6
 _CHECKPOINT_PREFIX = "update-"
-_LOCAL_SCHEMES = ("", "file")
 
 
 class HistoryError(ValueError):
@@ -71,35 +70,6 @@ class HistoryError(ValueError):
 
 # --------------------------------------------------------------------------
 # Files.
-
-
-def is_local(path: str) -> bool:
-    """Whether `path` is on the local file system (not gs://, ram://, ...)."""
-    scheme = path.split("://", 1)[0] if "://" in path else ""
-    return scheme in _LOCAL_SCHEMES
-
-
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Writes `data` to `path` so readers see the old or the new file.
-
-    The data goes to a temporary file in the same directory, is fsynced
-    when local, and is renamed over `path`.
-    """
-    parent = os.path.dirname(path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    temp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    mode = "wb" if isinstance(data, bytes) else "w"
-    if is_local(path):
-        encoding = None if isinstance(data, bytes) else "utf-8"
-        with open(_local(temp), mode, encoding=encoding) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        with tf.io.gfile.GFile(temp, mode) as f:
-            f.write(data)
-    tf.io.gfile.rename(temp, path, overwrite=True)
 
 
 def write_json_atomic(path: str, value: Any) -> None:
@@ -121,10 +91,6 @@ def read_json(path: str) -> Any | None:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise HistoryError(f"{path}: not valid JSON ({error})") from None
-
-
-def _local(path: str) -> str:
-    return path.removeprefix("file://")
 
 
 # --------------------------------------------------------------------------
@@ -365,8 +331,8 @@ class History:
         if is_local(self.path):
             parent = os.path.dirname(self.path)
             if parent:
-                os.makedirs(_local(parent), exist_ok=True)
-            with open(_local(self.path), "a", encoding="utf-8") as f:
+                os.makedirs(local_path(parent), exist_ok=True)
+            with open(local_path(self.path), "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
@@ -586,7 +552,7 @@ class SearchDir:
         best = ranked(records)
         if not best:
             return None
-        best[0].neck_spec().save(self.best_spec_path)
+        write_atomic(self.best_spec_path, best[0].neck_spec().to_json() + "\n")
         write_json_atomic(
             self.top_specs_path,
             [_top_entry(i + 1, r) for i, r in enumerate(best[:top_k])],

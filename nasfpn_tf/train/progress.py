@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from nasfpn_tf.files import write_atomic
+
 METRICS_FILENAME = "metrics.jsonl"
 TRAIN = "train"
 EVAL = "eval"
@@ -87,10 +89,7 @@ class MetricsLog:
             self._write("".join(json.dumps(r) + "\n" for r in kept))
 
     def _write(self, text: str) -> None:
-        temp = f"{self.path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(temp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(temp, self.path, overwrite=True)
+        write_atomic(self.path, text)
 
 
 class _Window:
