@@ -136,10 +136,6 @@ class InputConfig:
         """(height, width) of the images the pipeline yields."""
         return padded_image_size(self.image_size, self.max_level, self.pad)
 
-    @property
-    def anchors_per_location(self) -> int:
-        return self.num_scales * len(self.aspect_ratios)
-
 
 def padded_image_size(
     image_size: int | Sequence[int], max_level: int, pad: bool = True
