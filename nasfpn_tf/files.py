@@ -50,3 +50,89 @@ def write_atomic(path: str, data: str | bytes) -> None:
         with tf.io.gfile.GFile(temp, mode) as f:
             f.write(data)
     tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+class JsonlLog:
+    """An append-only file of JSON objects, one a line, that survives kills.
+
+    Local appends are fsynced before `append` returns; on a remote file
+    system (no append) the file is rewritten atomically. `JsonlLog.open`
+    drops a torn last line (a kill mid-append) and rewrites the file
+    without it, so the next append starts on a line of its own.
+
+    Attributes:
+        path: the file.
+        rows: every object in file order.
+    """
+
+    def __init__(self, path: str, rows: list[dict] | None = None):
+        self.path = path
+        self.rows: list[dict] = list(rows or [])
+
+    @classmethod
+    def open(cls, path: str) -> JsonlLog:
+        """Reads `path` (missing: empty).
+
+        Raises:
+            ValueError: a line other than the last is not a JSON object,
+                naming the file and line.
+        """
+        import json
+
+        log = cls(path)
+        if not tf.io.gfile.exists(path):
+            return log
+        with tf.io.gfile.GFile(path, "r") as f:
+            lines = f.read().split("\n")
+        tail = lines.pop()  # "" when the file ends with a newline
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
+            log.rows.append(row)
+        if tail.strip():
+            try:
+                row = json.loads(tail)
+            except json.JSONDecodeError:
+                row = None  # torn by a kill mid-append: dropped
+            if isinstance(row, dict):
+                log.rows.append(row)
+            log._rewrite()
+        return log
+
+    def append(self, row: dict) -> None:
+        """Adds `row` durably before returning."""
+        import json
+
+        line = json.dumps(row, separators=(",", ":")) + "\n"
+        if is_local(self.path):
+            parent = os.path.dirname(self.path)
+            if parent:
+                os.makedirs(local_path(parent), exist_ok=True)
+            with open(local_path(self.path), "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.rows.append(row)
+        else:
+            self.rows.append(row)
+            try:
+                self._rewrite()
+            except BaseException:
+                self.rows.pop()
+                raise
+
+    def _rewrite(self) -> None:
+        import json
+
+        write_atomic(
+            self.path,
+            "".join(
+                json.dumps(r, separators=(",", ":")) + "\n" for r in self.rows
+            ),
+        )

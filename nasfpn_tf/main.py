@@ -5,6 +5,8 @@ sized for a CPU. Each mode reads the config, writes it to
 MODEL_DIR/config.yaml, and calls one library function:
 
   search          nasfpn_tf.search.runner.search
+  fidelity        nasfpn_tf.search.fidelity.run (does the proxy rank specs
+                  as the longer reference training does?)
   train, eval,
   train_and_eval  nasfpn_tf.train.trainer.run
   export          nasfpn_tf.export.export
@@ -37,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Libraries that log chattily at INFO through the root logger.
 QUIET_LOGGERS = ("matplotlib", "PIL", "h5py")
 
-MODES = ("search", "train", "eval", "train_and_eval", "export")
+MODES = ("search", "fidelity", "train", "eval", "train_and_eval", "export")
 TRAINER_MODES = ("train", "eval", "train_and_eval")
 # absl verbosity names (absl reads ints as its own levels, not logging's).
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,6 +64,7 @@ USER_ERRORS = (
     ("nasfpn_tf.search.oracle", "SearchStateError"),
     ("nasfpn_tf.search.oracle", "SearchAborted"),
     ("nasfpn_tf.search.oracle", "SearchStorageError"),
+    ("nasfpn_tf.search.fidelity", "FidelityError"),
 )
 
 _MODE = flags.DEFINE_enum("mode", "search", MODES, "What to run.")
@@ -248,6 +251,10 @@ def execute(
         from nasfpn_tf.search import runner
 
         return runner.search(config, model_dir)
+    if mode == "fidelity":
+        from nasfpn_tf.search import fidelity
+
+        return fidelity.run(config, model_dir)
     if mode == "export":
         from nasfpn_tf import export
 
@@ -287,7 +294,8 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(f"Config error: {error}") from None
     logging.info("mode=%s model_dir=%s", mode, model_dir)
     result = execute(mode, config, model_dir, _EXPORT_DIR.value, _FREEZE.value)
-    if result is not None and mode != "search":  # search prints its own
+    # search and fidelity print their own
+    if result is not None and mode not in ("search", "fidelity"):
         print(f"{mode} result: {result}", flush=True)
 
 

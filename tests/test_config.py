@@ -178,14 +178,14 @@ def test_config_is_frozen():
         ({"model.neck.type": "bifpn"}, "model.neck.type"),
         ({"model.nms.type": "soft"}, "model.nms.type"),
         ({"model.num_classes": 2}, "data.synthetic.num_classes"),
-        ({"train.warmup_steps": 200}, "train.warmup_steps"),
+        ({"train.warmup_steps": 700}, "train.warmup_steps"),
         ({"train.schedule": "step"}, "train.step_boundaries"),
         (
             {"train.schedule": "step", "train.step_boundaries": [50, 20]},
             "strictly increasing",
         ),
         (
-            {"train.schedule": "step", "train.step_boundaries": [500]},
+            {"train.schedule": "step", "train.step_boundaries": [900]},
             "not below train.steps",
         ),
         ({"train.mixed_precision": "float16"}, "train.mixed_precision"),
@@ -233,7 +233,7 @@ def test_check_batch():
     config = ExperimentConfig()
     config_lib.check_batch(config, 1)
     config_lib.check_batch(config, 4)
-    with pytest.raises(ConfigError, match=r"train\.batch_size \(4\).*\(3\)"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size \(16\).*\(3\)"):
         config_lib.check_batch(config, 3)
     odd_eval = config_lib.override(config, {"eval.batch_size": 6})
     with pytest.raises(ConfigError, match=r"eval\.batch_size"):
@@ -291,12 +291,12 @@ def test_later_file_wins_and_override_wins_last(tmp_path):
     first = _write(
         tmp_path,
         "first.yaml",
-        "train: {batch_size: 2, steps: 50}\nmodel: {image_size: 96}\n",
+        "train: {batch_size: 2, steps: 500}\nmodel: {image_size: 96}\n",
     )
     second = _write(tmp_path, "second.yaml", "train: {batch_size: 8}\n")
     config = config_lib.load_config([first, second])
     assert config.train.batch_size == 8  # second file
-    assert config.train.steps == 50  # kept from the first
+    assert config.train.steps == 500  # kept from the first
     assert config.model.image_size == 96
     config = config_lib.load_config([second, first])
     assert config.train.batch_size == 2
@@ -305,7 +305,7 @@ def test_later_file_wins_and_override_wins_last(tmp_path):
 
 
 def test_intermediate_states_need_not_be_valid(tmp_path):
-    # steps=5 alone clashes with the default warmup of 10; the next file
+    # steps=5 alone clashes with the default warmup of 100; the next file
     # fixes it, and only the result is checked.
     first = _write(tmp_path, "a.yaml", "train: {steps: 5}\n")
     second = _write(tmp_path, "b.yaml", "train: {warmup_steps: 1}\n")
@@ -384,7 +384,7 @@ def test_diff_lists_changed_keys():
         ExperimentConfig(), "train.batch_size=8,model.neck.filters=8"
     )
     assert config_lib.diff(ExperimentConfig(), changed) == {
-        "train.batch_size": (4, 8),
+        "train.batch_size": (16, 8),
         "model.neck.filters": (16, 8),
     }
 
@@ -395,6 +395,7 @@ def test_proxy_experiment_applies_the_proxy_sizes():
         {
             "train.schedule": "step",
             "train.step_boundaries": [150],
+            "train.warmup_steps": 10,
             "search.proxy.train_steps": 20,
             "search.proxy.image_size": 96,
             "search.proxy.repeats": 3,

@@ -113,7 +113,7 @@ def test_help_runs_and_lists_every_flag():
         "--log_level",
     ):
         assert flag in text
-    assert "<search|train|eval|train_and_eval|export>" in text
+    assert "<search|fidelity|train|eval|train_and_eval|export>" in text
     assert "runner.search" in text  # the module docstring is the usage
 
 
@@ -137,11 +137,11 @@ def test_resolve_refuses_a_conflicting_rerun(tmp_path):
     with pytest.raises(config_lib.ConfigError) as info:
         main_lib.resolve_config(model_dir, [TINY], "train.steps=300")
     message = str(info.value)
-    assert "train.steps: saved 200, flags give 300" in message
+    assert "train.steps: saved 700, flags give 300" in message
     assert "--overwrite_config" in message
-    assert config_lib.load_saved(model_dir).train.steps == 200  # untouched
+    assert config_lib.load_saved(model_dir).train.steps == 700  # untouched
     # The same flags again are a plain resume.
-    assert main_lib.resolve_config(model_dir, [TINY]).train.steps == 200
+    assert main_lib.resolve_config(model_dir, [TINY]).train.steps == 700
 
 
 def test_resolve_overwrite_config_replaces_the_saved_one(tmp_path):
@@ -168,9 +168,9 @@ def test_resolve_arch_and_tpu_flags(tmp_path):
 
 def test_resolve_resume_on_a_tpu_keeps_the_saved_settings(tmp_path):
     model_dir = str(tmp_path / "run")
-    saved = main_lib.resolve_config(model_dir, [TINY], "train.steps=50")
+    saved = main_lib.resolve_config(model_dir, [TINY], "train.steps=500")
     config = main_lib.resolve_config(model_dir, tpu="tpu-c")
-    assert config.train.steps == 50
+    assert config.train.steps == 500
     assert (config.runtime.strategy, config.runtime.tpu) == ("tpu", "tpu-c")
     assert config_lib.diff(saved, config).keys() == {
         "runtime.strategy",
@@ -248,10 +248,10 @@ def test_main_writes_config_and_refuses_a_conflicting_rerun(fakes, tmp_path):
         "--mode=train",
         f"--model_dir={model_dir}",
         f"--config_file={TINY}",
-        "--params_override=train.steps=50",
+        "--params_override=train.steps=500",
     )
     saved = config_lib.load_saved(model_dir)
-    assert saved.train.steps == 50
+    assert saved.train.steps == 500
     # Resume: no config flags, the saved config is used.
     _run_main("--mode=train", f"--model_dir={model_dir}")
     assert fakes.train.calls[1][1] == saved
@@ -259,21 +259,21 @@ def test_main_writes_config_and_refuses_a_conflicting_rerun(fakes, tmp_path):
         _run_main(
             "--mode=train",
             f"--model_dir={model_dir}",
-            "--params_override=train.steps=60",
+            "--params_override=train.steps=600",
         )
     assert len(fakes.train.calls) == 2
     _run_main(
         "--mode=train",
         f"--model_dir={model_dir}",
-        "--params_override=train.steps=60",
+        "--params_override=train.steps=600",
         "--overwrite_config",
     )
-    assert fakes.train.calls[2][1].train.steps == 60
+    assert fakes.train.calls[2][1].train.steps == 600
 
 
 def test_layered_config_files(fakes, tmp_path):
     extra = tmp_path / "extra.yaml"
-    extra.write_text("train: {steps: 77}\n")
+    extra.write_text("train: {steps: 770}\n")
     _run_main(
         f"--model_dir={tmp_path / 'run'}",
         f"--config_file={TINY}",
@@ -281,7 +281,7 @@ def test_layered_config_files(fakes, tmp_path):
         "--arch=best_spec.json",
     )
     config = fakes.search.calls[0][0]
-    assert config.train.steps == 77
+    assert config.train.steps == 770
     assert config.model.neck.arch == "best_spec.json"
 
 

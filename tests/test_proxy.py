@@ -214,3 +214,73 @@ def test_real_tiny_child_trains_and_earns_heldout_ap(tmp_path):
     assert os.path.isdir(os.path.join(work_dir, "checkpoints"))
     task.release(work_dir)
     assert not os.path.exists(os.path.join(work_dir, "checkpoints"))
+
+
+# --------------------------------------------------------------------------
+# Child seeds and several trainings per child.
+
+
+def test_child_seeds_depend_on_search_seed_spec_and_index_only():
+    key = known.NASFPN_SPEC.canonical_key()
+    seeds = proxy_lib.child_seeds(0, key, 3)
+    assert seeds == proxy_lib.child_seeds(0, key, 3)
+    assert proxy_lib.child_seeds(0, key, 1) == seeds[:1]
+    assert len(set(seeds)) == 3
+    assert all(0 <= s < 2**31 for s in seeds)
+    assert proxy_lib.child_seeds(1, key, 3) != seeds
+    assert proxy_lib.child_seeds(0, "other", 3) != seeds
+
+
+def test_child_trains_from_its_derived_seed(tmp_path):
+    train = FakeTrain(dict(METRICS))
+    config = _config(**{"runtime.seed": 4})
+    proxy_lib.ProxyTask(config, train_fn=train).reward(
+        known.NASFPN_SPEC, str(tmp_path)
+    )
+    (seed,) = proxy_lib.child_seeds(4, known.NASFPN_SPEC.canonical_key(), 1)
+    assert train.calls[0]["config"].runtime.seed == seed
+    assert train.calls[0]["model_dir"] == str(tmp_path)
+
+
+def test_several_seeds_average_and_keep_each_reward(tmp_path):
+    train = FakeTrain(
+        dict(METRICS, AP=0.1, AP50=0.3), dict(METRICS, AP=0.3, AP50=0.5)
+    )
+    config = _config(**{"search.proxy.seeds": 2})
+    result = proxy_lib.ProxyTask(config, train_fn=train).reward(
+        known.NASFPN_SPEC, str(tmp_path)
+    )
+    seeds = proxy_lib.child_seeds(0, known.NASFPN_SPEC.canonical_key(), 2)
+    assert [c["config"].runtime.seed for c in train.calls] == seeds
+    assert [c["model_dir"] for c in train.calls] == [
+        os.path.join(str(tmp_path), "seed0"),
+        os.path.join(str(tmp_path), "seed1"),
+    ]
+    assert result.status == "ok"
+    assert result.reward == pytest.approx(0.2)
+    assert result.metrics["AP50"] == pytest.approx(0.4)
+    assert result.metrics["reward_seed0"] == pytest.approx(0.1)
+    assert result.metrics["reward_seed1"] == pytest.approx(0.3)
+    assert result.metrics["seed1"] == seeds[1]
+
+
+def test_a_failed_seed_fails_the_child(tmp_path):
+    train = FakeTrain(dict(METRICS), NonFiniteLossError(3, float("nan")))
+    config = _config(**{"search.proxy.seeds": 3})
+    result = proxy_lib.ProxyTask(config, train_fn=train).reward(
+        known.NASFPN_SPEC, str(tmp_path)
+    )
+    assert result.status == "failed" and result.reward == PENALTY
+    assert result.error.startswith("NonFiniteLossError")
+    assert len(train.calls) == 2  # the third seed is not trained
+
+
+def test_release_drops_every_seeds_checkpoints(tmp_path):
+    config = _config(**{"search.proxy.seeds": 2})
+    for index in range(2):
+        os.makedirs(tmp_path / f"seed{index}" / proxy_lib.CHECKPOINTS_DIR)
+    proxy_lib.ProxyTask(config, train_fn=FakeTrain()).release(str(tmp_path))
+    assert not any(
+        (tmp_path / f"seed{i}" / proxy_lib.CHECKPOINTS_DIR).exists()
+        for i in range(2)
+    )

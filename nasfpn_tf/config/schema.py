@@ -123,11 +123,17 @@ class AnchorConfig:
     """RetinaNet anchors: `num_scales` octave scales x aspect ratios.
 
     `anchor_size` is the base anchor side in units of the level's stride.
+    An anchor is positive when its IoU with a box is >= `match_threshold`
+    and negative below `unmatched_threshold` (between: ignored); each box
+    also gets its best anchor, whatever its IoU (Model Garden's matcher).
+    `python -m nasfpn_tf.data.stats` shows how well they fit a data set.
     """
 
     num_scales: int = 3
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    anchor_size: float = 4.0
+    anchor_size: float = 1.5
+    match_threshold: float = 0.5
+    unmatched_threshold: float = 0.5
 
     def __post_init__(self):
         _positive("model.anchor.num_scales", self.num_scales)
@@ -136,6 +142,13 @@ class AnchorConfig:
         for ratio in self.aspect_ratios:
             _positive("model.anchor.aspect_ratios[*]", ratio)
         _positive("model.anchor.anchor_size", self.anchor_size)
+        _fraction("model.anchor.match_threshold", self.match_threshold)
+        if not 0 <= self.unmatched_threshold <= self.match_threshold:
+            raise ConfigError(
+                "model.anchor.unmatched_threshold must be in [0, "
+                f"match_threshold={self.match_threshold}]; got "
+                f"{self.unmatched_threshold}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +225,7 @@ class ModelConfig:
 
     backbone: str = "resnet10"
     backbone_width: float = 0.25
-    image_size: int = 64
+    image_size: int = 128
     num_classes: int = 3
     min_level: int = 3
     max_level: int = 7
@@ -251,9 +264,9 @@ class SyntheticConfig:
     `num_classes` counts object classes only (ids 1..num_classes).
     """
 
-    num_train: int = 64
-    num_heldout: int = 16
-    num_val: int = 16
+    num_train: int = 512
+    num_heldout: int = 128
+    num_val: int = 128
     num_classes: int = 2
     seed: int = 0
 
@@ -348,10 +361,10 @@ class TrainConfig:
         jit_compile: XLA-compile the train step.
     """
 
-    batch_size: int = 4
-    steps: int = 200
-    learning_rate: float = 0.01
-    warmup_steps: int = 10
+    batch_size: int = 16
+    steps: int = 700
+    learning_rate: float = 0.08
+    warmup_steps: int = 100
     warmup_learning_rate: float = 0.001
     schedule: str = "cosine"
     step_boundaries: tuple[int, ...] = ()
@@ -420,9 +433,9 @@ class EvalConfig:
     """Evaluation: `steps` batches (0 = the whole split), run every
     `every` training steps in train_and_eval mode."""
 
-    batch_size: int = 4
+    batch_size: int = 16
     steps: int = 0
-    every: int = 100
+    every: int = 350
 
     def __post_init__(self):
         _positive("eval.batch_size", self.batch_size)
@@ -552,13 +565,17 @@ class ProxyConfig:
         repeats: neck repeats of a child.
         filters: neck (and head) channels of a child.
         image_size: input side of a child.
+        seeds: trainings per child, from seeds derived from
+            `runtime.seed` and the spec (`proxy.child_seeds`); the reward
+            is their mean AP.
     """
 
     train_steps: int = 100
     eval_steps: int = 0
     repeats: int = 2
     filters: int = 16
-    image_size: int = 64
+    image_size: int = 128
+    seeds: int = 1
 
     def __post_init__(self):
         _positive("search.proxy.train_steps", self.train_steps)
@@ -566,6 +583,7 @@ class ProxyConfig:
         _positive("search.proxy.repeats", self.repeats)
         _positive("search.proxy.filters", self.filters)
         _image_size("search.proxy.image_size", self.image_size)
+        _positive("search.proxy.seeds", self.seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,6 +640,52 @@ class SearchConfig:
 
 
 # --------------------------------------------------------------------------
+# fidelity
+
+
+def _default_reference() -> ProxyConfig:
+    # The tiny demo's full training (train.steps) as the reference.
+    return ProxyConfig(train_steps=700)
+
+
+@dataclasses.dataclass(frozen=True)
+class FidelityConfig:
+    """`--mode=fidelity`: does the proxy rank specs as longer training does?
+
+    Attributes:
+        num_specs: specs trained, the published one included.
+        include_published: make the published NAS-FPN spec the first.
+        spec_seed: seeds the draw of the other specs from the space.
+        seeds: proxy trainings per spec (`search.proxy` settings).
+        reference: the reference training, in `search.proxy`'s form (its
+            `seeds` is the number of reference trainings per spec).
+        bootstrap_samples: resamples of the rank-correlation intervals.
+        confidence: coverage of those intervals.
+    """
+
+    num_specs: int = 10
+    include_published: bool = True
+    spec_seed: int = 0
+    seeds: int = 3
+    reference: ProxyConfig = dataclasses.field(
+        default_factory=_default_reference
+    )
+    bootstrap_samples: int = 1000
+    confidence: float = 0.9
+
+    def __post_init__(self):
+        _positive("fidelity.num_specs", self.num_specs)
+        _non_negative("fidelity.spec_seed", self.spec_seed)
+        _positive("fidelity.seeds", self.seeds)
+        _positive("fidelity.bootstrap_samples", self.bootstrap_samples)
+        if not 0 < self.confidence < 1:
+            raise ConfigError(
+                f"fidelity.confidence must be in (0, 1); got "
+                f"{self.confidence}."
+            )
+
+
+# --------------------------------------------------------------------------
 # experiment
 
 
@@ -635,6 +699,9 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    fidelity: FidelityConfig = dataclasses.field(
+        default_factory=FidelityConfig
+    )
 
     def __post_init__(self):
         model, data = self.model, self.data

@@ -35,11 +35,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gc
+import hashlib
 import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import tensorflow as tf
@@ -81,6 +82,8 @@ STORAGE_MESSAGES = (
 )
 # How far down `__cause__` / `__context__` a storage error is looked for.
 MAX_ERROR_CHAIN = 8
+# Child seeds fit a signed 32-bit int (TensorFlow and NumPy seeds).
+SEED_MASK = 0x7FFFFFFF
 
 TrainFn = Callable[..., Mapping[str, Any]]
 
@@ -197,17 +200,44 @@ class ProxyTask:
     def reward(self, spec: NeckSpec, work_dir: str) -> ProxyResult:
         """Trains `spec` in `work_dir` and rates it; never raises Exception.
 
+        With `search.proxy.seeds` = k > 1 the child trains k times, from
+        the seeds `child_seeds` derives from the search seed and the
+        spec's canonical key, each in `work_dir/seed{i}`; the reward is
+        the mean held-out AP and every seed's reward is kept in the
+        metrics (`reward_seed{i}`, with `seed{i}`).
+
         Returns:
             An "ok" result with reward = held-out AP, or a "failed" one with
             the penalty reward and the error.
         """
+        seeds = child_seeds(
+            self.config.runtime.seed,
+            spec.canonical_key(),
+            self.config.search.proxy.seeds,
+        )
+        if len(seeds) == 1:
+            return self.train(spec, work_dir, seeds[0])
+        results = []
+        for index, seed in enumerate(seeds):
+            result = self.train(
+                spec, os.path.join(work_dir, f"seed{index}"), seed
+            )
+            results.append(result)
+            if result.status == FAILED:
+                break
+        return combine_seeds(results, seeds)
+
+    def train(self, spec: NeckSpec, work_dir: str, seed: int) -> ProxyResult:
+        """One training of `spec` from `seed` (`runtime.seed` of the
+        child), retried on transient errors; never raises Exception."""
+        config = config_lib.override(self.child_config, {"runtime.seed": seed})
         start = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
                 metrics = self._train()(
-                    self.child_config,
+                    config,
                     work_dir,
                     strategy=self.strategy,
                     spec=spec,
@@ -250,9 +280,63 @@ class ProxyTask:
 
     def release(self, work_dir: str) -> None:
         """Deletes the child's checkpoints unless `keep_checkpoints`."""
-        path = os.path.join(work_dir, CHECKPOINTS_DIR)
-        if not self.keep_checkpoints and tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path)
+        if self.keep_checkpoints:
+            return
+        for path in [os.path.join(work_dir, CHECKPOINTS_DIR)] + [
+            os.path.join(work_dir, f"seed{i}", CHECKPOINTS_DIR)
+            for i in range(self.config.search.proxy.seeds)
+        ]:
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
+
+
+def child_seeds(search_seed: int, key: str, count: int) -> list[int]:
+    """The training seeds of a child: a function of the search seed, the
+    spec's canonical key and the index only, so one spec gets the same
+    seeds in every run of a search and equivalent specs share them.
+
+    Returns:
+        `count` seeds in [0, 2**31).
+    """
+    seeds = []
+    for index in range(count):
+        text = f"{search_seed}:{key}:{index}".encode()
+        digest = hashlib.sha256(text).digest()
+        seeds.append(int.from_bytes(digest[:4], "big") & SEED_MASK)
+    return seeds
+
+
+def combine_seeds(
+    results: Sequence[ProxyResult], seeds: Sequence[int]
+) -> ProxyResult:
+    """One child's result from its trainings under several seeds.
+
+    The reward and every metric are means over the seeds; `reward_seed{i}`
+    and `seed{i}` keep each training's reward and seed. A failed training
+    fails the child (its error, the penalty reward).
+    """
+    seconds = sum(r.seconds for r in results)
+    attempts = sum(r.attempts for r in results)
+    failed = [r for r in results if r.status == FAILED]
+    if failed:
+        return dataclasses.replace(
+            failed[0], seconds=seconds, attempts=attempts
+        )
+    metrics: dict[str, float] = {}
+    for name in results[0].metrics:
+        values = [r.metrics[name] for r in results if name in r.metrics]
+        if len(values) == len(results):
+            metrics[name] = sum(values) / len(values)
+    for index, (result, seed) in enumerate(zip(results, seeds)):
+        metrics[f"reward_seed{index}"] = result.reward
+        metrics[f"seed{index}"] = float(seed)
+    return ProxyResult(
+        reward=sum(r.reward for r in results) / len(results),
+        status=OK,
+        metrics=metrics,
+        seconds=seconds,
+        attempts=attempts,
+    )
 
 
 class ProxyError(RuntimeError):

@@ -66,7 +66,7 @@ def synthetic_dir(config: config_lib.ExperimentConfig) -> str:
     """The cache folder of the generated set `config` asks for."""
     synth = config.data.synthetic
     name = (
-        f"{config.model.image_size}px-{synth.num_classes}cls-"
+        f"v{synthetic.GENERATOR_VERSION}-{config.model.image_size}px-{synth.num_classes}cls-"
         f"{synth.num_train}-{synth.num_heldout}-{synth.num_val}-"
         f"seed{synth.seed}"
     )
@@ -214,6 +214,8 @@ def dataset_fn(
             num_scales=model.anchor.num_scales,
             aspect_ratios=model.anchor.aspect_ratios,
             anchor_size=model.anchor.anchor_size,
+            match_threshold=model.anchor.match_threshold,
+            unmatched_threshold=model.anchor.unmatched_threshold,
             max_num_instances=data.max_instances,
             aug_scale_min=data.aug_scale_min if is_training else 1.0,
             aug_scale_max=data.aug_scale_max if is_training else 1.0,

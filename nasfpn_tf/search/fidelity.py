@@ -1,0 +1,585 @@
+"""Proxy fidelity: does the search's proxy rank architectures as longer
+training does?
+
+A search is only as good as its reward. Before paying for one, train a few
+architectures both ways and compare the rankings (Vertex AI NAS asks for
+the same check on 10-20 models). `run(config, model_dir)` trains
+`fidelity.num_specs` specs (the published NAS-FPN spec of Ghiasi et al.,
+CVPR 2019, arXiv:1904.07392, and specs drawn uniformly from the search
+space with `fidelity.spec_seed`):
+
+- with the search's proxy settings (`search.proxy`), `fidelity.seeds`
+  times each;
+- with the reference settings (`fidelity.reference`: a longer schedule
+  and/or larger images), `fidelity.reference.seeds` times each.
+
+Every training is a child of the search's own proxy
+(`proxy.ProxyTask.train`), from the seeds the search would give it
+(`proxy.child_seeds`). Each finished training is appended to
+`fidelity.jsonl` before the next starts, so a rerun after a kill (even
+SIGKILL) retrains nothing finished. The report (`fidelity.json`, a text
+table and `fidelity.png`) gives per spec the proxy AP mean and std and the
+reference AP; overall the Spearman and Kendall rank correlations with
+bootstrap intervals over specs, the signal-to-noise ratio (std between
+specs of the proxy mean over the mean std within a spec), the spread of
+proxy means against the within-spec noise, the cost ratio proxy :
+reference and a one-line verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf import files
+from nasfpn_tf.arch import known
+from nasfpn_tf.arch.space import SearchSpace
+from nasfpn_tf.arch.spec import NeckSpec
+
+PROXY = "proxy"
+REFERENCE = "reference"
+SETTINGS = (PROXY, REFERENCE)
+LOG_FILE = "fidelity.jsonl"
+REPORT_FILE = "fidelity.json"
+PLOT_FILE = "fidelity.png"
+SPECS_FILE = "fidelity_specs.json"
+CHILDREN_DIR = "children"
+# Verdict thresholds: a proxy is worth searching with when the rank
+# correlation is positive at the interval's low end and the specs differ by
+# more than its noise.
+MIN_SNR = 2.0
+GOOD_CORRELATION = 0.5
+
+
+class FidelityError(ValueError):
+    """The fidelity directory holds a run of other specs or settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training: a spec under a setting from one seed."""
+
+    spec_index: int
+    setting: str
+    seed_index: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}/{self.spec_index}/{self.seed_index}"
+
+    def work_dir(self, model_dir: str) -> str:
+        name = f"{self.setting}-{self.spec_index:02d}-s{self.seed_index}"
+        return os.path.join(model_dir, CHILDREN_DIR, name)
+
+
+def fidelity_specs(
+    config: config_lib.ExperimentConfig, space: SearchSpace
+) -> list[NeckSpec]:
+    """The published spec (if `fidelity.include_published`) and seeded
+    random specs from `space`, `fidelity.num_specs` in all, without two
+    equivalent specs (same canonical key)."""
+    settings = config.fidelity
+    specs: list[NeckSpec] = []
+    keys: set[str] = set()
+    if settings.include_published:
+        published = known.NASFPN_SPEC
+        specs.append(published)
+        keys.add(published.canonical_key())
+    rng = random.Random(settings.spec_seed)
+    tries = 0
+    while len(specs) < settings.num_specs:
+        tries += 1
+        if tries > 1000 * settings.num_specs:
+            raise FidelityError(
+                f"the search space holds fewer than {settings.num_specs} "
+                "distinct specs; lower fidelity.num_specs."
+            )
+        spec = space.random_spec(rng)
+        if spec.canonical_key() not in keys:
+            keys.add(spec.canonical_key())
+            specs.append(spec)
+    return specs
+
+
+def jobs(config: config_lib.ExperimentConfig, num_specs: int) -> list[Job]:
+    """Every training of the run, in the order they are done: seed by
+    seed, so a run stopped early has every spec at some seeds."""
+    out = []
+    proxy_seeds = config.fidelity.seeds
+    reference_seeds = config.fidelity.reference.seeds
+    for seed_index in range(max(proxy_seeds, reference_seeds)):
+        for setting, count in ((PROXY, proxy_seeds),
+                               (REFERENCE, reference_seeds)):
+            if seed_index < count:
+                out.extend(
+                    Job(k, setting, seed_index) for k in range(num_specs)
+                )
+    return out
+
+
+def setting_config(
+    config: config_lib.ExperimentConfig, setting: str
+) -> config_lib.ExperimentConfig:
+    """The experiment whose proxy is `setting`: the search's own, or the
+    reference settings put in its place."""
+    if setting == PROXY:
+        return config
+    reference = dataclasses.asdict(config.fidelity.reference)
+    return config_lib.override(
+        config, {f"search.proxy.{k}": v for k, v in reference.items()}
+    )
+
+
+def run(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    *,
+    proxies: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) the fidelity run in `model_dir`; returns the
+    report (`report`'s dict, with the paths written).
+
+    Args:
+        config: the experiment; `search.proxy` is the proxy under test,
+            `fidelity` the rest.
+        model_dir: the run's directory (local or gs://).
+        proxies: setting -> object with `train(spec, work_dir, seed) ->
+            ProxyResult` and `release(work_dir)`; None trains with
+            `proxy.ProxyTask` (tests pass formulas).
+
+    Raises:
+        FidelityError: `model_dir` holds a run with other specs.
+    """
+    from nasfpn_tf.search import proxy as proxy_lib
+    from nasfpn_tf.search import runner
+
+    space = runner.make_space(config)
+    specs = fidelity_specs(config, space)
+    _check_specs(model_dir, specs)
+    if proxies is None:
+        from nasfpn_tf.train import strategy as strategy_lib
+
+        runner.check_data(config)
+        strategy = strategy_lib.make_strategy(config.runtime)
+        proxies = {
+            s: proxy_lib.ProxyTask(setting_config(config, s), strategy=strategy)
+            for s in SETTINGS
+        }
+    log = files.JsonlLog.open(os.path.join(model_dir, LOG_FILE))
+    done = {row["job"] for row in log.rows}
+    todo = [j for j in jobs(config, len(specs)) if j.key not in done]
+    logging.info(
+        "Fidelity: %d specs, %d trainings done, %d to go.",
+        len(specs), len(done), len(todo),
+    )
+    for number, job in enumerate(todo, start=1):
+        spec = specs[job.spec_index]
+        seed = proxy_lib.child_seeds(
+            config.runtime.seed, spec.canonical_key(), job.seed_index + 1
+        )[job.seed_index]
+        work_dir = job.work_dir(model_dir)
+        start = time.monotonic()
+        result = proxies[job.setting].train(spec, work_dir, seed)
+        log.append(
+            {
+                "job": job.key,
+                "setting": job.setting,
+                "spec_index": job.spec_index,
+                "seed_index": job.seed_index,
+                "seed": seed,
+                "hash": spec.canonical_key(),
+                "reward": result.reward,
+                "status": result.status,
+                "error": result.error,
+                "seconds": round(result.seconds, 3),
+                "metrics": dict(result.metrics),
+                "time": time.time(),
+            }
+        )
+        proxies[job.setting].release(work_dir)
+        print(
+            f"fidelity {len(done) + number}/{len(done) + len(todo)}: spec "
+            f"{job.spec_index} {job.setting} seed {job.seed_index} -> AP "
+            f"{result.reward:.4f} ({result.status}, "
+            f"{time.monotonic() - start:.0f} s)",
+            flush=True,
+        )
+    result = report(log.rows, specs, config)
+    return write_report(result, model_dir)
+
+
+def _check_specs(model_dir: str, specs: Sequence[NeckSpec]) -> None:
+    """Saves the run's specs, or checks them against the saved ones."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, SPECS_FILE)
+    keys = [s.canonical_key() for s in specs]
+    if tf.io.gfile.exists(path):
+        import json
+
+        with tf.io.gfile.GFile(path) as f:
+            saved = json.load(f)
+        if [s["hash"] for s in saved] != keys:
+            raise FidelityError(
+                f"{path} lists other specs than fidelity.num_specs, "
+                "spec_seed and include_published give now; use a new "
+                "--model_dir."
+            )
+        return
+    import json
+
+    files.write_atomic(
+        path,
+        json.dumps(
+            [{"hash": k, "spec": s.to_dict()} for k, s in zip(keys, specs)],
+            indent=1,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------
+# Statistics.
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    out = np.empty(len(values))
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        out[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho (Pearson's r of the ranks); nan when a side is
+    constant."""
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
+    if denominator == 0:
+        return math.nan
+    return float((rx * ry).sum() / denominator)
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties in either variable corrected); nan when a
+    side is constant."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx == dy:
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt(
+        (concordant + discordant + ties_x) * (concordant + discordant + ties_y)
+    )
+    if denominator == 0:
+        return math.nan
+    return (concordant - discordant) / denominator
+
+
+def bootstrap_interval(
+    x: Sequence[float],
+    y: Sequence[float],
+    statistic,
+    *,
+    samples: int = 1000,
+    confidence: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(x, y)` over pairs
+    resampled with replacement; resamples where it is undefined (a
+    constant side) are left out. (nan, nan) when none is defined."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    values = []
+    for _ in range(samples):
+        pick = rng.integers(0, len(x), len(x))
+        value = statistic(x[pick], y[pick])
+        if not math.isnan(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def report(
+    rows: Sequence[Mapping[str, Any]],
+    specs: Sequence[NeckSpec],
+    config: config_lib.ExperimentConfig,
+) -> dict[str, Any]:
+    """The fidelity figures from the finished trainings.
+
+    Specs with no finished proxy or reference training are listed but
+    left out of the correlations; failed trainings count as missing.
+    """
+    settings = config.fidelity
+    per_spec = []
+    for index, spec in enumerate(specs):
+        entry: dict[str, Any] = {
+            "spec_index": index,
+            "hash": spec.canonical_key(),
+            "published": spec.canonical_key()
+            == known.NASFPN_SPEC.canonical_key(),
+        }
+        for setting in SETTINGS:
+            mine = [
+                r for r in rows
+                if r["spec_index"] == index and r["setting"] == setting
+            ]
+            rewards = [r["reward"] for r in mine if r["status"] == "ok"]
+            entry[setting] = {
+                "rewards": rewards,
+                "mean": _mean(rewards),
+                "std": _std(rewards),
+                "failed": sum(r["status"] != "ok" for r in mine),
+                "seconds": sum(r["seconds"] for r in mine),
+                "trainings": len(mine),
+            }
+        per_spec.append(entry)
+    complete = [
+        e for e in per_spec
+        if e[PROXY]["mean"] is not None and e[REFERENCE]["mean"] is not None
+    ]
+    x = [e[PROXY]["mean"] for e in complete]
+    y = [e[REFERENCE]["mean"] for e in complete]
+    result: dict[str, Any] = {
+        "specs": per_spec,
+        "complete_specs": len(complete),
+        "proxy": dataclasses.asdict(config.search.proxy),
+        "reference": dataclasses.asdict(settings.reference),
+    }
+    interval = dict(samples=settings.bootstrap_samples,
+                    confidence=settings.confidence, seed=settings.spec_seed)
+    for name, fn in (("spearman", spearman), ("kendall", kendall)):
+        if len(complete) >= 3:
+            result[name] = _round(fn(x, y))
+            result[f"{name}_interval"] = [
+                _round(v) for v in bootstrap_interval(x, y, fn, **interval)
+            ]
+        else:
+            result[name] = None
+            result[f"{name}_interval"] = [None, None]
+    result["confidence"] = settings.confidence
+    result.update(noise_figures(per_spec))
+    proxy_seconds = _per_training(per_spec, PROXY)
+    reference_seconds = _per_training(per_spec, REFERENCE)
+    result["proxy_seconds"] = _round(proxy_seconds)
+    result["reference_seconds"] = _round(reference_seconds)
+    result["cost_ratio"] = (
+        _round(proxy_seconds / reference_seconds)
+        if proxy_seconds and reference_seconds
+        else None
+    )
+    result["verdict"] = verdict(result)
+    return result
+
+
+def noise_figures(per_spec: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Signal against noise of the proxy: between-spec std of the means,
+    mean within-spec std over seeds, their ratio (SNR), the spread (max -
+    min) of the means and its ratio to the within-spec std."""
+    means = [e[PROXY]["mean"] for e in per_spec if e[PROXY]["mean"] is not None]
+    stds = [e[PROXY]["std"] for e in per_spec if e[PROXY]["std"] is not None]
+    between = _std(means)
+    within = (
+        math.sqrt(sum(s**2 for s in stds) / len(stds)) if stds else None
+    )
+    spread = (max(means) - min(means)) if len(means) >= 2 else None
+    published = [
+        e[PROXY]["std"] for e in per_spec
+        if e["published"] and e[PROXY]["std"] is not None
+    ]
+    return {
+        "between_spec_std": _round(between),
+        "within_spec_std": _round(within),
+        "snr": _round(between / within) if between is not None and within
+        else None,
+        "spread": _round(spread),
+        "spread_over_noise": _round(spread / within)
+        if spread is not None and within
+        else None,
+        "published_std": _round(published[0]) if published else None,
+    }
+
+
+def verdict(result: Mapping[str, Any]) -> str:
+    """One line: whether the proxy's reward ranks like the reference."""
+    rho, (low, _) = result["spearman"], result["spearman_interval"]
+    snr = result["snr"]
+    if rho is None:
+        return (
+            "undecided: fewer than 3 specs have both proxy and reference "
+            "results."
+        )
+    figures = (
+        f"Spearman {rho:.2f} (90% interval {_fmt(low)}..), SNR {_fmt(snr)}"
+    )
+    if low is not None and low > 0 and rho >= GOOD_CORRELATION and (
+        snr is not None and snr >= MIN_SNR
+    ):
+        return f"usable: the proxy ranks specs like the reference ({figures})."
+    if rho > 0:
+        return (
+            f"weak: the proxy ranks specs only loosely like the reference "
+            f"({figures}); lengthen the proxy (search.proxy.train_steps, "
+            "image_size) or average seeds (search.proxy.seeds)."
+        )
+    return (
+        f"unusable: the proxy does not rank specs like the reference "
+        f"({figures}); a search with it would follow noise."
+    )
+
+
+def write_report(result: dict[str, Any], model_dir: str) -> dict[str, Any]:
+    """Writes fidelity.json and fidelity.png; prints the table."""
+    import json
+
+    result = dict(result)
+    result["report"] = os.path.join(model_dir, REPORT_FILE)
+    result["plot"] = os.path.join(model_dir, PLOT_FILE)
+    try:
+        plot(result, result["plot"])
+    except Exception as error:  # a figure is not worth losing the report
+        logging.warning("Could not draw %s: %s", result["plot"], error)
+        result["plot"] = None
+    files.write_atomic(result["report"], json.dumps(result, indent=1))
+    print(format_table(result), flush=True)
+    return result
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The report as text: a row per spec, then the overall figures."""
+    lines = [
+        f"{'spec':<6}{'proxy AP':>20}{'reference AP':>20}  hash",
+    ]
+    for e in result["specs"]:
+        name = f"{e['spec_index']}{'*' if e['published'] else ''}"
+        lines.append(
+            f"{name:<6}{_mean_std(e[PROXY]):>20}{_mean_std(e[REFERENCE]):>20}"
+            f"  {e['hash'][:12]}"
+        )
+    lines.append("(* the published NAS-FPN spec)")
+    lines.append(
+        f"Spearman {_fmt(result['spearman'])} "
+        f"[{_fmt(result['spearman_interval'][0])}, "
+        f"{_fmt(result['spearman_interval'][1])}], Kendall "
+        f"{_fmt(result['kendall'])} [{_fmt(result['kendall_interval'][0])}, "
+        f"{_fmt(result['kendall_interval'][1])}] "
+        f"({result['confidence']:.0%} bootstrap over specs)"
+    )
+    lines.append(
+        f"SNR {_fmt(result['snr'])} (between-spec std "
+        f"{_fmt(result['between_spec_std'])} / within-spec std "
+        f"{_fmt(result['within_spec_std'])}); spread of proxy means "
+        f"{_fmt(result['spread'])} = {_fmt(result['spread_over_noise'])}x the "
+        f"within-spec std"
+    )
+    lines.append(
+        f"cost per training: proxy {_fmt(result['proxy_seconds'])} s, "
+        f"reference {_fmt(result['reference_seconds'])} s (ratio "
+        f"{_fmt(result['cost_ratio'])})"
+    )
+    lines.append(f"verdict: {result['verdict']}")
+    return "\n".join(lines)
+
+
+def plot(result: Mapping[str, Any], path: str) -> None:
+    """Proxy AP (mean +- std) against reference AP, published spec marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    for e in result["specs"]:
+        px, ref = e[PROXY], e[REFERENCE]
+        if px["mean"] is None or ref["mean"] is None:
+            continue
+        axes.errorbar(
+            px["mean"], ref["mean"],
+            xerr=px["std"] or 0.0, yerr=ref["std"] or 0.0,
+            fmt="*" if e["published"] else "o",
+            markersize=14 if e["published"] else 6,
+            color="tab:red" if e["published"] else "tab:blue",
+            ecolor="0.6", capsize=3,
+            label="published NAS-FPN" if e["published"] else None,
+        )
+        axes.annotate(str(e["spec_index"]), (px["mean"], ref["mean"]),
+                      textcoords="offset points", xytext=(5, 4), fontsize=8)
+    axes.set_xlabel("proxy held-out AP (mean ± std over seeds)")
+    axes.set_ylabel("reference held-out AP")
+    axes.set_title(
+        f"Proxy fidelity: Spearman {_fmt(result['spearman'])}, "
+        f"SNR {_fmt(result['snr'])}", fontsize=10,
+    )
+    axes.grid(alpha=0.3)
+    if any(e["published"] for e in result["specs"]):
+        axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    files.write_atomic(path, buffer.getvalue())
+
+
+def _per_training(per_spec, setting) -> float | None:
+    seconds = sum(e[setting]["seconds"] for e in per_spec)
+    count = sum(e[setting]["trainings"] for e in per_spec)
+    return seconds / count if count else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1); None below two values."""
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else None
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _mean_std(entry: Mapping[str, Any]) -> str:
+    if entry["mean"] is None:
+        return "-"
+    if entry["std"] is None:
+        return f"{entry['mean']:.4f}"
+    return f"{entry['mean']:.4f} ± {entry['std']:.4f}"

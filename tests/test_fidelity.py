@@ -1,0 +1,286 @@
+"""Tests of the proxy-fidelity mode: statistics, runs, resume."""
+
+import json
+import math
+import os
+
+import pytest
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.arch import known
+from nasfpn_tf.search import fidelity
+from nasfpn_tf.search import proxy as proxy_lib
+
+
+# --------------------------------------------------------------------------
+# Statistics at exact values.
+
+
+def test_ranks_share_ties():
+    assert list(fidelity.ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]
+
+
+def test_spearman_and_kendall_at_exact_values():
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    # 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 4 / 120
+    assert fidelity.spearman(x, y) == pytest.approx(0.8)
+    # 8 concordant, 2 discordant pairs out of 10
+    assert fidelity.kendall(x, y) == pytest.approx(0.6)
+    assert fidelity.spearman(x, x[::-1]) == pytest.approx(-1.0)
+    assert fidelity.kendall(x, x[::-1]) == pytest.approx(-1.0)
+
+
+def test_kendall_tau_b_corrects_ties():
+    # Pairs: (0,1) tied in x only; (0,2), (1,2) concordant.
+    assert fidelity.kendall([1, 1, 2], [1, 2, 3]) == pytest.approx(
+        2 / math.sqrt(2 * 3)
+    )
+
+
+def test_constant_side_is_undefined():
+    assert math.isnan(fidelity.spearman([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(fidelity.kendall([1, 2, 3], [5, 5, 5]))
+
+
+def test_bootstrap_interval_of_a_monotone_relation_is_one():
+    x = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    low, high = fidelity.bootstrap_interval(
+        x, y, fidelity.spearman, samples=200
+    )
+    assert (low, high) == (1.0, 1.0)
+
+
+def test_bootstrap_interval_is_seeded_and_ordered():
+    x = [0.1, 0.5, 0.2, 0.9, 0.4, 0.3, 0.8]
+    y = [0.2, 0.3, 0.1, 0.8, 0.6, 0.2, 0.9]
+    first = fidelity.bootstrap_interval(x, y, fidelity.kendall, seed=3)
+    again = fidelity.bootstrap_interval(x, y, fidelity.kendall, seed=3)
+    assert first == again
+    assert -1 <= first[0] < fidelity.kendall(x, y) < first[1] <= 1
+
+
+def test_noise_figures():
+    def entry(rewards, published=False):
+        return {
+            "published": published,
+            fidelity.PROXY: {
+                "mean": sum(rewards) / len(rewards),
+                "std": fidelity._std(rewards),
+            },
+        }
+
+    figures = fidelity.noise_figures(
+        [entry([0.1, 0.3], True), entry([0.5, 0.7]), entry([0.9, 1.1])]
+    )
+    within = math.sqrt(0.02)  # each spec's std is sqrt(0.02)
+    assert figures["within_spec_std"] == pytest.approx(within, abs=1e-4)
+    assert figures["between_spec_std"] == pytest.approx(0.4)
+    assert figures["spread"] == pytest.approx(0.8)
+    assert figures["spread_over_noise"] == pytest.approx(
+        0.8 / within, abs=1e-3
+    )
+    assert figures["published_std"] == pytest.approx(within, abs=1e-4)
+
+
+# --------------------------------------------------------------------------
+# Runs with formula proxies.
+
+
+class Crash(BaseException):
+    """A simulated kill: not an Exception, so nothing catches it."""
+
+
+class FormulaProxy:
+    """Reward from the spec's hash, plus a seed-dependent wobble."""
+
+    def __init__(self, scale, calls, crash_at=None):
+        self.scale = scale
+        self.calls = calls
+        self.crash_at = crash_at
+
+    def train(self, spec, work_dir, seed):
+        if self.crash_at is not None and len(self.calls) + 1 == self.crash_at:
+            raise Crash()
+        self.calls.append((work_dir, seed))
+        base = int(spec.canonical_key()[:6], 16) / 16**6
+        reward = self.scale * base + (seed % 7) * 1e-3
+        return proxy_lib.ProxyResult(reward, "ok", {"AP": reward}, 0.5)
+
+    def release(self, work_dir):
+        pass
+
+
+def _config(**changes):
+    base = {
+        "fidelity.num_specs": 4,
+        "fidelity.seeds": 2,
+        "fidelity.reference.seeds": 1,
+        "fidelity.bootstrap_samples": 100,
+    }
+    base.update(changes)
+    return config_lib.override(config_lib.ExperimentConfig(), base)
+
+
+def _proxies(calls, crash_at=None):
+    return {
+        fidelity.PROXY: FormulaProxy(0.5, calls, crash_at),
+        fidelity.REFERENCE: FormulaProxy(1.0, calls, crash_at),
+    }
+
+
+def test_specs_are_the_published_one_and_seeded_distinct_draws():
+    from nasfpn_tf.search import runner
+
+    config = _config(**{"fidelity.num_specs": 6})
+    space = runner.make_space(config)
+    specs = fidelity.fidelity_specs(config, space)
+    assert specs[0] == known.NASFPN_SPEC
+    assert len({s.canonical_key() for s in specs}) == 6
+    assert fidelity.fidelity_specs(config, space) == specs
+    other = _config(**{"fidelity.num_specs": 6, "fidelity.spec_seed": 1})
+    assert fidelity.fidelity_specs(other, space)[1:] != specs[1:]
+
+
+def test_run_trains_every_job_and_reports(tmp_path):
+    calls = []
+    result = fidelity.run(_config(), str(tmp_path), proxies=_proxies(calls))
+    assert len(calls) == 4 * 2 + 4 * 1
+    rows = [
+        json.loads(line)
+        for line in open(tmp_path / fidelity.LOG_FILE).read().splitlines()
+    ]
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
+    # Reference rewards are 2x the proxy's hash term: the rankings agree.
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["kendall"] == pytest.approx(1.0)
+    assert result["verdict"].startswith("usable")
+    assert result["cost_ratio"] == pytest.approx(1.0)
+    assert result["specs"][0]["published"]
+    assert len(result["specs"][0][fidelity.PROXY]["rewards"]) == 2
+    saved = json.loads(open(tmp_path / fidelity.REPORT_FILE).read())
+    assert saved["spearman"] == result["spearman"]
+    assert (tmp_path / fidelity.PLOT_FILE).stat().st_size > 1000
+    # Children get the search's seeds for their spec.
+    seeds = {row["seed"] for row in rows}
+    assert len(seeds) == 8  # 4 specs x 2 seed indices
+
+
+def test_rerun_trains_nothing_again(tmp_path):
+    calls = []
+    fidelity.run(_config(), str(tmp_path), proxies=_proxies(calls))
+    again = []
+    result = fidelity.run(_config(), str(tmp_path), proxies=_proxies(again))
+    assert again == []
+    assert result["complete_specs"] == 4
+
+
+def test_resume_after_a_kill_loses_and_repeats_nothing(tmp_path):
+    calls = []
+    with pytest.raises(Crash):
+        fidelity.run(
+            _config(), str(tmp_path), proxies=_proxies(calls, crash_at=6)
+        )
+    assert len(calls) == 5
+    # A kill mid-append leaves a torn line: dropped, its job redone.
+    with open(tmp_path / fidelity.LOG_FILE, "a") as f:
+        f.write('{"job": "proxy/3/1", "setting"')
+    rest = []
+    fidelity.run(_config(), str(tmp_path), proxies=_proxies(rest))
+    assert len(rest) == 12 - 5
+    assert not set(calls) & set(rest)
+    rows = open(tmp_path / fidelity.LOG_FILE).read().splitlines()
+    assert len(rows) == 12
+    assert len({json.loads(r)["job"] for r in rows}) == 12
+
+
+def test_other_specs_in_the_directory_are_refused(tmp_path):
+    fidelity.run(_config(), str(tmp_path), proxies=_proxies([]))
+    with pytest.raises(fidelity.FidelityError, match="new --model_dir"):
+        fidelity.run(
+            _config(**{"fidelity.spec_seed": 5}),
+            str(tmp_path),
+            proxies=_proxies([]),
+        )
+
+
+def test_failed_trainings_are_left_out(tmp_path):
+    class Failing(FormulaProxy):
+        def train(self, spec, work_dir, seed):
+            if "reference-01" in work_dir:
+                return proxy_lib.ProxyResult(
+                    0.0, "failed", seconds=1.0, error="OOM: too big"
+                )
+            return super().train(spec, work_dir, seed)
+
+    calls = []
+    result = fidelity.run(
+        _config(),
+        str(tmp_path),
+        proxies={
+            fidelity.PROXY: FormulaProxy(0.5, calls),
+            fidelity.REFERENCE: Failing(1.0, calls),
+        },
+    )
+    assert result["complete_specs"] == 3
+    assert result["specs"][1][fidelity.REFERENCE]["failed"] == 1
+
+
+def test_too_few_specs_are_undecided(tmp_path):
+    result = fidelity.run(
+        _config(**{"fidelity.num_specs": 2}),
+        str(tmp_path),
+        proxies=_proxies([]),
+    )
+    assert result["spearman"] is None
+    assert result["verdict"].startswith("undecided")
+    assert "n/a" in fidelity.format_table(result)
+
+
+def test_reference_setting_replaces_the_proxy():
+    config = _config(
+        **{
+            "fidelity.reference.train_steps": 55,
+            "fidelity.reference.image_size": 96,
+        }
+    )
+    reference = fidelity.setting_config(config, fidelity.REFERENCE)
+    child = config_lib.proxy_experiment(reference)
+    assert child.train.steps == 55 and child.model.image_size == 96
+    assert fidelity.setting_config(config, fidelity.PROXY) is config
+
+
+@pytest.mark.slow
+def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
+    from nasfpn_tf import main
+
+    monkeypatch.setenv("NASFPN_TF_DATA_DIR", str(tmp_path / "data"))
+    config = config_lib.override(
+        config_lib.ExperimentConfig(),
+        {
+            "data.synthetic.num_train": 8,
+            "data.synthetic.num_heldout": 4,
+            "data.synthetic.num_val": 4,
+            "model.image_size": 64,
+            "train.batch_size": 2,
+            "train.warmup_steps": 1,
+            "eval.batch_size": 2,
+            "search.proxy.train_steps": 2,
+            "search.proxy.image_size": 64,
+            "search.proxy.repeats": 1,
+            "search.proxy.filters": 8,
+            "fidelity.num_specs": 2,
+            "fidelity.seeds": 1,
+            "fidelity.reference.train_steps": 3,
+            "fidelity.reference.image_size": 64,
+            "fidelity.reference.repeats": 1,
+            "fidelity.reference.filters": 8,
+        },
+    )
+    model_dir = str(tmp_path / "run")
+    result = main.execute("fidelity", config, model_dir)
+    rows = open(os.path.join(model_dir, fidelity.LOG_FILE)).read().splitlines()
+    assert len(rows) == 4
+    assert {json.loads(r)["status"] for r in rows} == {"ok"}
+    assert result["complete_specs"] == 2
+    assert os.path.exists(result["plot"])
