@@ -27,6 +27,8 @@ from official.vision.evaluation import coco_evaluator, coco_utils
 from pycocotools import cocoeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Per-class metrics are named "<metric>/<class name>".
+PER_CLASS_METRICS = ("AP", "AP50")
 
 # COCO's standard cap of detections per image for AP.
 COCO_MAX_DETECTIONS = 100
@@ -202,9 +204,8 @@ class CocoEvaluator:
         result = {}
         for k, category in enumerate(coco_eval.params.catIds):
             name = _class_name(category, self.class_names, coco_gt)
-            for metric, values in (
-                ("AP", precision[:, :, k]),
-                ("AP50", precision[0, :, k]),
+            for metric, values in zip(
+                PER_CLASS_METRICS, (precision[:, :, k], precision[0, :, k])
             ):
                 valid = values[values > -1]
                 result[f"{metric}/{name}"] = (
@@ -259,6 +260,12 @@ def evaluate(
         )
         evaluator.update(labels, outputs)
     return evaluator.result()
+
+
+def is_metric(name: str) -> bool:
+    """Whether ``name`` is a metric ``CocoEvaluator.result`` returns."""
+    metric, sep, _ = name.partition("/")
+    return name in METRIC_NAMES or (bool(sep) and metric in PER_CLASS_METRICS)
 
 
 def _class_name(category: int, class_names: Sequence[str], coco_gt) -> str:

@@ -407,6 +407,10 @@ def test_labelimg_folder_with_odd_names_and_no_image_sets(tmp_path):
     clipped = [a["bbox"] for a in coco.dataset["annotations"]
                if a["bbox"][0] == 39.0]  # fmt: skip
     assert clipped == [[39.0, 43.0, 25.0, 21.0]]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["train"]["examples"] == {
+        "boxes_clipped": [str(folder / f"{exports_helpers.ODD_NAME}_0.jpg")]
+    }
 
 
 def test_cvat_export_with_image_set_case_and_missing_image(tmp_path):

@@ -311,3 +311,10 @@ def test_ground_truth_through_the_real_pipeline_gives_ap_one(tmp_path):
     metrics = evaluator.result()
     assert evaluator.num_images == 0
     assert metrics["AP"] == pytest.approx(1.0)
+
+
+def test_is_metric_names_overall_and_per_class_metrics():
+    assert evaluation.is_metric("AP") and evaluation.is_metric("APl")
+    assert evaluation.is_metric("AP/tree") and evaluation.is_metric("AP50/a b")
+    assert not evaluation.is_metric("AP75/tree")
+    assert not evaluation.is_metric("steps")

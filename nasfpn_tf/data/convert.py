@@ -294,7 +294,8 @@ def write_split(
             jobs, _progress(results, len(jobs), split, progress)
         ):
             for event, n in counts.items():
-                stats.add(event, n, example=record.path)
+                if n:
+                    stats.add(event, n, example=record.path)
             if example is None:
                 continue
             writers[len(images) % num_shards].write(example)

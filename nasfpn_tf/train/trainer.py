@@ -350,9 +350,7 @@ class _Session:
         steps = self.config.eval.steps or WHOLE_SPLIT
         metrics = self.controller.evaluate(steps=steps)
         metrics = {
-            k: float(v)
-            for k, v in metrics.items()
-            if k in evaluation.METRIC_NAMES
+            k: float(v) for k, v in metrics.items() if evaluation.is_metric(k)
         }
         self.progress.on_eval(self.step, self.eval_split, metrics)
         return metrics
