@@ -340,6 +340,26 @@ def test_resume_continues_the_step_keeps_k_checkpoints_and_logs(
     assert tags["learning_rate"] == [2, 4, 6, 8]
 
 
+def test_one_line_per_interval_and_orbits_lines_only_in_the_log(
+    tiny_model, tmp_path, capsys, caplog
+):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="absl"):
+        trainer.run("train", fast_config(), str(tmp_path / "run"))
+    lines = capsys.readouterr().out.splitlines()
+    train_lines = [line for line in lines if line.startswith("train |")]
+    assert [line.split("|")[1].strip() for line in train_lines] == [
+        "step 2/4", "step 4/4"
+    ]  # fmt: skip
+    assert all("ETA" in line for line in train_lines)
+    assert not [line for line in lines if "steps/sec" in line]
+    # orbit still logs its own line at INFO (--log_level=info shows it):
+    # it fails here when an orbit upgrade stops logging what it prints.
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("steps/sec" in message for message in logged)
+
+
 def test_a_resuming_worker_saves_at_the_chiefs_steps(
     tiny_model, tmp_path, monkeypatch
 ):

@@ -7,6 +7,12 @@ over its own windows (weighted by steps), prints a progress line every
 `model_dir/metrics.jsonl` and writes TensorBoard scalars to
 `model_dir/train` every `train.summary_every` steps.
 
+orbit's Controller prints each line it logs at INFO (`train | step: N |
+steps/sec ...`, checkpoint saves and restores); the trainer runs it inside
+`library_lines_to_log`, so a run prints one line per interval (this
+module's, with the ETA) and `--log_level=info` shows orbit's through the
+log.
+
 A metrics.jsonl row looks like
   {"kind": "train", "step": 20, "total_loss": 1.31, "cls_loss": 0.92, ...,
    "learning_rate": 0.0091, "images_per_second": 14.2, "time": 1700000000.0}
@@ -15,10 +21,12 @@ A metrics.jsonl row looks like
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -120,7 +128,8 @@ class Progress:
         log_every: steps between progress lines and metrics rows.
         summary_every: steps between TensorBoard points.
         learning_rate: the schedule, step -> rate.
-        printer: where lines go (stdout by default).
+        printer: where lines go (by default the stdout of the moment the
+            Progress is made, which `library_lines_to_log` leaves alone).
         write: write metrics.jsonl and summaries; False on the workers of
             a multi-worker run other than the chief, which only print.
     """
@@ -144,7 +153,10 @@ class Progress:
         self._log_every = log_every
         self._summary_every = summary_every
         self._learning_rate = learning_rate
-        self._print = printer or (lambda line: print(line, flush=True))
+        stdout = sys.stdout
+        self._print = printer or (
+            lambda line: print(line, file=stdout, flush=True)
+        )
         self._writer = None  # made at the first summary
         self._log_window = _Window()
         self._summary_window = _Window()
@@ -238,6 +250,29 @@ class Progress:
             f"{row['learning_rate']:.5f} | "
             f"{row['images_per_second']:.1f} img/s | ETA {format_eta(eta)}"
         )
+
+
+class _Discard:
+    """A text stream that drops what it is given."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def library_lines_to_log():
+    """Drops what the code inside prints to stdout.
+
+    For orbit's Controller calls: orbit prints every line it also logs at
+    INFO (its `_log`), which would double each interval's line; its log
+    record stays, for `--log_level=info`. Lines of a `Progress` made before
+    go to the stream they were bound to and still show.
+    """
+    with contextlib.redirect_stdout(_Discard()):
+        yield
 
 
 def format_eta(seconds: float) -> str:
