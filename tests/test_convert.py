@@ -566,3 +566,29 @@ def test_cli_yolo_prints_where_it_wrote(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"-> {tmp_path / 'out' / 'dataset.json'}" in out
     assert f"-> {tmp_path / 'out' / 'summary.json'}" in out
+
+
+def test_val_carved_from_one_folder_never_meets_heldout(tmp_path):
+    folder = exports_helpers.labelimg_voc(tmp_path, n=20)
+    outputs = convert.main(
+        ["--format=voc", f"--output_dir={tmp_path / 'out'}",
+         f"--train_sets={folder}", "--val_fraction=0.25",
+         "--heldout_fraction=0.25", "--no_progress"]
+    )  # fmt: skip
+    ids = {
+        split: {i["id"] for i in _coco(out).dataset["images"]}
+        for split, out in outputs.items()
+    }
+    assert sorted(ids) == ["heldout", "train", "val"]
+    assert sum(map(len, ids.values())) == 20
+    assert not ids["val"] & ids["heldout"]
+    assert all(convert.heldout_score(i) >= 0.75 for i in ids["val"])
+    assert all(convert.heldout_score(i) < 0.25 for i in ids["heldout"])
+    assert [name for name, _ in dataset.load(str(tmp_path / "out")).splits] == [
+        "train", "heldout", "val"
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        convert.main(
+            ["--format=voc", "--output_dir=x", f"--train_sets={folder}",
+             f"--val_sets={folder}", "--val_fraction=0.2"]
+        )  # fmt: skip

@@ -40,7 +40,8 @@ images by a stable hash of the image id, and never shares an image with val.
       --train_sets=VOCdevkit/VOC2012:trainval \
       --val_sets=VOCdevkit/VOC2007:test --heldout_fraction=0.05
   python -m nasfpn_tf.data.convert --format=voc --output_dir=OUT \
-      --train_sets=my_labelimg_folder --heldout_fraction=0.1
+      --train_sets=my_labelimg_folder --val_fraction=0.15 \
+      --heldout_fraction=0.15
   python -m nasfpn_tf.data.convert --format=yolo --output_dir=OUT \
       --train_images=export/train/images --val_images=export/valid/images \
       --heldout_fraction=0.1
@@ -338,19 +339,24 @@ def convert_splits(
     heldout_fraction: float = 0.0,
     heldout_from: str = "train",
     val_split: str = "val",
+    val_fraction: float = 0.0,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     num_workers: int = 0,
     progress: bool = True,
     stats: Mapping[str, ConversionStats] | None = None,
 ) -> dict[str, SplitOutput]:
-    """Writes every split, carving ``heldout`` from ``heldout_from`` if asked.
+    """Writes every split, carving ``heldout`` (and ``val``) from
+    ``heldout_from`` if asked.
 
     Args:
       output_dir: destination folder.
       sources: split name -> SourceSet.
       heldout_fraction: share of ``heldout_from`` images (by id hash) moved
         to a ``heldout`` split; 0 keeps the splits as given.
-      heldout_from: split the held-out images come from.
+      heldout_from: split the held-out (and carved val) images come from.
+      val_fraction: share of ``heldout_from`` images moved to the val
+        split when none is given: those whose ``heldout_score`` is at
+        least 1 - val_fraction, so val and heldout never meet.
       val_split: split whose image ids never appear in any other split.
       images_per_shard, num_workers, progress: as in ``write_split``.
       stats: split -> counters already holding what reading found.
@@ -373,6 +379,9 @@ def convert_splits(
         split: (stats or {}).get(split) or ConversionStats()
         for split in sources
     }
+    if val_fraction > 0:
+        _carve_val(sources, stats, val_fraction, heldout_fraction,
+                   heldout_from, val_split)  # fmt: skip
     val_ids = (
         {r.image_id for r in sources[val_split].images}
         if val_split in sources
@@ -431,6 +440,40 @@ def convert_splits(
         {split: stats[split].to_dict() for split in outputs}, output_dir
     )
     return outputs
+
+
+def _carve_val(
+    sources: dict[str, SourceSet],
+    stats: dict[str, ConversionStats],
+    val_fraction: float,
+    heldout_fraction: float,
+    carve_from: str,
+    val_split: str,
+) -> None:
+    if val_split in sources:
+        raise ValueError(
+            f"val_fraction={val_fraction} but a {val_split!r} split is "
+            "already given; use one or the other"
+        )
+    if carve_from not in sources:
+        raise ValueError(f"no split {carve_from!r} in {list(sources)}")
+    if not 0.0 < val_fraction + heldout_fraction < 1.0:
+        raise ValueError(
+            f"val_fraction ({val_fraction}) + heldout_fraction "
+            f"({heldout_fraction}) must be below 1"
+        )
+    source = sources[carve_from]
+    is_val = [
+        heldout_score(r.image_id) >= 1.0 - val_fraction for r in source.images
+    ]
+    sources[carve_from] = dataclasses.replace(
+        source,
+        images=tuple(r for r, v in zip(source.images, is_val) if not v),
+    )
+    sources[val_split] = dataclasses.replace(
+        source, images=tuple(r for r, v in zip(source.images, is_val) if v)
+    )
+    stats[val_split] = ConversionStats()
 
 
 def convert_coco(
@@ -666,11 +709,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "split; a search needs one",
     )
     parser.add_argument(
+        "--val_fraction",
+        type=float,
+        default=0.0,
+        help="with no val split given: share of train images (by id hash) "
+        "for val; never overlaps the held-out split",
+    )
+    parser.add_argument(
         "--images_per_shard", type=int, default=DEFAULT_IMAGES_PER_SHARD
     )
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
+    given_val = args.val_annotations or args.val_sets or args.val_images
+    if args.val_fraction and given_val:
+        parser.error("--val_fraction carves val from train: give no val split")
+    if not 0.0 <= args.val_fraction + args.heldout_fraction < 1.0:
+        parser.error(
+            "--val_fraction and --heldout_fraction must be >= 0, summing "
+            "below 1"
+        )
     if args.format == "coco":
         for split in ("train", "val"):
             a = getattr(args, f"{split}_annotations")
@@ -709,6 +767,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, SplitOutput]:
 def _convert(args: argparse.Namespace) -> dict[str, SplitOutput]:
     kwargs = {
         "heldout_fraction": args.heldout_fraction,
+        "val_fraction": args.val_fraction,
         "images_per_shard": args.images_per_shard,
         "num_workers": args.num_workers,
         "progress": not args.no_progress,
