@@ -200,6 +200,9 @@ def test_progress_averages_windows_and_writes_rows(tmp_path):
     assert lines[0].startswith("train | step 4/6 | loss 2.0000")
     assert "8.0 img/s" in lines[0] and "ETA 0:00:01" in lines[0]
     assert "AP 0.2500" in lines[-1]
+    log.on_eval(6, "val", {"AP": 0.25, "AP50/tree": 0.5, "AP/tree": 0.2})
+    assert lines[-1].endswith("| AP 0.2500 | AP50 by class: tree 0.5000")
+    assert log.log.rows()[-1]["AP/tree"] == 0.2
 
 
 def test_metrics_log_skips_a_torn_line_and_drops_lost_steps(tmp_path):

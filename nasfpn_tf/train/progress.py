@@ -39,6 +39,9 @@ from nasfpn_tf.files import write_atomic
 METRICS_FILENAME = "metrics.jsonl"
 TRAIN = "train"
 EVAL = "eval"
+# Per-class AP50 joins the eval line up to this many classes (all of them
+# are in metrics.jsonl).
+MAX_CLASSES_SHOWN = 10
 
 
 class MetricsLog:
@@ -208,6 +211,15 @@ class Progress:
         shown = " ".join(
             f"{k} {row[k]:.4f}" for k in ("AP", "AP50", "AP75") if k in row
         )
+        per_class = {
+            k.removeprefix("AP50/"): v
+            for k, v in row.items()
+            if k.startswith("AP50/")
+        }
+        if 0 < len(per_class) <= MAX_CLASSES_SHOWN:
+            shown += " | AP50 by class: " + " ".join(
+                f"{name} {value:.4f}" for name, value in per_class.items()
+            )
         self._print(f"eval {split} | step {step}/{self._total} | {shown}")
 
     def learning_rate(self, step: int) -> float:
