@@ -183,7 +183,8 @@ def resolve_config(
     check_arch: bool = False,
     data: Mapping[str, Any] | None = None,
 ) -> config_lib.ExperimentConfig:
-    """Resolves the run's config and saves it to `model_dir/config.yaml`.
+    """Resolves the run's config and saves it to `model_dir/config.yaml`
+    (the chief alone, in a multi-worker run).
 
     Without config flags (files, override, arch) a saved config is reused
     (resume); `tpu` only names where it runs and may change. With config
@@ -223,7 +224,7 @@ def resolve_config(
         if not tpu_changes:
             return saved
         config = config_lib.override(saved, tpu_changes)
-        config_lib.save(config, model_dir)
+        _save(config, model_dir)
         return config
     layers = [("--data_dir", dict(data))] if data else []
     config = config_lib.load_config(config_files, params_override, layers)
@@ -251,8 +252,17 @@ def resolve_config(
                 "drop the config flags to resume with the saved config, or "
                 "pass --overwrite_config."
             )
-    config_lib.save(config, model_dir)
+    _save(config, model_dir)
     return config
+
+
+def _save(config: config_lib.ExperimentConfig, model_dir: str) -> None:
+    # The workers of a multi-worker run other than the chief read the
+    # saved config but write nothing to model_dir.
+    from nasfpn_tf.train import strategy as strategy_lib
+
+    if strategy_lib.owns_model_dir(config.runtime):
+        config_lib.save(config, model_dir)
 
 
 def data_overrides(data_dir: str, mode: str) -> dict[str, Any]:

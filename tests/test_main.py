@@ -60,6 +60,7 @@ def fakes(monkeypatch):
     modules["nasfpn_tf.train.strategy"].make_strategy = lambda runtime: (
         calls.strategy
     )
+    modules["nasfpn_tf.train.strategy"].owns_model_dir = lambda runtime: True
     modules["nasfpn_tf.export"].export = calls.export
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
