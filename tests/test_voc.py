@@ -52,3 +52,17 @@ def test_annotations_label_map_and_source(tmp_path):
     first = source.images[0]
     assert first.boxes[0] == sources.Box(7.0, 7.0, 23.0, 29.0, 5)
     assert (first.width, first.height) == (64, 64)
+
+
+def test_xml_encodings_are_honoured_and_bad_bytes_counted(tmp_path):
+    folder = tmp_path / "voc"
+    folder.mkdir()
+    xml = exports_helpers.voc_xml("b.jpg", [("tr\u00e9e", (1, 1, 9, 9))])
+    (folder / "b.xml").write_bytes(
+        b'<?xml version="1.0" encoding="ISO-8859-1"?>' + xml.encode("latin-1")
+    )
+    (folder / "c.xml").write_bytes(b"<annotation>\xff\xfe</annotation>")
+    stats = sources.ConversionStats()
+    [parsed] = voc.read_voc_annotations([(str(folder), None)], stats)
+    assert parsed.objects[0].label == "tr\u00e9e"
+    assert stats["annotations_unreadable"] == 1

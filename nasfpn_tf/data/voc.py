@@ -129,7 +129,8 @@ def read_voc_annotations(
     for voc_dir, image_set in image_sets:
         for xml_path in list_voc(voc_dir, image_set):
             try:
-                with tf.io.gfile.GFile(xml_path) as f:
+                # Bytes: the parser honours the file's encoding declaration.
+                with tf.io.gfile.GFile(xml_path, "rb") as f:
                     root = ElementTree.fromstring(f.read())
             except (OSError, tf.errors.OpError, ElementTree.ParseError):
                 stats.add("annotations_unreadable", example=xml_path)
