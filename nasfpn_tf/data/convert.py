@@ -61,6 +61,10 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
+# TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing
+# a user of the command can act on; set in the environment, it still wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import tensorflow as tf
 from absl import logging
 from official.vision.data import tf_example_builder
