@@ -550,7 +550,14 @@ def test_cli_errors_are_one_line_naming_the_file(tmp_path):
          f"--label_map={bad_yaml}"]
     )  # fmt: skip
     bad_json = tmp_path / "coco.json"
-    bad_json.write_text('{"images": [{"id": 1}], "categories": []}')
+    bad_json.write_text('{"images": [], "categories": []}')
+    assert f"{bad_json}: 'categories' is empty" in _cli_error(
+        ["--format=coco", out, f"--train_annotations={bad_json}",
+         f"--train_images={empty}"]
+    )  # fmt: skip
+    bad_json.write_text(
+        '{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}]}'
+    )
     assert f"{bad_json}: not COCO detection JSON" in _cli_error(
         ["--format=coco", out, f"--train_annotations={bad_json}",
          f"--train_images={empty}"]

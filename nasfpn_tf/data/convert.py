@@ -418,7 +418,13 @@ def convert_splits(
         problems = set(stats[split].counts) - ROUTINE_EVENTS
         log = logging.warning if problems else logging.info
         log("%s", stats[split].summary(f"split {split}"))
-    categories = next(iter(sources.values())).categories if sources else ()
+    # Splits read with one label map share it; COCO files may each list
+    # their own, so the union is described (the first name of an id wins).
+    names: dict[int, str] = {}
+    for source in sources.values():
+        for category_id, name in source.categories:
+            names.setdefault(category_id, name)
+    categories = tuple(sorted(names.items()))
     dataset_lib.save(
         dataset_lib.DatasetInfo(
             categories=categories,

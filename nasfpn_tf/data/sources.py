@@ -203,6 +203,8 @@ def read_coco(
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise SourceError(f"{annotations_path}: no {key!r} list")
+    if not data["categories"]:
+        raise SourceError(f"{annotations_path}: 'categories' is empty")
     try:
         return _coco_source(data, image_dir, stats)
     except (KeyError, TypeError, ValueError) as error:
