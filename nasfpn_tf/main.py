@@ -331,8 +331,9 @@ def execute(
     search trains its children itself.
     """
     if mode not in MODES or mode == "predict":
+        modes = tuple(m for m in MODES if m != "predict")
         raise ValueError(
-            f"mode must be one of {MODES[:-1]} (predict runs through "
+            f"mode must be one of {modes} (predict runs through "
             f"nasfpn_tf.predict.predict); got {mode!r}."
         )
     import tf_keras  # lazy: heavy, keeps --help fast
