@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from official.vision.evaluation import coco_evaluator
+from official.vision.evaluation import coco_evaluator, coco_utils
+from pycocotools import cocoeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Per-class metrics are named "<metric>/<class name>".
+PER_CLASS_METRICS = ("AP", "AP50")
+
 # COCO's standard cap of detections per image for AP.
 COCO_MAX_DETECTIONS = 100
 # Class id of padded detection slots; no COCO category uses it, so
@@ -45,12 +50,15 @@ class CocoEvaluator:
         annotation_file: COCO JSON of the split (local or gs://); None or
             "" builds the ground truth from ``labels["groundtruths"]``.
         max_detections: detections per image that count (COCO: 100).
+        class_names: names of classes 1..n; when given, ``result`` adds
+            ``AP/<name>`` and ``AP50/<name>`` per class.
     """
 
     def __init__(
         self,
         annotation_file: str | None = None,
         max_detections: int = COCO_MAX_DETECTIONS,
+        class_names: Sequence[str] = (),
     ):
         if annotation_file and not tf.io.gfile.exists(annotation_file):
             raise FileNotFoundError(
@@ -58,6 +66,7 @@ class CocoEvaluator:
             )
         self.annotation_file = annotation_file or None
         self.max_detections = max_detections
+        self.class_names = tuple(class_names)
         with _quiet():
             self._evaluator = coco_evaluator.COCOEvaluator(
                 annotation_file=self.annotation_file,
@@ -67,11 +76,14 @@ class CocoEvaluator:
                 max_num_eval_detections=max_detections,
             )
         self.num_images = 0
+        # (groundtruths, rescaled predictions) per batch, for per-class AP.
+        self._batches: list[tuple[dict, dict]] = []
 
     def reset(self) -> None:
         """Forgets every batch seen so far."""
         self._evaluator.reset_states()
         self.num_images = 0
+        self._batches = []
 
     def update(
         self, labels: Mapping[str, Any], outputs: Mapping[str, Any]
@@ -115,6 +127,13 @@ class CocoEvaluator:
             _as_tensors(groundtruths), _as_tensors(predictions)
         )
         self.num_images += len(groundtruths["source_id"])
+        if self.class_names:
+            scale = np.tile(predictions["image_info"][:, 2:3, :], (1, 1, 2))
+            rescaled = dict(
+                predictions,
+                detection_boxes=predictions["detection_boxes"] / scale,
+            )
+            self._batches.append((groundtruths, rescaled))
 
     def result(self) -> dict[str, float]:
         """COCO metrics of everything added since the last reset, then
@@ -123,7 +142,9 @@ class CocoEvaluator:
         Returns:
             ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``APs``, ``APm``,
             ``APl`` as floats in [0, 1]; -1.0 where the ground truth has
-            no object of that kind (pycocotools' convention).
+            no object of that kind (pycocotools' convention). With
+            ``class_names``, also ``AP/<name>`` and ``AP50/<name>`` for
+            each class the ground truth lists.
 
         Raises:
             ValueError: no batch was added.
@@ -133,7 +154,64 @@ class CocoEvaluator:
         with _quiet():
             metrics = self._evaluator.result()
         self.num_images = 0
-        return {name: float(metrics[name]) for name in METRIC_NAMES}
+        result = {name: float(metrics[name]) for name in METRIC_NAMES}
+        if self.class_names:
+            with _quiet():
+                result.update(self._per_class())
+            self._batches = []
+        return result
+
+    def _per_class(self) -> dict[str, float]:
+        """AP and AP50 per class, from pycocotools' precision table.
+
+        Model Garden's per-category metrics need Google's internal
+        pycocotools (``category_stats``); the public one leaves them out,
+        so the batches are evaluated once more here with Model Garden's
+        public COCO conversions.
+        """
+        predictions = {
+            key: [np.copy(p[key]) for _, p in self._batches]
+            for key in ("source_id", *PREDICTION_KEYS)
+        }
+        if self.annotation_file:
+            coco_gt = coco_utils.COCOWrapper(
+                eval_type="box", annotation_file=self.annotation_file
+            )
+        else:
+            groundtruths = {
+                key: [g[key] for g, _ in self._batches]
+                for key in self._batches[0][0]
+            }
+            coco_gt = coco_utils.COCOWrapper(
+                eval_type="box",
+                gt_dataset=coco_utils.convert_groundtruths_to_coco_dataset(
+                    groundtruths
+                ),
+            )
+        detections = coco_utils.convert_predictions_to_coco_annotations(
+            predictions
+        )
+        coco_eval = cocoeval.COCOeval(
+            coco_gt, coco_gt.loadRes(predictions=detections), iouType="bbox"
+        )
+        coco_eval.params.imgIds = [d["image_id"] for d in detections]
+        coco_eval.params.maxDets[-1] = self.max_detections
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        # [iou thresholds, recalls, classes, areas, max detections];
+        # -1 marks a class without ground truth.
+        precision = coco_eval.eval["precision"][:, :, :, 0, -1]
+        result = {}
+        for k, category in enumerate(coco_eval.params.catIds):
+            name = _class_name(category, self.class_names, coco_gt)
+            for metric, values in zip(
+                PER_CLASS_METRICS, (precision[:, :, k], precision[0, :, k])
+            ):
+                valid = values[values > -1]
+                result[f"{metric}/{name}"] = (
+                    float(valid.mean()) if valid.size else -1.0
+                )
+        return result
 
 
 def evaluate(
@@ -141,6 +219,7 @@ def evaluate(
     dataset: Iterable[tuple[tf.Tensor, Mapping[str, Any]]],
     annotation_file: str | None = None,
     steps: int = 0,
+    class_names: Sequence[str] = (),
 ) -> dict[str, float]:
     """COCO AP of ``model`` on an eval dataset.
 
@@ -152,13 +231,15 @@ def evaluate(
         annotation_file: the split's COCO JSON; None or "" uses the
             ground truth carried by the labels.
         steps: batches to evaluate; 0 evaluates the whole dataset.
+        class_names: names of classes 1..n, for per-class AP.
 
     Returns:
-        ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as floats.
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as floats (and
+        per-class AP with ``class_names``; see ``CocoEvaluator.result``).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    evaluator = CocoEvaluator(annotation_file)
+    evaluator = CocoEvaluator(annotation_file, class_names=class_names)
 
     @tf.function(reduce_retracing=True)
     def predict(images, image_info, anchor_boxes):
@@ -170,14 +251,27 @@ def evaluate(
         )
         return {k: outputs[k] for k in PREDICTION_KEYS}
 
-    for step, (images, labels) in enumerate(dataset):
-        if steps and step >= steps:
-            break
+    # islice draws exactly `steps` batches: breaking out of the loop
+    # after drawing one more would consume a batch of a shared iterator.
+    batches = itertools.islice(dataset, steps) if steps else dataset
+    for images, labels in batches:
         outputs = predict(
             images, labels["image_info"], labels.get("anchor_boxes")
         )
         evaluator.update(labels, outputs)
     return evaluator.result()
+
+
+def is_metric(name: str) -> bool:
+    """Whether ``name`` is a metric ``CocoEvaluator.result`` returns."""
+    metric, sep, _ = name.partition("/")
+    return name in METRIC_NAMES or (bool(sep) and metric in PER_CLASS_METRICS)
+
+
+def _class_name(category: int, class_names: Sequence[str], coco_gt) -> str:
+    if 0 < category <= len(class_names) and class_names[category - 1]:
+        return class_names[category - 1]
+    return str(coco_gt.cats.get(category, {}).get("name", category))
 
 
 def _mask_padding(classes: np.ndarray, num_detections: np.ndarray) -> Any:

@@ -10,8 +10,11 @@ MODEL_DIR/config.yaml, and calls one library function:
   train, eval,
   train_and_eval  nasfpn_tf.train.trainer.run
   export          nasfpn_tf.export.export
+  predict         nasfpn_tf.predict.predict (reads, writes no config)
 
 Rerunning with the same --model_dir resumes with the saved config.
+--data_dir=DIR takes the data of a folder the converter wrote
+(python -m nasfpn_tf.data.convert): paths, classes and their names.
 
 Examples:
   python -m nasfpn_tf.main
@@ -19,6 +22,10 @@ Examples:
       --config_file=configs/nasfpn_r50_640.yaml --model_dir=runs/r50 \\
       --params_override=train.batch_size=8
   python -m nasfpn_tf.main --mode=train --arch=runs/search/best_spec.json
+  python -m nasfpn_tf.main --mode=train_and_eval --data_dir=data/mine \\
+      --model_dir=runs/mine
+  python -m nasfpn_tf.main --mode=predict --model_dir=runs/mine \\
+      --images=photos/ --output_dir=runs/mine/predictions
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import app, flags, logging
@@ -39,7 +46,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Libraries that log chattily at INFO through the root logger.
 QUIET_LOGGERS = ("matplotlib", "PIL", "h5py")
 
-MODES = ("search", "fidelity", "train", "eval", "train_and_eval", "export")
+MODES = (
+    "search",
+    "fidelity",
+    "train",
+    "eval",
+    "train_and_eval",
+    "export",
+    "predict",
+)
 TRAINER_MODES = ("train", "eval", "train_and_eval")
 # absl verbosity names (absl reads ints as its own levels, not logging's).
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -51,6 +66,20 @@ EXPORT_SUBDIR = "export"
 # Modes that build the neck from model.neck.arch (the search samples its
 # own specs).
 ARCH_MODES = ("train", "eval", "train_and_eval", "export")
+# The splits of a --data_dir each mode reads.
+MODE_SPLITS = {
+    "search": ("train", "heldout"),
+    "fidelity": ("train", "heldout"),
+    "train": ("train",),
+    "eval": ("val",),
+    "train_and_eval": ("train", "val"),
+    "export": (),
+}
+SPLIT_HINTS = {
+    "train": "--train_sets/--train_images/--train_annotations",
+    "val": "--val_sets/--val_images/--val_annotations",
+    "heldout": "--heldout_fraction",
+}
 # Errors that say what is wrong with the input or the run's directory
 # (config, spec, data, checkpoints, search state, a full disk): the command
 # line reports them in one message, without a traceback. By module and
@@ -65,6 +94,7 @@ USER_ERRORS = (
     ("nasfpn_tf.search.oracle", "SearchAborted"),
     ("nasfpn_tf.search.oracle", "SearchStorageError"),
     ("nasfpn_tf.search.fidelity", "FidelityError"),
+    ("nasfpn_tf.predict", "PredictError"),
 )
 
 _MODE = flags.DEFINE_enum("mode", "search", MODES, "What to run.")
@@ -84,6 +114,14 @@ _PARAMS_OVERRIDE = flags.DEFINE_string(
     "",
     "Applied after the files: 'train.batch_size=8,model.image_size=256' "
     "or YAML/JSON text such as '{train: {batch_size: 8}}'.",
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    "",
+    "A folder written by python -m nasfpn_tf.data.convert: its "
+    "dataset.json sets the data paths, COCO annotations, "
+    "model.num_classes and data.class_names (after --config_file, "
+    "before --params_override).",
 )
 _ARCH = flags.DEFINE_string(
     "arch",
@@ -108,6 +146,30 @@ _FREEZE = flags.DEFINE_bool(
     "into the convs): faster CPU serving, no variables in the SavedModel, "
     "a slow first request. Not for model.anytime.",
 )
+_IMAGES = flags.DEFINE_multi_string(
+    "images",
+    [],
+    "--mode=predict: image files, folders or globs (repeatable).",
+)
+_SAVED_MODEL = flags.DEFINE_string(
+    "saved_model",
+    "",
+    "--mode=predict: an exported SavedModel (an export folder, its newest "
+    "version is used, or a version folder). Default: the newest "
+    "checkpoint of --model_dir.",
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir",
+    "",
+    "--mode=predict: where predictions.json and the drawn images go. "
+    "Default: <model_dir>/predictions.",
+)
+_SCORE_THRESHOLD = flags.DEFINE_float(
+    "score_threshold",
+    0.3,
+    "--mode=predict: detections below this score are neither drawn nor "
+    "written.",
+)
 _OVERWRITE_CONFIG = flags.DEFINE_bool(
     "overwrite_config",
     False,
@@ -131,8 +193,10 @@ def resolve_config(
     tpu: str | None = None,
     overwrite_config: bool = False,
     check_arch: bool = False,
+    data: Mapping[str, Any] | None = None,
 ) -> config_lib.ExperimentConfig:
-    """Resolves the run's config and saves it to `model_dir/config.yaml`.
+    """Resolves the run's config and saves it to `model_dir/config.yaml`
+    (the chief alone, in a multi-worker run).
 
     Without config flags (files, override, arch) a saved config is reused
     (resume); `tpu` only names where it runs and may change. With config
@@ -148,6 +212,8 @@ def resolve_config(
         overwrite_config: let the flags replace a differing saved config.
         check_arch: read and check the spec of `model.neck.arch` before
             saving anything (the modes that build it).
+        data: config keys of a `--data_dir` (`data_overrides`), applied
+            after the files and before the override.
 
     Returns:
         The config the run uses.
@@ -160,7 +226,9 @@ def resolve_config(
     tpu_changes: dict[str, Any] = {}
     if tpu is not None:
         tpu_changes = {"runtime.tpu": tpu, "runtime.strategy": "tpu"}
-    flags_given = bool(config_files or params_override or arch is not None)
+    flags_given = bool(
+        config_files or params_override or arch is not None or data
+    )
     if saved is not None and not flags_given:
         logging.info("Resuming with %s", config_lib.config_path(model_dir))
         if check_arch:
@@ -168,9 +236,10 @@ def resolve_config(
         if not tpu_changes:
             return saved
         config = config_lib.override(saved, tpu_changes)
-        config_lib.save(config, model_dir)
+        _save(config, model_dir)
         return config
-    config = config_lib.load_config(config_files, params_override)
+    layers = [("--data_dir", dict(data))] if data else []
+    config = config_lib.load_config(config_files, params_override, layers)
     extra: dict[str, Any] = dict(tpu_changes)
     if arch is not None:
         extra["model.neck.arch"] = arch
@@ -195,8 +264,41 @@ def resolve_config(
                 "drop the config flags to resume with the saved config, or "
                 "pass --overwrite_config."
             )
-    config_lib.save(config, model_dir)
+    _save(config, model_dir)
     return config
+
+
+def _save(config: config_lib.ExperimentConfig, model_dir: str) -> None:
+    # The workers of a multi-worker run other than the chief read the
+    # saved config but write nothing to model_dir.
+    from nasfpn_tf.train import strategy as strategy_lib
+
+    if strategy_lib.owns_model_dir(config.runtime):
+        config_lib.save(config, model_dir)
+
+
+def data_overrides(data_dir: str, mode: str) -> dict[str, Any]:
+    """The config keys a converted data folder sets (see
+    `nasfpn_tf.data.dataset`).
+
+    Raises:
+        config_lib.ConfigError: no readable dataset.json in `data_dir`, or
+            it lacks a split `mode` reads.
+    """
+    from nasfpn_tf.data import dataset
+
+    try:
+        info = dataset.load(data_dir)
+    except dataset.DatasetError as error:
+        raise config_lib.ConfigError(str(error)) from None
+    for split in MODE_SPLITS.get(mode, ()):
+        if info.split(split) is None:
+            raise config_lib.ConfigError(
+                f"--data_dir={data_dir} has no {split!r} split, which "
+                f"--mode={mode} reads; convert again with "
+                f"{SPLIT_HINTS[split]}."
+            )
+    return info.config_overrides()
 
 
 def check_spec(config: config_lib.ExperimentConfig) -> None:
@@ -240,8 +342,12 @@ def execute(
     strategy, so only they create one (and check the batch split); the
     search trains its children itself.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
+    if mode not in MODES or mode == "predict":
+        modes = tuple(m for m in MODES if m != "predict")
+        raise ValueError(
+            f"mode must be one of {modes} (predict runs through "
+            f"nasfpn_tf.predict.predict); got {mode!r}."
+        )
     import tf_keras  # lazy: heavy, keeps --help fast
 
     # Set once, before any layer exists: layers read the global policy
@@ -277,8 +383,14 @@ def main(argv: Sequence[str]) -> None:
     _quiet_imports()
     logging.set_verbosity(_LOG_LEVEL.value)
     mode = _MODE.value
+    if mode == "predict":
+        _predict()
+        return
     model_dir = _MODEL_DIR.value or f"{DEFAULT_RUNS_DIR}/{mode}"
     try:
+        data = (
+            data_overrides(_DATA_DIR.value, mode) if _DATA_DIR.value else None
+        )
         config = resolve_config(
             model_dir,
             _CONFIG_FILE.value,
@@ -287,6 +399,7 @@ def main(argv: Sequence[str]) -> None:
             _TPU.value,
             _OVERWRITE_CONFIG.value,
             check_arch=mode in ARCH_MODES,
+            data=data,
         )
     except config_lib.ConfigError as error:
         # A bad config is not a flag-syntax problem: say what is wrong
@@ -297,6 +410,30 @@ def main(argv: Sequence[str]) -> None:
     # search and fidelity print their own
     if result is not None and mode not in ("search", "fidelity"):
         print(f"{mode} result: {result}", flush=True)
+
+
+def _predict() -> None:
+    """--mode=predict: reads a trained model, writes only predictions."""
+    from nasfpn_tf import predict
+
+    if not (_MODEL_DIR.value or _SAVED_MODEL.value):
+        raise predict.PredictError(
+            "--mode=predict needs --model_dir (its newest checkpoint) or "
+            "--saved_model"
+        )
+    output_dir = _OUTPUT_DIR.value or (
+        f"{_MODEL_DIR.value.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
+        if _MODEL_DIR.value
+        else f"{_SAVED_MODEL.value.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
+    )
+    result = predict.predict(
+        _IMAGES.value,
+        output_dir,
+        model_dir=_MODEL_DIR.value,
+        saved_model=_SAVED_MODEL.value,
+        score_threshold=_SCORE_THRESHOLD.value,
+    )
+    print(result.summary(), flush=True)
 
 
 def _quiet_imports() -> None:

@@ -7,6 +7,7 @@ import os
 import random
 from pathlib import Path
 
+import exports_helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,7 +15,7 @@ from official.vision.dataloaders import tf_example_decoder
 from PIL import Image
 from pycocotools.coco import COCO
 
-from nasfpn_tf.data import convert, sources, synthetic
+from nasfpn_tf.data import convert, dataset, sources, synthetic
 
 
 def _read_examples(file_pattern):
@@ -317,7 +318,10 @@ def test_voc_boxes_labels_and_difficult(tmp_path):
         },
     )
     output = convert.convert_voc(
-        str(tmp_path / "out"), {"train": [(voc, "trainval")]}, progress=False
+        str(tmp_path / "out"),
+        {"train": [(voc, "trainval")]},
+        label_map=sources.voc_classes_label_map(),
+        progress=False,
     )["train"]
     assert output.counts["annotations_unreadable"] == 1
     assert output.counts["boxes_unknown_class"] == 1
@@ -331,6 +335,7 @@ def test_voc_boxes_labels_and_difficult(tmp_path):
         (person, [4.0, 5.0, 46.0, 35.0], 1),
     ]
     assert coco.loadCats(person)[0]["name"] == "person"
+    assert coco.loadImgs(8_000_001)[0]["file_name"] == "2008_000001.jpg"
 
 
 def test_cli_coco_and_voc(tmp_path, synthetic_coco, capsys):
@@ -373,3 +378,224 @@ def test_worker_processes_write_the_same_records(tmp_path, synthetic_coco):
     assert _read_examples(serial["train"].file_pattern) == _read_examples(
         parallel["train"].file_pattern
     )
+
+
+def _coco(output):
+    return COCO(output.annotations)
+
+
+def test_labelimg_folder_with_odd_names_and_no_image_sets(tmp_path):
+    folder = exports_helpers.labelimg_voc(tmp_path, n=6)
+    outputs = convert.convert_voc(
+        str(tmp_path / "out"), {"train": [(str(folder), None)]}, progress=False
+    )
+    output = outputs["train"]
+    assert (output.num_images, output.num_boxes) == (6, 10)
+    assert output.counts["boxes_clipped"] == 1
+    coco = _coco(output)
+    names = sorted(image["file_name"] for image in coco.dataset["images"])
+    assert names == [f"{exports_helpers.ODD_NAME}_{i}.jpg" for i in range(6)]
+    expected_ids = sources.assign_image_ids(
+        f"{exports_helpers.ODD_NAME}_{i}" for i in range(6)
+    )
+    by_name = {i["file_name"]: i["id"] for i in coco.dataset["images"]}
+    assert by_name == {f"{n}.jpg": i for n, i in expected_ids.items()}
+    # Classes the files use, sorted; the clipped box ends at the edge.
+    assert coco.dataset["categories"] == [
+        {"id": 1, "name": "rock"}, {"id": 2, "name": "tree"}
+    ]  # fmt: skip
+    clipped = [a["bbox"] for a in coco.dataset["annotations"]
+               if a["bbox"][0] == 39.0]  # fmt: skip
+    assert clipped == [[39.0, 43.0, 25.0, 21.0]]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["train"]["examples"] == {
+        "boxes_clipped": [str(folder / f"{exports_helpers.ODD_NAME}_0.jpg")]
+    }
+
+
+def test_cvat_export_with_image_set_case_and_missing_image(tmp_path):
+    folder = exports_helpers.cvat_voc(tmp_path)
+    output = convert.convert_voc(
+        str(tmp_path / "out"),
+        {"train": [(str(folder), "default")]},
+        progress=False,
+    )["train"]
+    assert output.num_images == 2
+    assert output.counts["images_missing"] == 1
+    files = sorted(i["file_name"] for i in _coco(output).dataset["images"])
+    assert files == ["frame 001.jpg", "frame 002.JPG"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["train"]["counts"]["images_missing"] == 1
+    [missing] = summary["train"]["examples"]["images_missing"]
+    assert missing.endswith("JPEGImages/frame 003.jpg")
+
+
+def test_roboflow_voc_unknown_class_under_a_label_map(tmp_path):
+    folder = exports_helpers.roboflow_voc(tmp_path)
+    output = convert.convert_voc(
+        str(tmp_path / "out"),
+        {"train": [(str(folder), None)]},
+        label_map={"tree": 1, "rock": 2},
+        progress=False,
+    )["train"]
+    assert (output.num_images, output.num_boxes) == (3, 3)
+    assert output.counts["boxes_unknown_class"] == 1
+    stats = sources.ConversionStats(output.counts)
+    assert "class outside the label map" in stats.summary()
+
+
+def test_roboflow_yolo_export(tmp_path):
+    export = exports_helpers.roboflow_yolo(tmp_path)
+    outputs = convert.convert_yolo(
+        str(tmp_path / "out"),
+        {
+            "train": [str(export / "train" / "images")],
+            "val": [str(export / "valid" / "images")],
+        },
+        progress=False,
+    )
+    train, val = outputs["train"], outputs["val"]
+    # 6 images + 1 orphan label (missing image); image 1 has no labels.
+    assert train.num_images == 6
+    assert train.counts["images_missing"] == 1
+    assert train.counts["images_without_boxes"] == 1
+    assert train.counts["boxes_unknown_class"] == 1
+    assert train.counts["boxes_degenerate"] == 1
+    assert train.counts["boxes_clipped"] == 1
+    assert (val.num_images, val.num_boxes) == (3, 5)
+    coco = _coco(train)
+    assert coco.dataset["categories"] == [
+        {"id": 1, "name": "tree"}, {"id": 2, "name": "rock"}
+    ]  # fmt: skip
+    first = f"train_{exports_helpers.ODD_NAME}_0.jpg"
+    [image] = [i for i in coco.dataset["images"] if i["file_name"] == first]
+    boxes = sorted(
+        (a["category_id"], [round(v, 3) for v in a["bbox"]])
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+    )
+    assert boxes == [
+        (1, [16.0, 16.0, 24.0, 32.0]),
+        (1, [51.2, 25.6, 12.8, 12.8]),  # clipped at x = 64
+        (2, [6.4, 44.8, 12.8, 12.8]),  # the polygon's bounding box
+        (2, [44.0, 8.0, 16.0, 16.0]),
+    ]
+
+
+def test_flat_yolo_folder_with_classes_txt(tmp_path):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    (folder / "classes.txt").write_text("tree\nrock\n")
+    (folder / "a b.png").write_bytes(
+        exports_helpers.image_bytes([(0, 0, 31, 31)], fmt="PNG")
+    )
+    (folder / "a b.txt").write_text("1 0.25 0.25 0.5 0.5\n")
+    output = convert.convert_yolo(
+        str(tmp_path / "out"), {"train": [str(folder)]}, progress=False
+    )["train"]
+    [ann] = _coco(output).dataset["annotations"]
+    assert (ann["category_id"], ann["bbox"]) == (2, [0.0, 0.0, 32.0, 32.0])
+
+
+def test_dataset_json_describes_the_output(tmp_path):
+    folder = exports_helpers.labelimg_voc(tmp_path, n=8)
+    out = tmp_path / "out"
+    outputs = convert.convert_voc(
+        str(out),
+        {"train": [(str(folder), None)]},
+        heldout_fraction=0.4,
+        progress=False,
+    )
+    info = dataset.load(str(out))
+    assert info.class_names == ("rock", "tree")
+    assert info.num_classes == 3
+    assert [name for name, _ in info.splits] == ["train", "heldout"]
+    for name, split in info.splits:
+        assert split.file_pattern == outputs[name].file_pattern
+        assert split.annotations == outputs[name].annotations
+        assert split.num_images == outputs[name].num_images > 0
+    text = json.loads((out / "dataset.json").read_text())
+    assert text["splits"]["train"]["annotations"] == "train.json"
+
+
+def _cli_error(argv):
+    with pytest.raises(SystemExit) as raised:
+        convert.main([*argv, "--no_progress"])
+    message = str(raised.value)
+    assert message.startswith("Error: ") and "\n" not in message
+    return message
+
+
+def test_cli_errors_are_one_line_naming_the_file(tmp_path):
+    out = f"--output_dir={tmp_path / 'out'}"
+    missing = tmp_path / "nowhere"
+    assert f"{missing}: no such folder" in _cli_error(
+        ["--format=voc", out, f"--train_sets={missing}"]
+    )
+    cvat = exports_helpers.cvat_voc(tmp_path)
+    message = _cli_error(["--format=voc", out, f"--train_sets={cvat}:test"])
+    assert "ImageSets/Main/test.txt: no such image set list" in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no .xml annotation file" in _cli_error(
+        ["--format=voc", out, f"--train_sets={empty}"]
+    )
+    (empty / "a.jpg").write_bytes(exports_helpers.image_bytes())
+    assert "no class names" in _cli_error(
+        ["--format=yolo", out, f"--train_images={empty}"]
+    )
+    bad_yaml = tmp_path / "data.yaml"
+    bad_yaml.write_text("names: {0: a, 2: b}\n")
+    assert f"{bad_yaml}: 'names' keys must be 0..n-1" in _cli_error(
+        ["--format=yolo", out, f"--train_images={empty}",
+         f"--label_map={bad_yaml}"]
+    )  # fmt: skip
+    bad_json = tmp_path / "coco.json"
+    bad_json.write_text('{"images": [], "categories": []}')
+    assert f"{bad_json}: 'categories' is empty" in _cli_error(
+        ["--format=coco", out, f"--train_annotations={bad_json}",
+         f"--train_images={empty}"]
+    )  # fmt: skip
+    bad_json.write_text(
+        '{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}]}'
+    )
+    assert f"{bad_json}: not COCO detection JSON" in _cli_error(
+        ["--format=coco", out, f"--train_annotations={bad_json}",
+         f"--train_images={empty}"]
+    )  # fmt: skip
+
+
+def test_cli_yolo_prints_where_it_wrote(tmp_path, capsys):
+    export = exports_helpers.roboflow_yolo(tmp_path, n_train=2, n_valid=1)
+    convert.main(
+        ["--format=yolo", f"--output_dir={tmp_path / 'out'}",
+         f"--train_images={export / 'train' / 'images'}", "--no_progress"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"-> {tmp_path / 'out' / 'dataset.json'}" in out
+    assert f"-> {tmp_path / 'out' / 'summary.json'}" in out
+
+
+def test_val_carved_from_one_folder_never_meets_heldout(tmp_path):
+    folder = exports_helpers.labelimg_voc(tmp_path, n=20)
+    outputs = convert.main(
+        ["--format=voc", f"--output_dir={tmp_path / 'out'}",
+         f"--train_sets={folder}", "--val_fraction=0.25",
+         "--heldout_fraction=0.25", "--no_progress"]
+    )  # fmt: skip
+    ids = {
+        split: {i["id"] for i in _coco(out).dataset["images"]}
+        for split, out in outputs.items()
+    }
+    assert sorted(ids) == ["heldout", "train", "val"]
+    assert sum(map(len, ids.values())) == 20
+    assert not ids["val"] & ids["heldout"]
+    assert all(convert.heldout_score(i) >= 0.75 for i in ids["val"])
+    assert all(convert.heldout_score(i) < 0.25 for i in ids["heldout"])
+    assert [name for name, _ in dataset.load(str(tmp_path / "out")).splits] == [
+        "train", "heldout", "val"
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):
+        convert.main(
+            ["--format=voc", "--output_dir=x", f"--train_sets={folder}",
+             f"--val_sets={folder}", "--val_fraction=0.2"]
+        )  # fmt: skip

@@ -2,10 +2,12 @@
 
 import dataclasses
 import math
+import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 from official.vision.modeling import retinanet_model
 from official.vision.ops import anchor
 
@@ -18,6 +20,10 @@ from nasfpn_tf.modeling.neck import NasFpnNeck
 LEVELS = ("3", "4", "5", "6", "7")
 NUM_CLASSES = 3
 ANCHORS = 9  # 3 scales x 3 aspect ratios
+# R50, NAS-FPN 7@256, 91 classes (configs/nasfpn_r50_640.yaml).
+PAPER_PARAMS = 60_178_967
+# float32 through ~200 layers; the same ops in the same order.
+PARITY_ATOL = 1e-4
 TINY = {
     "model": {
         "backbone": "resnet10",
@@ -336,3 +342,87 @@ def test_anytime_checkpoint_restores_into_a_fresh_model(
     status.assert_existing_objects_matched()
     got = fresh(x, training=False, exit_repeat=0)["cls_outputs"]
     np.testing.assert_allclose(got["3"], want["3"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_paper_config_is_model_gardens_retinanet_weight_for_weight():
+    """configs/nasfpn_r50_640.yaml against Model Garden's RetinaNet with
+    its nasfpn decoder, built by its own factory: equal parameter counts
+    (the paper-scale 60,178,967), and once our weights are copied over,
+    equal outputs at every level of backbone, neck and head."""
+    from official.vision.configs import backbones as backbones_cfg
+    from official.vision.configs import common as common_cfg
+    from official.vision.configs import decoders as decoders_cfg
+    from official.vision.configs import retinanet as retinanet_cfg
+    from official.vision.modeling import factory
+
+    from nasfpn_tf.modeling import port
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load_config([str(root / "configs/nasfpn_r50_640.yaml")])
+    model = config.model
+    # One device: sync BN changes no weight, only the statistics' reach.
+    model = dataclasses.replace(
+        model, norm=dataclasses.replace(model.norm, use_sync_bn=False)
+    )
+    size = model.image_size
+    ours = detector.build_detector(model, input_size=size)
+    theirs = factory.build_retinanet(
+        tf_keras.layers.InputSpec(shape=[None, size, size, 3]),
+        retinanet_cfg.RetinaNet(
+            num_classes=model.num_classes,
+            input_size=[size, size, 3],
+            min_level=model.min_level,
+            max_level=model.max_level,
+            backbone=backbones_cfg.Backbone(
+                type="resnet",
+                resnet=backbones_cfg.ResNet(
+                    model_id=50, depth_multiplier=model.backbone_width
+                ),
+            ),
+            decoder=decoders_cfg.Decoder(
+                type="nasfpn",
+                nasfpn=decoders_cfg.NASFPN(
+                    num_filters=model.neck.filters,
+                    num_repeats=model.neck.repeats,
+                ),
+            ),
+            head=retinanet_cfg.RetinaNetHead(
+                num_convs=model.head.num_convs,
+                num_filters=model.head.num_filters,
+            ),
+            norm_activation=common_cfg.NormActivation(use_sync_bn=False),
+        ),
+    )
+    x = tf.random.stateless_normal([1, size, size, 3], (3, 4))
+    theirs(x, training=False)  # every weight exists
+    assert ours.count_params() == theirs.count_params() == PAPER_PARAMS
+    theirs.backbone.set_weights(ours.backbone.get_weights())
+    theirs.head.set_weights(ours.head.get_weights())
+    port.to_model_garden(ours.decoder, theirs.decoder)
+    got, want = _stages(ours, x), _stages(theirs, x)
+    for stage, level in got:
+        np.testing.assert_allclose(
+            got[stage, level],
+            want[stage, level],
+            atol=PARITY_ATOL,
+            err_msg=f"{stage} {level}",
+        )
+    assert {s for s, _ in got} == {"backbone", "neck", "scores", "boxes"}
+
+
+def _stages(model, images):
+    """(stage, level) -> output of backbone, neck and head (class scores,
+    boxes) at every pyramid level, as both RetinaNets run them."""
+    features = model.backbone(images, training=False)
+    pyramid = model.decoder(features, training=False)
+    pyramid = {level: pyramid[level] for level in LEVELS}
+    scores, boxes, _ = model.head(pyramid, training=False)
+    outputs = {}
+    for level in LEVELS:
+        if level in features:
+            outputs["backbone", level] = features[level]
+        outputs["neck", level] = pyramid[level]
+        outputs["scores", level] = scores[level]
+        outputs["boxes", level] = boxes[level]
+    return outputs

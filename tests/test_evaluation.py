@@ -212,17 +212,50 @@ def test_evaluate_runs_the_model_over_the_dataset(annotation_file):
     assert metrics["AP"] == pytest.approx(1.0)
 
 
+class CountingDataset:
+    """Iterates a dataset, counting the batches drawn from it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.consumed = 0
+
+    def __iter__(self):
+        for batch in self.dataset:
+            self.consumed += 1
+            yield batch
+
+
 def test_evaluate_stops_after_steps(annotation_file):
     labels = eval_labels()
     model = GroundTruthModel(labels)
-    evaluation.evaluate(
-        model, dataset_of(labels, repeat=3), annotation_file, steps=2
-    )
-    assert model.calls <= 2  # traced once, then the graph runs
+    batches = CountingDataset(dataset_of(labels, repeat=3))
+    evaluation.evaluate(model, batches, annotation_file, steps=2)
+    assert batches.consumed == 2
+    whole = CountingDataset(dataset_of(labels, repeat=3))
+    evaluation.evaluate(model, whole, annotation_file)
+    assert whole.consumed == 3
     with pytest.raises(ValueError, match="steps"):
         evaluation.evaluate(
             model, dataset_of(labels), annotation_file, steps=-1
         )
+
+
+@pytest.mark.parametrize("from_file", [True, False])
+def test_per_class_ap_is_named_by_class(annotation_file, from_file):
+    evaluator = evaluation.CocoEvaluator(
+        annotation_file if from_file else None, class_names=("a", "b")
+    )
+    labels = eval_labels()
+    # Image 2's only object (class 1, "a") missed: "a" recall 1/2.
+    evaluator.update(labels, detections(labels, num=[2, 0]))
+    metrics = evaluator.result()
+    per_class = {k: v for k, v in metrics.items() if "/" in k}
+    assert set(per_class) == {"AP/a", "AP/b", "AP50/a", "AP50/b"}
+    assert metrics["AP50/a"] == pytest.approx(0.5, abs=0.01)
+    assert metrics["AP50/b"] == pytest.approx(1.0)
+    assert metrics["AP50"] == pytest.approx(
+        (metrics["AP50/a"] + metrics["AP50/b"]) / 2
+    )
 
 
 @pytest.mark.slow
@@ -278,3 +311,10 @@ def test_ground_truth_through_the_real_pipeline_gives_ap_one(tmp_path):
     metrics = evaluator.result()
     assert evaluator.num_images == 0
     assert metrics["AP"] == pytest.approx(1.0)
+
+
+def test_is_metric_names_overall_and_per_class_metrics():
+    assert evaluation.is_metric("AP") and evaluation.is_metric("APl")
+    assert evaluation.is_metric("AP/tree") and evaluation.is_metric("AP50/a b")
+    assert not evaluation.is_metric("AP75/tree")
+    assert not evaluation.is_metric("steps")

@@ -2,13 +2,17 @@
 
 The in-process tests train the stand-in detector of `test_trainer` for a
 few steps, damage the newest checkpoint the way a crash mid-write or a bad
-disk does, and rerun. The `slow` one kills a real
-`python -m nasfpn_tf.main --mode=train` at seeded random steps and reruns
-it each time until it finishes.
+disk does, and rerun. The `slow` ones kill a real
+`python -m nasfpn_tf.main --mode=train` at seeded random steps and rerun
+it each time until it finishes, and kill the non-chief of a two-process
+multi_worker_mirrored run on 127.0.0.1.
 """
 
+import ast
+import json
 import os
 import random
+import socket
 import time
 
 import faults_helpers as fh
@@ -262,4 +266,103 @@ def test_sigkill_at_random_steps_then_rerun_finishes(
         f"warned, resumed from ckpt-{previous}, final step {CHAIN_STEPS}, "
         f"each step logged once; {len(targets) + 1} launches in "
         f"{seconds:.0f} s",
+    )
+
+
+# --------------------------------------------------------------------------
+# A multi-worker run on this host: two processes, TF_CONFIG on 127.0.0.1.
+
+MW_KILL_AT = 9
+# orbit's collectives notice a dead peer by its missing heartbeats.
+MW_CHIEF_STOP_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _result(log_path: str) -> dict:
+    """The `train result: {...}` a run printed last."""
+    with open(log_path, errors="replace") as f:
+        lines = [ln for ln in f if ln.startswith("train result: ")]
+    assert lines, fh.tail(log_path)
+    return ast.literal_eval(lines[-1].removeprefix("train result: "))
+
+
+@pytest.mark.slow
+def test_multi_worker_non_chief_killed_then_both_rerun(
+    tmp_path, shared_data, record_property
+):
+    """Two workers of multi_worker_mirrored on 127.0.0.1 share a model_dir.
+    kill -9 of the non-chief stops the chief with an error (no hang);
+    rerunning both resumes from the chief's last checkpoint, both finish
+    at the same step with the same loss, and only the chief wrote
+    model_dir (the non-chief's saves go to its own temp folder)."""
+    model_dir = str(tmp_path / "run")
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    worker_tmp = tmp_path / "worker_tmp"
+    worker_tmp.mkdir()
+
+    def launch(index, log, *flags):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}  # fmt: skip
+        extra = {"TF_CONFIG": json.dumps(tf_config)}
+        if index:
+            extra["TMPDIR"] = str(worker_tmp)
+        return fh.start(
+            fh.main_command("--mode=train", f"--model_dir={model_dir}", *flags),
+            fh.child_env(shared_data, **extra),
+            str(tmp_path / log),
+        )
+
+    override = f"--params_override={CHAIN_OVERRIDE}," + (
+        "runtime.strategy=multi_worker_mirrored"
+    )
+    chief = launch(0, "chief-1.log", override)
+    worker = launch(1, "worker-1.log", override)
+    reached = lambda: bool(fh.train_steps(model_dir)) and (
+        fh.train_steps(model_dir)[-1] >= MW_KILL_AT
+    )  # fmt: skip
+    assert fh.kill_when(worker, reached), fh.tail(str(tmp_path / "chief-1.log"))
+    started = time.monotonic()
+    code = fh.finish(chief, timeout=MW_CHIEF_STOP_TIMEOUT_S)
+    stopped_after = time.monotonic() - started
+    assert code != 0
+    assert "unhealthy" in fh.tail(str(tmp_path / "chief-1.log"), 20000)
+    # The step the pair had reached (a step in flight at the kill may
+    # have completed) and the checkpoint the rerun must resume from.
+    killed_at = fh.train_steps(model_dir)[-1]
+    kept = fh.checkpoint_steps(model_dir)[-1]
+    assert kept < killed_at
+    # Reruns pass no config flags: both resume with the saved config.
+    chief = launch(0, "chief-2.log")
+    worker = launch(1, "worker-2.log")
+    assert fh.finish(chief) == 0, fh.tail(str(tmp_path / "chief-2.log"))
+    assert fh.finish(worker) == 0, fh.tail(str(tmp_path / "worker-2.log"))
+    ours, theirs = (
+        _result(str(tmp_path / "chief-2.log")),
+        _result(str(tmp_path / "worker-2.log")),
+    )
+    assert ours["steps"] == theirs["steps"] == CHAIN_STEPS
+    assert ours["final_loss"] == pytest.approx(theirs["final_loss"])
+    # One row per step (the non-chief logged none; the rows past the
+    # checkpoint were dropped and trained again), and both reruns went on
+    # from the checkpoint the kill left.
+    assert fh.train_steps(model_dir) == list(range(1, CHAIN_STEPS + 1))
+    for log in ("chief-2.log", "worker-2.log"):
+        with open(tmp_path / log, errors="replace") as f:
+            first = next(ln for ln in f if ln.startswith("train | step "))
+        assert first.startswith(f"train | step {kept + 1}/"), (log, first)
+    assert sorted(os.listdir(model_dir)) == [
+        "checkpoints", "config.yaml", "metrics.jsonl", "train"
+    ]  # fmt: skip
+    assert fh.checkpoint_steps(model_dir)[-1] == CHAIN_STEPS
+    assert [p.name for p in worker_tmp.iterdir()]  # its saves went here
+    fh.record_fault(
+        record_property,
+        f"multi-worker train: kill -9 of the non-chief at step {killed_at}",
+        f"chief stopped with an error after {stopped_after:.0f} s; both "
+        f"reran from step {kept} to {CHAIN_STEPS}, same final loss, only "
+        "the chief wrote model_dir",
     )

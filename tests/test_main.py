@@ -60,6 +60,7 @@ def fakes(monkeypatch):
     modules["nasfpn_tf.train.strategy"].make_strategy = lambda runtime: (
         calls.strategy
     )
+    modules["nasfpn_tf.train.strategy"].owns_model_dir = lambda runtime: True
     modules["nasfpn_tf.export"].export = calls.export
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -111,9 +112,16 @@ def test_help_runs_and_lists_every_flag():
         "--[no]freeze",
         "--[no]overwrite_config",
         "--log_level",
+        "--data_dir",
+        "--images",
+        "--saved_model",
+        "--output_dir",
+        "--score_threshold",
     ):
         assert flag in text
-    assert "<search|fidelity|train|eval|train_and_eval|export>" in text
+    assert (
+        "<search|fidelity|train|eval|train_and_eval|export|predict>" in text
+    )
     assert "runner.search" in text  # the module docstring is the usage
 
 
@@ -299,3 +307,79 @@ def test_positional_arguments_are_rejected(fakes):
 def test_execute_rejects_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         main_lib.execute("predict", config_lib.ExperimentConfig(), "x")
+
+
+# -- --data_dir ----------------------------------------------------------------
+
+
+def _dataset_dir(root, splits=("train", "val")):
+    from nasfpn_tf.data import dataset
+
+    folder = root / "data"
+    info = dataset.DatasetInfo(
+        categories=((1, "tree"), (2, "rock")),
+        splits=tuple(
+            (
+                split,
+                dataset.SplitInfo(
+                    f"{folder}/{split}-*-of-*.tfrecord",
+                    f"{folder}/{split}.json",
+                    4,
+                    9,
+                ),
+            )
+            for split in splits
+        ),
+    )
+    dataset.save(info, str(folder))
+    return folder
+
+
+def test_data_dir_sets_data_classes_and_names(fakes, tmp_path):
+    folder = _dataset_dir(tmp_path, ("train", "heldout", "val"))
+    _run_main(
+        "--mode=train_and_eval",
+        f"--model_dir={tmp_path / 'run'}",
+        f"--config_file={TINY}",
+        f"--data_dir={folder}",
+        "--params_override=data.max_instances=7",
+    )
+    config = fakes.train.calls[0][1]
+    assert config.model.num_classes == 3
+    assert config.data.class_names == ("tree", "rock")
+    assert config.data.train_path == f"{folder}/train-*-of-*.tfrecord"
+    assert config.data.val_path == f"{folder}/val-*-of-*.tfrecord"
+    assert config.data.heldout_path == f"{folder}/heldout-*-of-*.tfrecord"
+    assert config.data.val_annotations == f"{folder}/val.json"
+    assert config.data.heldout_annotations == f"{folder}/heldout.json"
+    assert config.data.max_instances == 7  # the override still wins
+    # Rerunning with the same --data_dir resumes.
+    _run_main(
+        "--mode=train_and_eval",
+        f"--model_dir={tmp_path / 'run'}",
+        f"--config_file={TINY}",
+        f"--data_dir={folder}",
+        "--params_override=data.max_instances=7",
+    )
+    assert fakes.train.calls[1][1] == config
+
+
+def test_data_dir_errors_are_one_message(fakes, tmp_path):
+    with pytest.raises(SystemExit, match="Config error: --data_dir=.*no "
+                       "dataset.json; write one with python -m "
+                       "nasfpn_tf.data.convert"):  # fmt: skip
+        _run_main("--mode=train", f"--data_dir={tmp_path}")
+    folder = _dataset_dir(tmp_path, ("train", "val"))
+    with pytest.raises(
+        SystemExit, match="no 'heldout' split, which --mode=search reads; "
+        "convert again with --heldout_fraction"
+    ):  # fmt: skip
+        _run_main("--mode=search", f"--data_dir={folder}")
+    assert not fakes.search.calls
+
+
+def test_predict_needs_a_model(fakes):
+    from nasfpn_tf import predict
+
+    with pytest.raises(predict.PredictError, match="--model_dir"):
+        _run_main("--mode=predict", "--images=x.jpg")

@@ -5,6 +5,8 @@ their constructors are replaced, so no TPU is looked for and no cluster is
 joined.
 """
 
+import json
+
 import pytest
 import tensorflow as tf
 
@@ -167,3 +169,34 @@ def test_only_the_chief_writes(task_type, task_id, jobs, chief):
     strategy = _Clustered(_Resolver(task_type, task_id, jobs))
     assert strategy_lib.is_chief(strategy) is chief
     assert strategy_lib.is_chief(tf.distribute.get_strategy())
+
+
+def _tf_config(jobs, task_type, index):
+    return json.dumps(
+        {
+            "cluster": {job: [f"h{i}:1" for i in range(n)] for job, n in jobs},
+            "task": {"type": task_type, "index": index},
+        }
+    )
+
+
+TWO_WORKERS = [("worker", 2)]
+CHIEF_AND_WORKER = [("chief", 1), ("worker", 1)]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "tf_config", "owns"),
+    [
+        ("default", _tf_config(TWO_WORKERS, "worker", 1), True),
+        ("multi_worker_mirrored", "", True),
+        ("multi_worker_mirrored", _tf_config(TWO_WORKERS, "worker", 0), True),
+        ("multi_worker_mirrored", _tf_config(TWO_WORKERS, "worker", 1), False),
+        ("multi_worker_mirrored", _tf_config(CHIEF_AND_WORKER, "chief", 0), True),
+        ("multi_worker_mirrored", _tf_config(CHIEF_AND_WORKER, "worker", 0), False),
+    ],
+)  # fmt: skip
+def test_only_the_chief_owns_model_dir_before_a_strategy_exists(
+    monkeypatch, strategy, tf_config, owns
+):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert strategy_lib.owns_model_dir(_runtime(strategy=strategy)) is owns

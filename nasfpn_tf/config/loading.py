@@ -293,13 +293,18 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def load_config(
-    config_files: Sequence[str] = (), params_override: str = ""
+    config_files: Sequence[str] = (),
+    params_override: str = "",
+    layers: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> ExperimentConfig:
-    """Resolves a config: defaults <- each file in order <- the override.
+    """Resolves a config: defaults <- each file in order <- `layers` <- the
+    override.
 
     Args:
         config_files: YAML files (local or gs:// paths); later files win.
         params_override: see `parse_override`; applied last.
+        layers: (source name, mapping) pairs applied after the files, such
+            as the keys a `--data_dir` sets; keys may be dotted.
 
     Returns:
         The checked, frozen config.
@@ -310,9 +315,10 @@ def load_config(
     """
     if isinstance(config_files, str):
         config_files = [config_files]
-    layers = [
+    file_layers = [
         (path, _parse_yaml(_read_text(path), path)) for path in config_files
     ]
+    layers = [*file_layers, *layers]
     if params_override:
         layers.append(("params_override", parse_override(params_override)))
     return _resolve(layers)

@@ -288,6 +288,11 @@ class DataConfig:
         val_annotations: COCO JSON of `val_path`; "" builds the ground
             truth from the records themselves.
         heldout_annotations: COCO JSON of `heldout_path`; "" as above.
+        class_names: names of classes 1..model.num_classes - 1 of your
+            own data ("" for an unused id), set by `--data_dir` from the
+            converter's dataset.json; they name per-class AP, exported
+            models' classes and drawn predictions. Empty for the
+            generated set.
         max_instances: boxes per image after padding (static shapes).
         aug_scale_min: smallest random rescale in training.
         aug_scale_max: largest random rescale in training.
@@ -301,6 +306,7 @@ class DataConfig:
     heldout_path: str = ""
     val_annotations: str = ""
     heldout_annotations: str = ""
+    class_names: tuple[str, ...] = ()
     max_instances: int = 100
     aug_scale_min: float = 0.8
     aug_scale_max: float = 1.2
@@ -705,8 +711,18 @@ class ExperimentConfig:
 
     def __post_init__(self):
         model, data = self.model, self.data
-        if data.uses_synthetic and (
-            model.num_classes <= data.synthetic.num_classes
+        if data.class_names and len(data.class_names) != model.num_classes - 1:
+            raise ConfigError(
+                f"data.class_names has {len(data.class_names)} names but "
+                f"model.num_classes ({model.num_classes}) counts "
+                f"{model.num_classes - 1} classes besides background."
+            )
+        # Class names say the data is the user's (a split left without a
+        # path is refused by the command line, not generated).
+        if (
+            data.uses_synthetic
+            and not data.class_names
+            and model.num_classes <= data.synthetic.num_classes
         ):
             raise ConfigError(
                 f"model.num_classes ({model.num_classes}) must exceed "

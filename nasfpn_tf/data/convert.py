@@ -1,4 +1,4 @@
-r"""COCO JSON or Pascal VOC XML -> sharded TFRecords of ``tf.train.Example``.
+r"""COCO JSON, Pascal VOC XML or YOLO text -> sharded TFRecords.
 
 The records follow the TF Object Detection API schema that Model Garden's
 ``TfExampleDecoder`` reads: ``image/encoded``, ``image/source_id`` (the
@@ -6,7 +6,11 @@ numeric image id), ``image/height``, ``image/width``,
 ``image/object/bbox/{xmin,ymin,xmax,ymax}`` normalised to [0, 1],
 ``image/object/class/label``, ``image/object/area`` (pixels) and
 ``image/object/is_crowd``. Each split also gets ``{split}.json``: the COCO
-ground truth of exactly what was written, for the COCO evaluator.
+ground truth of exactly what was written, for the COCO evaluator (image
+entries keep the original file name). Beside them go ``dataset.json`` (the
+splits, class names and ``num_classes``, read by ``--data_dir``) and
+``summary.json`` (per split, what was written, fixed and skipped, with
+example file names).
 
 Bad data is fixed or skipped and counted, never a crash: missing or
 undecodable images are skipped; images in formats or colour modes TF does not
@@ -16,8 +20,11 @@ the image and dropped when degenerate (zero, negative or non-finite size);
 boxes of classes outside the label map are dropped. Images without boxes are
 kept: they are valid negatives (every anchor is background).
 
-The annotations are read by ``nasfpn_tf.data.sources``; this module
-cleans the images and boxes and writes them.
+The annotations are read by ``nasfpn_tf.data.sources`` (COCO),
+``nasfpn_tf.data.voc`` and ``nasfpn_tf.data.yolo``; this module cleans the
+images and boxes and writes them. What cannot be read at all (a missing
+folder, a malformed label map) stops the command line with one line naming
+the file.
 
 The held-out split that scores architectures during the NAS-FPN search
 (Ghiasi et al., CVPR 2019, arXiv:1904.07392) is carved from the training
@@ -32,6 +39,12 @@ images by a stable hash of the image id, and never shares an image with val.
       --train_sets=VOCdevkit/VOC2007:trainval \
       --train_sets=VOCdevkit/VOC2012:trainval \
       --val_sets=VOCdevkit/VOC2007:test --heldout_fraction=0.05
+  python -m nasfpn_tf.data.convert --format=voc --output_dir=OUT \
+      --train_sets=my_labelimg_folder --val_fraction=0.15 \
+      --heldout_fraction=0.15
+  python -m nasfpn_tf.data.convert --format=yolo --output_dir=OUT \
+      --train_images=export/train/images --val_images=export/valid/images \
+      --heldout_fraction=0.1
 """
 
 from __future__ import annotations
@@ -48,22 +61,31 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
+# TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing
+# a user of the command can act on; set in the environment, it still wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import tensorflow as tf
 from absl import logging
 from official.vision.data import tf_example_builder
 from PIL import Image
 
+from nasfpn_tf.data import dataset as dataset_lib
+from nasfpn_tf.data import voc, yolo
 from nasfpn_tf.data.sources import (
     EVENTS,
     ROUTINE_EVENTS,
     ConversionStats,
     ImageRecord,
+    SourceError,
     SourceSet,
+    assign_image_ids,
     load_label_map,
     read_coco,
-    read_voc,
+    voc_classes_label_map,
 )
 
+FORMATS = ("coco", "voc", "yolo")
 HELDOUT = "heldout"
 DEFAULT_IMAGES_PER_SHARD = 1024
 JPEG_QUALITY = 95
@@ -161,7 +183,9 @@ def clean_image(
         counts["images_undecodable"] += 1
         return None, None, [], counts
     scale_x = scale_y = 1.0
-    if (
+    if record.normalized:
+        scale_x, scale_y = float(width), float(height)
+    elif (
         record.width > 0
         and record.height > 0
         and ((record.width, record.height) != (width, height))
@@ -271,11 +295,12 @@ def write_split(
             if pool
             else map(_clean_job, jobs)
         )
-        for example, image, boxes, counts in _progress(
-            results, len(jobs), split, progress
+        for (record, _), (example, image, boxes, counts) in zip(
+            jobs, _progress(results, len(jobs), split, progress)
         ):
             for event, n in counts.items():
-                stats.add(event, n)
+                if n:
+                    stats.add(event, n, example=record.path)
             if example is None:
                 continue
             writers[len(images) % num_shards].write(example)
@@ -318,19 +343,24 @@ def convert_splits(
     heldout_fraction: float = 0.0,
     heldout_from: str = "train",
     val_split: str = "val",
+    val_fraction: float = 0.0,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     num_workers: int = 0,
     progress: bool = True,
     stats: Mapping[str, ConversionStats] | None = None,
 ) -> dict[str, SplitOutput]:
-    """Writes every split, carving ``heldout`` from ``heldout_from`` if asked.
+    """Writes every split, carving ``heldout`` (and ``val``) from
+    ``heldout_from`` if asked.
 
     Args:
       output_dir: destination folder.
       sources: split name -> SourceSet.
       heldout_fraction: share of ``heldout_from`` images (by id hash) moved
         to a ``heldout`` split; 0 keeps the splits as given.
-      heldout_from: split the held-out images come from.
+      heldout_from: split the held-out (and carved val) images come from.
+      val_fraction: share of ``heldout_from`` images moved to the val
+        split when none is given: those whose ``heldout_score`` is at
+        least 1 - val_fraction, so val and heldout never meet.
       val_split: split whose image ids never appear in any other split.
       images_per_shard, num_workers, progress: as in ``write_split``.
       stats: split -> counters already holding what reading found.
@@ -353,6 +383,9 @@ def convert_splits(
         split: (stats or {}).get(split) or ConversionStats()
         for split in sources
     }
+    if val_fraction > 0:
+        _carve_val(sources, stats, val_fraction, heldout_fraction,
+                   heldout_from, val_split)  # fmt: skip
     val_ids = (
         {r.image_id for r in sources[val_split].images}
         if val_split in sources
@@ -385,7 +418,72 @@ def convert_splits(
         problems = set(stats[split].counts) - ROUTINE_EVENTS
         log = logging.warning if problems else logging.info
         log("%s", stats[split].summary(f"split {split}"))
+    # Splits read with one label map share it; COCO files may each list
+    # their own, so the union is described (the first name of an id wins).
+    names: dict[int, str] = {}
+    for source in sources.values():
+        for category_id, name in source.categories:
+            names.setdefault(category_id, name)
+    categories = tuple(sorted(names.items()))
+    dataset_lib.save(
+        dataset_lib.DatasetInfo(
+            categories=categories,
+            splits=tuple(
+                (
+                    split,
+                    dataset_lib.SplitInfo(
+                        file_pattern=out.file_pattern,
+                        annotations=out.annotations,
+                        num_images=out.num_images,
+                        num_boxes=out.num_boxes,
+                    ),
+                )
+                for split, out in sorted(
+                    outputs.items(), key=lambda kv: _split_order(kv[0])
+                )
+                if split in dataset_lib.SPLITS
+            ),
+        ),
+        output_dir,
+    )
+    dataset_lib.save_summary(
+        {split: stats[split].to_dict() for split in outputs}, output_dir
+    )
     return outputs
+
+
+def _carve_val(
+    sources: dict[str, SourceSet],
+    stats: dict[str, ConversionStats],
+    val_fraction: float,
+    heldout_fraction: float,
+    carve_from: str,
+    val_split: str,
+) -> None:
+    if val_split in sources:
+        raise ValueError(
+            f"val_fraction={val_fraction} but a {val_split!r} split is "
+            "already given; use one or the other"
+        )
+    if carve_from not in sources:
+        raise ValueError(f"no split {carve_from!r} in {list(sources)}")
+    if not 0.0 < val_fraction + heldout_fraction < 1.0:
+        raise ValueError(
+            f"val_fraction ({val_fraction}) + heldout_fraction "
+            f"({heldout_fraction}) must be below 1"
+        )
+    source = sources[carve_from]
+    is_val = [
+        heldout_score(r.image_id) >= 1.0 - val_fraction for r in source.images
+    ]
+    sources[carve_from] = dataclasses.replace(
+        source,
+        images=tuple(r for r, v in zip(source.images, is_val) if not v),
+    )
+    sources[val_split] = dataclasses.replace(
+        source, images=tuple(r for r, v in zip(source.images, is_val) if v)
+    )
+    stats[val_split] = ConversionStats()
 
 
 def convert_coco(
@@ -407,21 +505,88 @@ def convert_coco(
 
 def convert_voc(
     output_dir: str,
-    sources: Mapping[str, Sequence[tuple[str, str]]],
+    sources: Mapping[str, Sequence[tuple[str, str | None]]],
     label_map: Mapping[str, int] | None = None,
     difficult_as_crowd: bool = True,
     **kwargs,
 ) -> dict[str, SplitOutput]:
-    """Converts VOC splits: split name -> [(VOC year folder, image set)].
+    """Converts VOC splits: split name -> [(VOC folder, image set or None)].
 
-    Keyword arguments are those of ``convert_splits``.
+    Args:
+      output_dir: destination folder.
+      sources: per split, VOC folders with an ``ImageSets/Main`` list name
+        or None for every XML file (see ``voc.list_voc``).
+      label_map: class name -> id; None takes the classes the files of all
+        splits use, sorted (on Pascal VOC: its 20 classes in their order).
+      difficult_as_crowd: as in ``voc.voc_source``.
+      **kwargs: those of ``convert_splits``.
     """
     stats = {split: ConversionStats() for split in sources}
-    sets = {
-        split: read_voc(image_sets, label_map, difficult_as_crowd, stats[split])
+    parsed = {
+        split: voc.read_voc_annotations(image_sets, stats[split])
         for split, image_sets in sources.items()
     }
+    if label_map is None:
+        label_map = voc.voc_label_map(
+            a for annotations in parsed.values() for a in annotations
+        )
+        if not label_map:
+            raise SourceError(
+                f"{_folders(sources)}: no <object> with a <name> in any "
+                "readable XML file"
+            )
+    image_ids = assign_image_ids(
+        a.name for annotations in parsed.values() for a in annotations
+    )
+    sets = {
+        split: voc.voc_source(
+            annotations, label_map, image_ids, difficult_as_crowd, stats[split]
+        )
+        for split, annotations in parsed.items()
+    }
     return convert_splits(output_dir, sets, stats=stats, **kwargs)
+
+
+def convert_yolo(
+    output_dir: str,
+    sources: Mapping[str, Sequence[str]],
+    label_map: Mapping[str, int] | None = None,
+    **kwargs,
+) -> dict[str, SplitOutput]:
+    """Converts YOLO splits: split name -> [image folder].
+
+    Args:
+      output_dir: destination folder.
+      sources: per split, folders of images (labels beside them or in the
+        matching ``labels`` folder; see ``yolo.labels_dir``).
+      label_map: class name -> id in class index order; None reads the
+        class file found near the first folder (``yolo.find_class_file``).
+      **kwargs: those of ``convert_splits``.
+    """
+    if label_map is None:
+        first = next(d for dirs in sources.values() for d in dirs)
+        label_map = load_label_map(yolo.find_class_file(first))
+    stats = {split: ConversionStats() for split in sources}
+    image_ids = assign_image_ids(
+        name
+        for dirs in sources.values()
+        for folder in dirs
+        for name, _, _ in yolo.list_yolo(folder)
+    )
+    sets = {
+        split: yolo.read_yolo(dirs, label_map, image_ids, stats[split])
+        for split, dirs in sources.items()
+    }
+    return convert_splits(output_dir, sets, stats=stats, **kwargs)
+
+
+def _folders(sources: Mapping[str, Sequence[tuple[str, str | None]]]) -> str:
+    return ", ".join(folder for sets in sources.values() for folder, _ in sets)
+
+
+def _split_order(split: str) -> int:
+    order = dataset_lib.SPLITS
+    return order.index(split) if split in order else len(order)
 
 
 def _clean_job(job):
@@ -482,43 +647,63 @@ def _make_example(
     return builder.serialized_example
 
 
-def _image_set(spec: str) -> tuple[str, str]:
+def _image_set(spec: str) -> tuple[str, str | None]:
+    """``FOLDER`` or ``FOLDER:IMAGE_SET`` (a colon inside a path, as in
+    gs://, is part of the folder)."""
     folder, sep, image_set = spec.rpartition(":")
-    if not sep or not folder or not image_set:
+    if not sep or "/" in image_set or not folder or folder.endswith(":/"):
+        folder, image_set = spec, ""
+    if not folder:
         raise argparse.ArgumentTypeError(
-            f"expected VOC_FOLDER:IMAGE_SET, e.g. VOCdevkit/VOC2007:trainval, "
-            f"got {spec!r}"
+            f"expected VOC_FOLDER or VOC_FOLDER:IMAGE_SET, got {spec!r}"
         )
-    return folder, image_set
+    return folder, image_set or None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m nasfpn_tf.data.convert",
-        description="COCO or Pascal VOC -> sharded TFRecords + COCO JSON.",
+        description="COCO, Pascal VOC or YOLO -> sharded TFRecords, COCO "
+        f"JSON per split, {dataset_lib.DATASET_FILENAME} (for --data_dir) "
+        f"and {dataset_lib.SUMMARY_FILENAME} (what was fixed or skipped).",
     )
-    parser.add_argument("--format", choices=("coco", "voc"), required=True)
+    parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--train_annotations", help="COCO: train JSON")
-    parser.add_argument("--train_images", help="COCO: train image folder")
+    parser.add_argument(
+        "--train_images",
+        action="append",
+        default=[],
+        help="COCO: train image folder; YOLO: train image folder (repeatable)",
+    )
     parser.add_argument("--val_annotations", help="COCO: val JSON")
-    parser.add_argument("--val_images", help="COCO: val image folder")
+    parser.add_argument(
+        "--val_images",
+        action="append",
+        default=[],
+        help="COCO: val image folder; YOLO: val image folder (repeatable)",
+    )
     parser.add_argument(
         "--train_sets",
         action="append",
         type=_image_set,
         default=[],
-        help="VOC: FOLDER:IMAGE_SET for train (repeatable)",
+        help="VOC: FOLDER (every XML file) or FOLDER:IMAGE_SET (an "
+        "ImageSets/Main list) for train (repeatable)",
     )
     parser.add_argument(
         "--val_sets",
         action="append",
         type=_image_set,
         default=[],
-        help="VOC: FOLDER:IMAGE_SET for val (repeatable)",
+        help="VOC: FOLDER or FOLDER:IMAGE_SET for val (repeatable)",
     )
     parser.add_argument(
-        "--label_map", help="VOC: .pbtxt/.json/.txt (default: 20 VOC classes)"
+        "--label_map",
+        help="VOC/YOLO: class names, .pbtxt/.json/.txt/.names/data.yaml, "
+        "or 'voc' for the 20 Pascal VOC classes. Default: VOC, the classes "
+        "the XML files use (sorted); YOLO, the classes.txt, obj.names or "
+        "data.yaml found near the images",
     )
     parser.add_argument(
         "--voc_difficult",
@@ -530,7 +715,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--heldout_fraction",
         type=float,
         default=0.0,
-        help="share of train images (by id hash) for the search reward split",
+        help="share of train images (by id hash) for the search reward "
+        "split; a search needs one",
+    )
+    parser.add_argument(
+        "--val_fraction",
+        type=float,
+        default=0.0,
+        help="with no val split given: share of train images (by id hash) "
+        "for val; never overlaps the held-out split",
     )
     parser.add_argument(
         "--images_per_shard", type=int, default=DEFAULT_IMAGES_PER_SHARD
@@ -538,57 +731,92 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
+    given_val = args.val_annotations or args.val_sets or args.val_images
+    if args.val_fraction and given_val:
+        parser.error("--val_fraction carves val from train: give no val split")
+    if not 0.0 <= args.val_fraction + args.heldout_fraction < 1.0:
+        parser.error(
+            "--val_fraction and --heldout_fraction must be >= 0, summing "
+            "below 1"
+        )
     if args.format == "coco":
         for split in ("train", "val"):
             a = getattr(args, f"{split}_annotations")
             i = getattr(args, f"{split}_images")
-            if bool(a) != bool(i):
+            if bool(a) != bool(i) or len(i) > 1:
                 parser.error(
-                    f"--{split}_annotations and --{split}_images go together"
+                    f"--{split}_annotations and one --{split}_images go "
+                    "together"
                 )
         if not (args.train_annotations or args.val_annotations):
             parser.error("COCO needs --train_annotations or --val_annotations")
-    elif not (args.train_sets or args.val_sets):
-        parser.error("VOC needs --train_sets or --val_sets")
+    elif args.format == "voc":
+        if not (args.train_sets or args.val_sets):
+            parser.error("VOC needs --train_sets or --val_sets")
+    elif not (args.train_images or args.val_images):
+        parser.error("YOLO needs --train_images or --val_images")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, SplitOutput]:
+    """Runs the converter; a data or file error exits with one line."""
     args = parse_args(argv)
+    try:
+        outputs = _convert(args)
+    except (SourceError, OSError, tf.errors.OpError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise SystemExit(f"Error: {' '.join(message.split())}") from None
+    for split, output in outputs.items():
+        print(ConversionStats(output.counts).summary(f"split {split}"))
+        print(f"  -> {output.file_pattern}\n  -> {output.annotations}")
+    for name in (dataset_lib.DATASET_FILENAME, dataset_lib.SUMMARY_FILENAME):
+        print(f"-> {os.path.join(args.output_dir, name)}")
+    return outputs
+
+
+def _convert(args: argparse.Namespace) -> dict[str, SplitOutput]:
     kwargs = {
         "heldout_fraction": args.heldout_fraction,
+        "val_fraction": args.val_fraction,
         "images_per_shard": args.images_per_shard,
         "num_workers": args.num_workers,
         "progress": not args.no_progress,
     }
+    splits = ("train", "val")
     if args.format == "coco":
         sources = {
             split: (
                 getattr(args, f"{split}_annotations"),
-                getattr(args, f"{split}_images"),
+                getattr(args, f"{split}_images")[0],
             )
-            for split in ("train", "val")
+            for split in splits
             if getattr(args, f"{split}_annotations")
         }
-        outputs = convert_coco(args.output_dir, sources, **kwargs)
-    else:
+        return convert_coco(args.output_dir, sources, **kwargs)
+    label_map = None
+    if args.label_map == "voc":
+        label_map = voc_classes_label_map()
+    elif args.label_map:
+        label_map = load_label_map(args.label_map)
+    if args.format == "voc":
         sources = {
             split: getattr(args, f"{split}_sets")
-            for split in ("train", "val")
+            for split in splits
             if getattr(args, f"{split}_sets")
         }
-        label_map = load_label_map(args.label_map) if args.label_map else None
-        outputs = convert_voc(
+        return convert_voc(
             args.output_dir,
             sources,
             label_map=label_map,
             difficult_as_crowd=args.voc_difficult == "crowd",
             **kwargs,
         )
-    for split, output in outputs.items():
-        print(ConversionStats(output.counts).summary(f"split {split}"))
-        print(f"  -> {output.file_pattern}\n  -> {output.annotations}")
-    return outputs
+    sources = {
+        split: getattr(args, f"{split}_images")
+        for split in splits
+        if getattr(args, f"{split}_images")
+    }
+    return convert_yolo(args.output_dir, sources, label_map=label_map, **kwargs)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,40 @@
-"""Annotated images read from COCO JSON or Pascal VOC XML, before cleaning.
+"""Annotated images and their boxes before cleaning; COCO JSON; ids.
 
-``read_coco`` and ``read_voc`` turn a dataset's annotations into
-``ImageRecord``s (an image's path, annotated size and ``Box``es, COCO
-style) without opening any image; ``nasfpn_tf.data.convert`` cleans and
-writes them. What is skipped on the way (a box whose image is not listed,
-an id listed twice, an unreadable XML file, a class outside the label map)
-is counted in a ``ConversionStats``, whose ``EVENTS`` also name what the
-writer fixes and skips.
+``read_coco`` (and ``nasfpn_tf.data.voc``, ``nasfpn_tf.data.yolo`` for
+their formats) turn a dataset's annotations into ``ImageRecord``s (an
+image's path, annotated size and ``Box``es, COCO style) without opening any
+image; ``nasfpn_tf.data.convert`` cleans and writes them. What
+is skipped on the way (a box whose image is not listed, an id listed twice,
+an unreadable XML file, a class outside the label map) is counted in a
+``ConversionStats``, whose ``EVENTS`` also name what the writer fixes and
+skips. What cannot be read at all (a missing folder, a file that is not the
+format it should be) raises ``SourceError``, one line naming the file.
 
-VOC image names become numeric ids (``voc_image_id``: ``2008_000123`` ->
-8000123) below 2**24, where Model Garden's float32 ids stay exact.
+Image names become numeric ids below 2**24, where Model
+Garden's float32 ids stay exact: Pascal VOC's own names by their number
+(``voc_image_id``: ``2008_000123`` -> 8000123), any other name by a stable
+hash (``assign_image_ids``).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
-from xml.etree import ElementTree
+from collections.abc import Iterable, Mapping, Sequence
 
 import tensorflow as tf
 
 # Ids above 2**24 lose precision where Model Garden carries them as float32.
 MAX_EXACT_FLOAT32_ID = 2**24
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                    ".webp")  # fmt: skip
+# File names kept per event to show the user where a count comes from.
+MAX_EXAMPLES = 3
 _VOC_ID = re.compile(r"^(?:(\d{4})_)?(\d+)$")
 _VOC_FIRST_YEAR = 2000
 _VOC_YEAR_STRIDE = 1_000_000
@@ -63,12 +71,19 @@ ROUTINE_EVENTS = frozenset(
 )
 
 
+class SourceError(ValueError):
+    """A dataset folder or file that cannot be read as its format says;
+    the message is one line naming the file and what is wrong."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Box:
     """One annotated object, COCO style.
 
     Attributes:
-      x, y, w, h: box in absolute pixels of the annotated image size.
+      x, y, w, h: box in absolute pixels of the annotated image size, or
+        in fractions of the image's width and height when its record is
+        ``normalized``.
       category_id: class id (label map id).
       area: object area in pixels (segment area for COCO); <= 0 = unknown.
       iscrowd: 1 for crowd regions (VOC "difficult" objects map here too).
@@ -93,6 +108,7 @@ class ImageRecord:
       path: where the encoded image is read from.
       height, width: annotated size in pixels; 0 when unknown.
       boxes: the annotations.
+      normalized: boxes are fractions of the decoded image's size (YOLO).
     """
 
     image_id: int
@@ -101,6 +117,7 @@ class ImageRecord:
     height: int
     width: int
     boxes: tuple[Box, ...]
+    normalized: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,28 +131,57 @@ class SourceSet:
 class ConversionStats:
     """Counts of what was written, fixed and skipped (see ``EVENTS``)."""
 
-    def __init__(self, counts: Mapping[str, int] | None = None):
+    def __init__(
+        self,
+        counts: Mapping[str, int] | None = None,
+        examples: Mapping[str, Sequence[str]] | None = None,
+    ):
         self.counts: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[str]] = {}
         for event, n in (counts or {}).items():
             self.add(event, n)
+        for event, names in (examples or {}).items():
+            for name in names:
+                self.add(event, 0, example=name)
 
-    def add(self, event: str, n: int = 1) -> None:
+    def add(self, event: str, n: int = 1, example: str | None = None) -> None:
+        """Counts ``n`` times ``event``; ``example`` names a file at fault
+        (the first ``MAX_EXAMPLES`` per event are kept)."""
         if event not in EVENTS:
             raise KeyError(f"unknown event {event!r}; known: {list(EVENTS)}")
         if n:
             self.counts[event] += n
+        if example is not None and event not in ROUTINE_EVENTS:
+            kept = self.examples.setdefault(event, [])
+            if len(kept) < MAX_EXAMPLES and example not in kept:
+                kept.append(example)
 
     def merge(self, other: ConversionStats) -> None:
         self.counts.update(other.counts)
+        for event, names in other.examples.items():
+            for name in names:
+                self.add(event, 0, example=name)
 
     def __getitem__(self, event: str) -> int:
         return self.counts[event]
+
+    def to_dict(self) -> dict[str, dict]:
+        """``{"counts": {event: n}, "examples": {event: [file, ...]}}``."""
+        return {
+            "counts": {e: self.counts[e] for e in EVENTS if self.counts[e]},
+            "examples": {
+                e: list(self.examples[e]) for e in EVENTS if e in self.examples
+            },
+        }
 
     def summary(self, title: str = "conversion") -> str:
         lines = [f"{title}:"]
         for event, meaning in EVENTS.items():
             if self.counts[event]:
-                lines.append(f"  {self.counts[event]:>9d}  {meaning}")
+                line = f"  {self.counts[event]:>9d}  {meaning}"
+                if self.examples.get(event):
+                    line += f" (e.g. {', '.join(self.examples[event])})"
+                lines.append(line)
         return "\n".join(lines)
 
 
@@ -147,14 +193,30 @@ def read_coco(
     """Reads a COCO detection JSON; the label map is its ``categories``.
 
     Raises:
-      ValueError: the file is not COCO detection JSON (names the key).
+      SourceError: the file is missing or not COCO detection JSON (names
+        the file and the entry at fault).
     """
     stats = stats if stats is not None else ConversionStats()
-    with tf.io.gfile.GFile(annotations_path) as f:
-        data = json.load(f)
+    data = _read_json(annotations_path)
+    if not isinstance(data, dict):
+        raise SourceError(f"{annotations_path}: not a COCO JSON object")
     for key in ("images", "categories"):
-        if key not in data:
-            raise ValueError(f"{annotations_path}: no {key!r} list")
+        if not isinstance(data.get(key), list):
+            raise SourceError(f"{annotations_path}: no {key!r} list")
+    if not data["categories"]:
+        raise SourceError(f"{annotations_path}: 'categories' is empty")
+    try:
+        return _coco_source(data, image_dir, stats)
+    except (KeyError, TypeError, ValueError) as error:
+        raise SourceError(
+            f"{annotations_path}: not COCO detection JSON "
+            f"({type(error).__name__}: {error})"
+        ) from None
+
+
+def _coco_source(
+    data: Mapping, image_dir: str, stats: ConversionStats
+) -> SourceSet:
     categories = tuple(
         sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
     )
@@ -163,7 +225,7 @@ def read_coco(
     for ann in data.get("annotations", []):
         image_id = int(ann["image_id"])
         if image_id not in image_ids:
-            stats.add("boxes_orphan")
+            stats.add("boxes_orphan", example=f"image_id {image_id}")
             continue
         try:
             x, y, w, h = (float(v) for v in ann["bbox"])
@@ -184,7 +246,7 @@ def read_coco(
     for image in data["images"]:
         image_id = int(image["id"])
         if image_id in seen:
-            stats.add("images_duplicate")
+            stats.add("images_duplicate", example=str(image["file_name"]))
             continue
         seen.add(image_id)
         images.append(
@@ -198,6 +260,121 @@ def read_coco(
             )
         )
     return SourceSet(categories=categories, images=tuple(images))
+
+
+def _read_json(path: str):
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SourceError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_text(path: str) -> str:
+    """The text of a dataset file.
+
+    Raises:
+      SourceError: it is missing, a folder or not UTF-8 text.
+    """
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+        raise SourceError(f"{path}: no such file")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: not UTF-8 text") from None
+
+
+def stable_image_id(name: str, attempt: int = 0) -> int:
+    """A numeric id in [1, 2**24) for an image name, the same on every run.
+
+    ``attempt`` > 0 gives the alternative ids ``assign_image_ids`` tries
+    when two names hash alike.
+    """
+    key = name if attempt == 0 else f"{name}#{attempt}"
+    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % (MAX_EXACT_FLOAT32_ID - 1)
+
+
+def assign_image_ids(names: Iterable[str]) -> dict[str, int]:
+    """Unique numeric ids for image names, deterministic given the names.
+
+    Pascal VOC names keep their number (``voc_image_id``); any other name
+    gets ``stable_image_id``. When two names would share an id, the names
+    are taken in sorted order (VOC numbers first) and a later one moves to
+    its next alternative id, so the outcome depends on the set of names
+    alone, not on their order.
+    """
+    names = sorted(set(names))
+    ids: dict[str, int] = {}
+    taken: set[int] = set()
+    hashed = []
+    for name in names:
+        try:
+            image_id = voc_image_id(name)
+        except ValueError:
+            hashed.append(name)
+            continue
+        ids[name] = image_id
+        taken.add(image_id)
+    for name in hashed:
+        attempt = 0
+        while (image_id := stable_image_id(name, attempt)) in taken:
+            attempt += 1
+        ids[name] = image_id
+        taken.add(image_id)
+    return ids
+
+
+class ImageFinder:
+    """Finds an annotation's image among a few folders, listing each once.
+
+    Labelling tools record the image as ``<filename>`` (maybe with other
+    letter case or extension than the file on disk) and often a ``<path>``
+    from the machine it was labelled on; the image itself may sit in
+    ``JPEGImages/``, beside the annotation, or at that path.
+    """
+
+    def __init__(self):
+        self._listings: dict[str, dict[str, str]] = {}
+
+    def _listing(self, folder: str) -> dict[str, str]:
+        """Lower-case file name -> actual name, in ``folder``."""
+        if folder not in self._listings:
+            names = (
+                tf.io.gfile.listdir(folder) if tf.io.gfile.isdir(folder) else []
+            )
+            self._listings[folder] = {
+                n.lower(): n for n in names if not n.endswith("/")
+            }
+        return self._listings[folder]
+
+    def find(self, dirs: Sequence[str], names: Sequence[str], stem: str) -> str:
+        """Path of the image: the first of ``names`` (base names compared
+        without letter case) in ``dirs``, then an existing absolute name,
+        then ``stem`` with an image extension. When none exists, where the
+        first name was expected (so the image is counted as missing)."""
+        dirs = list(dict.fromkeys(d for d in dirs if d))
+        names = [n for n in names if n]
+        bases = [os.path.basename(n.replace("\\", "/")) for n in names]
+        for base in bases:
+            for folder in dirs:
+                found = self._listing(folder).get(base.lower())
+                if found:
+                    return os.path.join(folder, found)
+        for name in names:
+            if os.path.isabs(name) and tf.io.gfile.exists(name):
+                return name
+        stems = [stem] + [os.path.splitext(b)[0] for b in bases]
+        for candidate in dict.fromkeys(stems):
+            for folder in dirs:
+                listing = self._listing(folder)
+                for ext in IMAGE_EXTENSIONS:
+                    found = listing.get(f"{candidate}{ext}".lower())
+                    if found:
+                        return os.path.join(folder, found)
+        base = bases[0] if bases else f"{stem}.jpg"
+        return os.path.join(dirs[0], base)
 
 
 def voc_image_id(name: str) -> int:
@@ -224,128 +401,79 @@ def voc_image_id(name: str) -> int:
     return image_id
 
 
-def load_label_map(path: str) -> dict[str, int]:
-    """Class name -> id from ``.pbtxt`` (TF OD API), ``.json`` or text.
+def voc_classes_label_map() -> dict[str, int]:
+    """The 20 Pascal VOC classes -> 1..20."""
+    return {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
 
-    JSON holds ``{"name": id}`` or a list of names (ids 1..n); text holds one
-    name per line (ids 1..n).
+
+def load_label_map(path: str) -> dict[str, int]:
+    """Class name -> id from ``.pbtxt`` (TF OD API), JSON, YAML or text.
+
+    JSON holds ``{"name": id}`` or a list of names (ids 1..n); YAML is a
+    YOLO ``data.yaml`` whose ``names`` is a list or a ``{index: name}``
+    mapping (index 0 -> id 1); text (``classes.txt``, ``obj.names``) holds
+    one name per line (ids 1..n).
 
     Raises:
-      ValueError: ids are not unique positive ints, or the file is empty.
+      SourceError: a missing or malformed file, ids that are not unique
+        ints >= 1, or no class at all.
     """
-    with tf.io.gfile.GFile(path) as f:
-        text = f.read()
-    if path.endswith(".pbtxt"):
-        items = re.findall(r"item\s*\{(.*?)\}", text, flags=re.DOTALL)
-        label_map = {}
-        for item in items:
-            name = re.search(r"\bname:\s*['\"](.*?)['\"]", item)
-            item_id = re.search(r"\bid:\s*(\d+)", item)
-            if not (name and item_id):
-                raise ValueError(f"{path}: item without name or id: {item!r}")
-            label_map[name.group(1)] = int(item_id.group(1))
-    elif path.endswith(".json"):
-        data = json.loads(text)
-        if isinstance(data, list):
-            data = {name: i + 1 for i, name in enumerate(data)}
-        label_map = {str(k): int(v) for k, v in data.items()}
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        label_map = {name: i + 1 for i, name in enumerate(names)}
+    text = read_text(path)
+    lower = path.lower()
+    try:
+        if lower.endswith(".pbtxt"):
+            label_map = _pbtxt_label_map(text, path)
+        elif lower.endswith(".json"):
+            data = json.loads(text)
+            if isinstance(data, list):
+                data = {name: i + 1 for i, name in enumerate(data)}
+            label_map = {str(k): int(v) for k, v in data.items()}
+        elif lower.endswith((".yaml", ".yml")):
+            label_map = _yaml_label_map(text, path)
+        else:
+            names = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            label_map = {name: i + 1 for i, name in enumerate(names)}
+    except (AttributeError, TypeError, ValueError) as error:
+        if isinstance(error, SourceError):
+            raise
+        raise SourceError(f"{path}: not a label map ({error})") from None
     ids = list(label_map.values())
     if not ids or min(ids) < 1 or len(set(ids)) != len(ids):
-        raise ValueError(
+        raise SourceError(
             f"{path}: expected unique class ids >= 1, got {label_map}"
         )
     return label_map
 
 
-def read_voc(
-    image_sets: Sequence[tuple[str, str]],
-    label_map: Mapping[str, int] | None = None,
-    difficult_as_crowd: bool = True,
-    stats: ConversionStats | None = None,
-) -> SourceSet:
-    """Reads Pascal VOC ``Annotations/*.xml`` listed in ``ImageSets/Main``.
-
-    VOC boxes are 1-based inclusive pixel indices; they become continuous
-    COCO boxes ``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]``.
-
-    Args:
-      image_sets: (VOC year folder, image set) pairs, e.g.
-        ``[("VOCdevkit/VOC2007", "trainval")]``.
-      label_map: class name -> id; the 20 VOC classes -> 1..20 by default.
-      difficult_as_crowd: write "difficult" objects as crowd, so training
-        skips them and COCO evaluation ignores detections on them (as VOC
-        does); otherwise they are plain objects.
-      stats: counters to update.
-    """
-    stats = stats if stats is not None else ConversionStats()
-    if label_map is None:
-        label_map = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
-    images, seen = [], set()
-    for voc_dir, image_set in image_sets:
-        list_path = os.path.join(
-            voc_dir, "ImageSets", "Main", f"{image_set}.txt"
-        )
-        with tf.io.gfile.GFile(list_path) as f:
-            names = [line.split()[0] for line in f if line.strip()]
-        for name in names:
-            image_id = voc_image_id(name)
-            if image_id in seen:
-                stats.add("images_duplicate")
-                continue
-            seen.add(image_id)
-            xml_path = os.path.join(voc_dir, "Annotations", f"{name}.xml")
-            try:
-                with tf.io.gfile.GFile(xml_path) as f:
-                    root = ElementTree.fromstring(f.read())
-            except (OSError, tf.errors.OpError, ElementTree.ParseError):
-                stats.add("annotations_unreadable")
-                continue
-            boxes = []
-            for obj in root.iter("object"):
-                label = (obj.findtext("name") or "").strip()
-                if label not in label_map:
-                    stats.add("boxes_unknown_class")
-                    continue
-                try:
-                    bndbox = obj.find("bndbox")
-                    x0, y0, x1, y1 = (
-                        float(bndbox.findtext(k))
-                        for k in ("xmin", "ymin", "xmax", "ymax")
-                    )
-                except (AttributeError, TypeError, ValueError):
-                    stats.add("boxes_degenerate")
-                    continue
-                difficult = (obj.findtext("difficult") or "0").strip() == "1"
-                boxes.append(
-                    Box(
-                        x0 - 1.0,
-                        y0 - 1.0,
-                        x1 - x0 + 1.0,
-                        y1 - y0 + 1.0,
-                        category_id=label_map[label],
-                        iscrowd=int(difficult and difficult_as_crowd),
-                    )
-                )
-            file_name = f"{name}.jpg"
-            images.append(
-                ImageRecord(
-                    image_id=image_id,
-                    file_name=f"{os.path.basename(voc_dir)}/{file_name}",
-                    path=os.path.join(voc_dir, "JPEGImages", file_name),
-                    height=_int_or_zero(root.findtext("size/height")),
-                    width=_int_or_zero(root.findtext("size/width")),
-                    boxes=tuple(boxes),
-                )
+def _pbtxt_label_map(text: str, path: str) -> dict[str, int]:
+    label_map = {}
+    for item in re.findall(r"item\s*\{(.*?)\}", text, flags=re.DOTALL):
+        name = re.search(r"\bname:\s*['\"](.*?)['\"]", item)
+        item_id = re.search(r"\bid:\s*(\d+)", item)
+        if not (name and item_id):
+            raise SourceError(
+                f"{path}: item without name or id: {' '.join(item.split())!r}"
             )
-    categories = tuple(sorted((i, n) for n, i in label_map.items()))
-    return SourceSet(categories=categories, images=tuple(images))
+        label_map[name.group(1)] = int(item_id.group(1))
+    return label_map
 
 
-def _int_or_zero(text: str | None) -> int:
+def _yaml_label_map(text: str, path: str) -> dict[str, int]:
+    import yaml  # lazy: only YOLO data.yaml files need it
+
     try:
-        return max(int(float(text)), 0)
-    except (TypeError, ValueError):
-        return 0
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise SourceError(f"{path}: invalid YAML ({first})") from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, dict):
+        indices = sorted(int(k) for k in names)
+        if indices != list(range(len(indices))):
+            raise SourceError(
+                f"{path}: 'names' keys must be 0..n-1, got {indices}"
+            )
+        names = [names[k] if k in names else names[str(k)] for k in indices]
+    if not isinstance(names, list):
+        raise SourceError(f"{path}: no 'names' list of class names")
+    return {str(name): i + 1 for i, name in enumerate(names)}

@@ -258,7 +258,10 @@ class DetectionTrainer(orbit.StandardTrainer, orbit.StandardEvaluator):
     def eval_begin(self) -> None:
         """Starts a COCO evaluation (orbit calls it eagerly)."""
         if self._coco is None:
-            self._coco = evaluation.CocoEvaluator(self.annotation_file)
+            self._coco = evaluation.CocoEvaluator(
+                self.annotation_file,
+                class_names=self.config.data.class_names,
+            )
         self._coco.reset()
 
     def eval_step(self, iterator: Iterator) -> list[tuple[Any, Any]]:

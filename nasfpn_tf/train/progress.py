@@ -7,6 +7,12 @@ over its own windows (weighted by steps), prints a progress line every
 `model_dir/metrics.jsonl` and writes TensorBoard scalars to
 `model_dir/train` every `train.summary_every` steps.
 
+orbit's Controller prints each line it logs at INFO (`train | step: N |
+steps/sec ...`, checkpoint saves and restores); the trainer runs it inside
+`library_lines_to_log`, so a run prints one line per interval (this
+module's, with the ETA) and `--log_level=info` shows orbit's through the
+log.
+
 A metrics.jsonl row looks like
   {"kind": "train", "step": 20, "total_loss": 1.31, "cls_loss": 0.92, ...,
    "learning_rate": 0.0091, "images_per_second": 14.2, "time": 1700000000.0}
@@ -15,10 +21,12 @@ A metrics.jsonl row looks like
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +39,9 @@ from nasfpn_tf.files import write_atomic
 METRICS_FILENAME = "metrics.jsonl"
 TRAIN = "train"
 EVAL = "eval"
+# Per-class AP50 joins the eval line up to this many classes (all of them
+# are in metrics.jsonl).
+MAX_CLASSES_SHOWN = 10
 
 
 class MetricsLog:
@@ -120,7 +131,8 @@ class Progress:
         log_every: steps between progress lines and metrics rows.
         summary_every: steps between TensorBoard points.
         learning_rate: the schedule, step -> rate.
-        printer: where lines go (stdout by default).
+        printer: where lines go (by default the stdout of the moment the
+            Progress is made, which `library_lines_to_log` leaves alone).
         write: write metrics.jsonl and summaries; False on the workers of
             a multi-worker run other than the chief, which only print.
     """
@@ -144,7 +156,10 @@ class Progress:
         self._log_every = log_every
         self._summary_every = summary_every
         self._learning_rate = learning_rate
-        self._print = printer or (lambda line: print(line, flush=True))
+        stdout = sys.stdout
+        self._print = printer or (
+            lambda line: print(line, file=stdout, flush=True)
+        )
         self._writer = None  # made at the first summary
         self._log_window = _Window()
         self._summary_window = _Window()
@@ -196,6 +211,15 @@ class Progress:
         shown = " ".join(
             f"{k} {row[k]:.4f}" for k in ("AP", "AP50", "AP75") if k in row
         )
+        per_class = {
+            k.removeprefix("AP50/"): v
+            for k, v in row.items()
+            if k.startswith("AP50/")
+        }
+        if 0 < len(per_class) <= MAX_CLASSES_SHOWN:
+            shown += " | AP50 by class: " + " ".join(
+                f"{name} {value:.4f}" for name, value in per_class.items()
+            )
         self._print(f"eval {split} | step {step}/{self._total} | {shown}")
 
     def learning_rate(self, step: int) -> float:
@@ -238,6 +262,29 @@ class Progress:
             f"{row['learning_rate']:.5f} | "
             f"{row['images_per_second']:.1f} img/s | ETA {format_eta(eta)}"
         )
+
+
+class _Discard:
+    """A text stream that drops what it is given."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def library_lines_to_log():
+    """Drops what the code inside prints to stdout.
+
+    For orbit's Controller calls: orbit prints every line it also logs at
+    INFO (its `_log`), which would double each interval's line; its log
+    record stays, for `--log_level=info`. Lines of a `Progress` made before
+    go to the stream they were bound to and still show.
+    """
+    with contextlib.redirect_stdout(_Discard()):
+        yield
 
 
 def format_eta(seconds: float) -> str:

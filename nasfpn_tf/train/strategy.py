@@ -20,6 +20,8 @@ Kinds (`runtime.strategy`):
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 from absl import logging
 from official.common import distribute_utils
@@ -87,6 +89,27 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def owns_model_dir(runtime: config_lib.RuntimeConfig) -> bool:
+    """Whether this process writes the run's files, before any strategy
+    exists (``is_chief``'s rule read from TF_CONFIG): only the chief of a
+    multi-worker run does."""
+    if runtime.strategy != "multi_worker_mirrored" or not os.environ.get(
+        "TF_CONFIG"
+    ):
+        return True
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if not resolver.task_type:
+        return True
+    return is_chief(_Clustered(resolver))
+
+
+class _Clustered:
+    """What ``is_chief`` reads of a strategy: its cluster resolver."""
+
+    def __init__(self, resolver):
+        self.cluster_resolver = resolver
 
 
 def mirrored_devices(num_gpus: int = 0) -> list[str]:

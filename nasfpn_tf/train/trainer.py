@@ -237,19 +237,22 @@ class _Session:
             write=self.chief,
         )
         # Restores the latest checkpoint, if any.
-        self.controller = orbit.Controller(
-            global_step=self.trainer.global_step,
-            trainer=self.trainer if self.training else None,
-            evaluator=self.trainer if evaluating else None,
-            strategy=self.strategy,
-            train_actions=[self._after_train_loop] if self.training else None,
-            steps_per_loop=self._steps_to_next_event,
-            checkpoint_manager=self.manager,
-            summary_dir=None,  # `progress` writes the train summaries
-            eval_summary_dir=(
-                os.path.join(model_dir, EVAL_SUBDIR) if self.chief else None
-            ),
-        )
+        with progress.library_lines_to_log():
+            self.controller = orbit.Controller(
+                global_step=self.trainer.global_step,
+                trainer=self.trainer if self.training else None,
+                evaluator=self.trainer if evaluating else None,
+                strategy=self.strategy,
+                train_actions=[self._after_train_loop]
+                if self.training
+                else None,
+                steps_per_loop=self._steps_to_next_event,
+                checkpoint_manager=self.manager,
+                summary_dir=None,  # `progress` writes the train summaries
+                eval_summary_dir=(
+                    os.path.join(model_dir, EVAL_SUBDIR) if self.chief else None
+                ),
+            )
         self.start_step = self.step
         if evaluating:
             self.trainer.eval_dataset = orbit.utils.make_distributed_dataset(
@@ -307,7 +310,8 @@ class _Session:
             # Step 0 (or the pretrained start) is the first good state, and
             # it starts the checkpoint interval at 0. Every worker saves or
             # none does: a save reads variables collectively.
-            self.controller.save_checkpoint()
+            with progress.library_lines_to_log():
+                self.controller.save_checkpoint()
         metrics: dict[str, Any] = {}
         try:
             while self.step < total:
@@ -316,10 +320,14 @@ class _Session:
                     target = min(
                         total, (self.step // eval_every + 1) * eval_every
                     )
-                self.controller.train(target, checkpoint_at_completion=False)
+                with progress.library_lines_to_log():
+                    self.controller.train(
+                        target, checkpoint_at_completion=False
+                    )
                 if eval_every and self.eval_data is not None:
                     metrics = self._evaluate()
-            self.controller.save_checkpoint()
+            with progress.library_lines_to_log():
+                self.controller.save_checkpoint()
         except NonFiniteLossError as error:
             error.checkpoint = checkpoints.last_good(self.manager)
             raise
@@ -348,11 +356,10 @@ class _Session:
 
     def _evaluate(self) -> dict[str, float]:
         steps = self.config.eval.steps or WHOLE_SPLIT
-        metrics = self.controller.evaluate(steps=steps)
+        with progress.library_lines_to_log():
+            metrics = self.controller.evaluate(steps=steps)
         metrics = {
-            k: float(v)
-            for k, v in metrics.items()
-            if k in evaluation.METRIC_NAMES
+            k: float(v) for k, v in metrics.items() if evaluation.is_metric(k)
         }
         self.progress.on_eval(self.step, self.eval_split, metrics)
         return metrics
