@@ -343,3 +343,42 @@ def test_numerics_quick_trains_each_variant(capsys, tmp_path, monkeypatch):
     assert all(r["seconds_per_step"] > 0 for r in runs)
     summary = {r["variant"]: r for r in rows if r.get("row") == "summary"}
     assert summary["float32"]["step_ratio_vs_float32"] == pytest.approx(1.0)
+
+
+def test_search_vs_random_retrains_best_specs_and_summarizes(
+    capsys, tmp_path
+):
+    from benchmarks import search_vs_random
+
+    rows = search_vs_random.main(
+        [
+            "--proxy=match",
+            "--samples=4",
+            "--samples-per-update=2",
+            "--seeds=2",
+            "--retrain-seeds=2",
+            f"--out-dir={tmp_path}",
+            "--params_override=search.controller.lstm_size=8,"
+            "search.controller.embedding_size=8",
+        ]
+    )
+    searches = [r for r in rows if "seed" in r]
+    assert len(searches) == 4  # ppo and random, 2 seeds each
+    for row in searches:
+        # The match proxy is deterministic: retraining gives the best.
+        assert row["retrained_rewards"] == [
+            pytest.approx(row["best"], abs=1e-4)
+        ] * 2
+    (published,) = [r for r in rows if r["case"] == "published NAS-FPN"]
+    assert published["best"] == 1.0 and published["retrained"] == (
+        "1.0000 ± 0.0000"
+    )
+    summaries = [r for r in rows if "median of 2" in str(r["case"])]
+    assert [r["case"] for r in summaries] == [
+        "ppo (median of 2)",
+        "random (median of 2)",
+    ]
+    for summary in summaries:
+        assert summary["published_retrained"] == "1.0000 ± 0.0000"
+        assert summary["retrained_mean"] <= 1.0
+    assert "retrained" in capsys.readouterr().out
