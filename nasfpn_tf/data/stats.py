@@ -29,6 +29,7 @@ import collections
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -398,6 +399,8 @@ def _pct(value: float | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up lines say nothing a user can act on.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from nasfpn_tf import config as config_lib
 
     parser = argparse.ArgumentParser(
