@@ -79,6 +79,8 @@ def experiment(
     overrides = {
         "runtime.seed": seed,
         "train.steps": steps,
+        # A short --steps keeps the warm-up inside the run, as a proxy does.
+        "train.warmup_steps": min(config.train.warmup_steps, steps - 1),
         "train.log_every": min(LOG_EVERY, steps),
         "train.checkpoint_every": steps,
         **VARIANTS[variant],

@@ -316,7 +316,9 @@ def test_numerics_variants_set_the_documented_config_keys():
         numerics.experiment(numerics.parse_args([]), "xla", 0).train.steps
         == 600
     )
-    given = numerics.parse_args(["--params_override", "train.steps=45"])
+    given = numerics.parse_args(
+        ["--params_override", "train.steps=45,train.warmup_steps=5"]
+    )
     assert numerics.experiment(given, "xla", 0).train.steps == 45
 
 

@@ -27,6 +27,7 @@ import pytest
 import tensorflow as tf
 from test_runner import FormulaProxy, formula, tiny_config
 
+from nasfpn_tf.arch import known
 from nasfpn_tf import config as config_lib
 from nasfpn_tf import main as main_lib
 from nasfpn_tf.search import history as history_lib
@@ -611,7 +612,7 @@ def test_proxy_task_stops_on_a_full_disk_instead_of_failing_the_child(
 
     task = proxy_lib.ProxyTask(tiny_config(), train_fn=full)
     with pytest.raises(tf.errors.ResourceExhaustedError):
-        task.reward(None, str(tmp_path))
+        task.reward(known.NASFPN_SPEC, str(tmp_path))
 
 
 _WORKER_SCRIPT = textwrap.dedent(

@@ -232,7 +232,7 @@ def test_format_eta():
 def test_synthetic_dir_names_the_generation_parameters(monkeypatch):
     monkeypatch.setenv(inputs.DATA_DIR_ENV, "/cache")
     config = fast_config(**{"model.image_size": 96, "data.synthetic.seed": 3})
-    assert inputs.synthetic_dir(config) == "/cache/96px-2cls-8-4-4-seed3"
+    assert inputs.synthetic_dir(config) == "/cache/v2-96px-2cls-8-4-4-seed3"
 
 
 def test_given_paths_are_used_and_bad_splits_rejected():
