@@ -432,7 +432,7 @@ def noise_figures(per_spec: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def verdict(result: Mapping[str, Any]) -> str:
     """One line: whether the proxy's reward ranks like the reference."""
-    rho, (low, _) = result["spearman"], result["spearman_interval"]
+    rho, (low, high) = result["spearman"], result["spearman_interval"]
     snr = result["snr"]
     if rho is None:
         return (
@@ -440,7 +440,7 @@ def verdict(result: Mapping[str, Any]) -> str:
             "results."
         )
     figures = (
-        f"Spearman {rho:.2f} (90% interval {_fmt(low)}..), SNR {_fmt(snr)}"
+        f"Spearman {rho:.2f} [{_fmt(low)}, {_fmt(high)}], SNR {_fmt(snr)}"
     )
     if low is not None and low > 0 and rho >= GOOD_CORRELATION and (
         snr is not None and snr >= MIN_SNR
