@@ -240,9 +240,11 @@ def test_model_speed_quick_runs_both_sides_and_reports_failures(capsys):
         if r["case"] == "e2e_quick_r10_2@16_128_b1"
     }
     assert {e2e[v]["status"] for v in e2e} == {"ok"}
+    # The ratio is printed to 3 decimals.
     assert e2e[ms.OURS_FP32]["ratio_vs_mg"] == pytest.approx(
         e2e[ms.OURS_FP32]["median_s"] / e2e[ms.MG_DEFAULT]["median_s"],
         rel=1e-2,
+        abs=6e-4,
     )
     # 96 is not a multiple of 2**7: Model Garden's nasfpn fails, reported.
     lite = [r for r in timed if r["case"] == "e2e_quick_lite_1@16_96_b1"]
