@@ -17,9 +17,9 @@ Variants (config keys they set):
   bf16+xla  both
 
 The default experiment is the tiny CPU config trained 600 steps (the
-default ``--params_override``; ``--steps`` overrides both); its
-AP is small and noisy (64x64 generated images), so on this CPU the table
-mostly shows the speed and that the variants learn alike. On a GPU or TPU
+default ``--params_override``; ``--steps`` overrides both); AP takes
+off late in the schedule and varies between seeds, so on this CPU the
+table mostly shows the speed and that the variants learn alike. On a GPU or TPU
 pass a real experiment:
 
   python benchmarks/numerics.py                       # tiny, 3 seeds

@@ -49,10 +49,9 @@ common.quiet_tensorflow()
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch import known
 from nasfpn_tf.arch.spec import NeckSpec
-from nasfpn_tf.search import fidelity
+from nasfpn_tf.search import fidelity, runner
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
-from nasfpn_tf.search import runner
 
 ALGORITHMS = config_lib.SEARCH_ALGORITHMS
 PROXIES = ("train", "match")
@@ -295,7 +294,10 @@ def main(argv=None) -> list[dict]:
                 if args.retrain_seeds and row["best_spec"]:
                     spec = NeckSpec.load(row["best_spec"])
                     row["retrained_rewards"] = retrain(
-                        reference, spec, args.retrain_seeds, config,
+                        reference,
+                        spec,
+                        args.retrain_seeds,
+                        config,
                         os.path.join(model_dir, "retrained"),
                     )
                     row["retrained"] = _mean_std(row["retrained_rewards"])
@@ -320,7 +322,10 @@ def main(argv=None) -> list[dict]:
             }
             if args.retrain_seeds:
                 published = retrain(
-                    reference, known.NASFPN_SPEC, args.retrain_seeds, config,
+                    reference,
+                    known.NASFPN_SPEC,
+                    args.retrain_seeds,
+                    config,
                     os.path.join(out_dir, "published-retrained"),
                 )
                 row["retrained"] = _mean_std(published)

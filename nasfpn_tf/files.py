@@ -91,7 +91,9 @@ class JsonlLog:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+                raise ValueError(
+                    f"{path}:{number}: not JSON ({error})"
+                ) from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{number}: not a JSON object")
             log.rows.append(row)

@@ -11,7 +11,6 @@ from nasfpn_tf.arch import known
 from nasfpn_tf.search import fidelity
 from nasfpn_tf.search import proxy as proxy_lib
 
-
 # --------------------------------------------------------------------------
 # Statistics at exact values.
 
@@ -77,9 +76,7 @@ def test_noise_figures():
     assert figures["within_spec_std"] == pytest.approx(within, abs=1e-4)
     assert figures["between_spec_std"] == pytest.approx(0.4)
     assert figures["spread"] == pytest.approx(0.8)
-    assert figures["spread_over_noise"] == pytest.approx(
-        0.8 / within, abs=1e-3
-    )
+    assert figures["spread_over_noise"] == pytest.approx(0.8 / within, abs=1e-3)
     assert figures["published_std"] == pytest.approx(within, abs=1e-4)
 
 

@@ -41,9 +41,7 @@ def test_tiny_box_is_only_force_matched_and_warned_about():
     # Garden's matcher still gives it that anchor.
     tiny = (59, 59, 62, 62)
     exact = (54, 54, 66, 66)
-    result = stats.compute(
-        [_image(tiny), _image(exact), _image()], _settings()
-    )
+    result = stats.compute([_image(tiny), _image(exact), _image()], _settings())
     assert result["images"] == 3 and result["empty_images"] == 1
     assert result["boxes"] == 2
     assert result["coverage"] == 1.0

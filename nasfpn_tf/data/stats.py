@@ -212,8 +212,9 @@ def compute(
         levels.append(best_level)
         covered.append(is_covered)
         classes.append(image.classes)
-    cat = (lambda parts, dtype: np.concatenate(parts) if parts
-           else np.zeros(0, dtype))
+    cat = lambda parts, dtype: (
+        np.concatenate(parts) if parts else np.zeros(0, dtype)
+    )
     sides, ious = cat(sides, np.float32), cat(ious, np.float32)
     levels, covered = cat(levels, np.int32), cat(covered, bool)
     classes = cat(classes, np.int64)
@@ -222,7 +223,7 @@ def compute(
     class_counts = collections.Counter(int(c) for c in classes)
     result: dict[str, Any] = {
         "images": num_images,
-        "boxes": int(len(sides)),
+        "boxes": len(sides),
         "empty_images": empty,
         "boxes_per_image": _round(len(sides) / num_images)
         if num_images
@@ -368,10 +369,13 @@ def format_report(result: Mapping[str, Any], title: str = "") -> str:
             f"{level:<6}{f'{low:g}-{high:g}':>14}{row['boxes']:>8}"
             f"{side:>22}{_pct(row['coverage_at_threshold']):>9}"
         )
-    lines.append("box side px: " + ", ".join(
-        f"{k}: {v['boxes']} ({_pct(v['coverage_at_threshold'])} IoU ok)"
-        for k, v in result["side_buckets"].items()
-    ))
+    lines.append(
+        "box side px: "
+        + ", ".join(
+            f"{k}: {v['boxes']} ({_pct(v['coverage_at_threshold'])} IoU ok)"
+            for k, v in result["side_buckets"].items()
+        )
+    )
     for warning in result["warnings"]:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
@@ -412,15 +416,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
-        "--config_file", action="append", default=[],
+        "--config_file",
+        action="append",
+        default=[],
         help="YAML config (repeatable, later wins); default: built-ins.",
     )
     parser.add_argument(
-        "--params_override", default="",
+        "--params_override",
+        default="",
         help="Applied after the files, e.g. 'model.anchor.anchor_size=2'.",
     )
     parser.add_argument(
-        "--split", choices=("train", "heldout", "val"), default="train",
+        "--split",
+        choices=("train", "heldout", "val"),
+        default="train",
     )
     parser.add_argument(
         "--json", action="store_true", help="Print JSON instead of a table."

@@ -117,8 +117,10 @@ def jobs(config: config_lib.ExperimentConfig, num_specs: int) -> list[Job]:
     proxy_seeds = config.fidelity.seeds
     reference_seeds = config.fidelity.reference.seeds
     for seed_index in range(max(proxy_seeds, reference_seeds)):
-        for setting, count in ((PROXY, proxy_seeds),
-                               (REFERENCE, reference_seeds)):
+        for setting, count in (
+            (PROXY, proxy_seeds),
+            (REFERENCE, reference_seeds),
+        ):
             if seed_index < count:
                 out.extend(
                     Job(k, setting, seed_index) for k in range(num_specs)
@@ -179,7 +181,9 @@ def run(
     todo = [j for j in jobs(config, len(specs)) if j.key not in done]
     logging.info(
         "Fidelity: %d specs, %d trainings done, %d to go.",
-        len(specs), len(done), len(todo),
+        len(specs),
+        len(done),
+        len(todo),
     )
     for number, job in enumerate(todo, start=1):
         spec = specs[job.spec_index]
@@ -351,7 +355,8 @@ def report(
         }
         for setting in SETTINGS:
             mine = [
-                r for r in rows
+                r
+                for r in rows
                 if r["spec_index"] == index and r["setting"] == setting
             ]
             rewards = [r["reward"] for r in mine if r["status"] == "ok"]
@@ -365,7 +370,8 @@ def report(
             }
         per_spec.append(entry)
     complete = [
-        e for e in per_spec
+        e
+        for e in per_spec
         if e[PROXY]["mean"] is not None and e[REFERENCE]["mean"] is not None
     ]
     x = [e[PROXY]["mean"] for e in complete]
@@ -376,8 +382,11 @@ def report(
         "proxy": dataclasses.asdict(config.search.proxy),
         "reference": dataclasses.asdict(settings.reference),
     }
-    interval = dict(samples=settings.bootstrap_samples,
-                    confidence=settings.confidence, seed=settings.spec_seed)
+    interval = dict(
+        samples=settings.bootstrap_samples,
+        confidence=settings.confidence,
+        seed=settings.spec_seed,
+    )
     for name, fn in (("spearman", spearman), ("kendall", kendall)):
         if len(complete) >= 3:
             result[name] = _round(fn(x, y))
@@ -409,18 +418,18 @@ def noise_figures(per_spec: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     means = [e[PROXY]["mean"] for e in per_spec if e[PROXY]["mean"] is not None]
     stds = [e[PROXY]["std"] for e in per_spec if e[PROXY]["std"] is not None]
     between = _std(means)
-    within = (
-        math.sqrt(sum(s**2 for s in stds) / len(stds)) if stds else None
-    )
+    within = math.sqrt(sum(s**2 for s in stds) / len(stds)) if stds else None
     spread = (max(means) - min(means)) if len(means) >= 2 else None
     published = [
-        e[PROXY]["std"] for e in per_spec
+        e[PROXY]["std"]
+        for e in per_spec
         if e["published"] and e[PROXY]["std"] is not None
     ]
     return {
         "between_spec_std": _round(between),
         "within_spec_std": _round(within),
-        "snr": _round(between / within) if between is not None and within
+        "snr": _round(between / within)
+        if between is not None and within
         else None,
         "spread": _round(spread),
         "spread_over_noise": _round(spread / within)
@@ -439,11 +448,12 @@ def verdict(result: Mapping[str, Any]) -> str:
             "undecided: fewer than 3 specs have both proxy and reference "
             "results."
         )
-    figures = (
-        f"Spearman {rho:.2f} [{_fmt(low)}, {_fmt(high)}], SNR {_fmt(snr)}"
-    )
-    if low is not None and low > 0 and rho >= GOOD_CORRELATION and (
-        snr is not None and snr >= MIN_SNR
+    figures = f"Spearman {rho:.2f} [{_fmt(low)}, {_fmt(high)}], SNR {_fmt(snr)}"
+    if (
+        low is not None
+        and low > 0
+        and rho >= GOOD_CORRELATION
+        and (snr is not None and snr >= MIN_SNR)
     ):
         return f"usable: the proxy ranks specs like the reference ({figures})."
     if rho > 0:
@@ -526,21 +536,30 @@ def plot(result: Mapping[str, Any], path: str) -> None:
         if px["mean"] is None or ref["mean"] is None:
             continue
         axes.errorbar(
-            px["mean"], ref["mean"],
-            xerr=px["std"] or 0.0, yerr=ref["std"] or 0.0,
+            px["mean"],
+            ref["mean"],
+            xerr=px["std"] or 0.0,
+            yerr=ref["std"] or 0.0,
             fmt="*" if e["published"] else "o",
             markersize=14 if e["published"] else 6,
             color="tab:red" if e["published"] else "tab:blue",
-            ecolor="0.6", capsize=3,
+            ecolor="0.6",
+            capsize=3,
             label="published NAS-FPN" if e["published"] else None,
         )
-        axes.annotate(str(e["spec_index"]), (px["mean"], ref["mean"]),
-                      textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.annotate(
+            str(e["spec_index"]),
+            (px["mean"], ref["mean"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
     axes.set_xlabel("proxy held-out AP (mean ± std over seeds)")
     axes.set_ylabel("reference held-out AP")
     axes.set_title(
         f"Proxy fidelity: Spearman {_fmt(result['spearman'])}, "
-        f"SNR {_fmt(result['snr'])}", fontsize=10,
+        f"SNR {_fmt(result['snr'])}",
+        fontsize=10,
     )
     axes.grid(alpha=0.3)
     if any(e["published"] for e in result["specs"]):
