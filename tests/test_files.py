@@ -36,3 +36,31 @@ def test_remote_paths_go_through_gfile():
     with tf.io.gfile.GFile(path) as f:
         assert f.read() == "remote"
     assert tf.io.gfile.glob(path + ".tmp-*") == []
+
+
+def test_jsonl_log_appends_and_drops_a_torn_last_line(tmp_path):
+    from nasfpn_tf.files import JsonlLog
+
+    path = str(tmp_path / "log.jsonl")
+    log = JsonlLog.open(path)
+    assert log.rows == []
+    log.append({"a": 1})
+    log.append({"a": 2})
+    with open(path, "a") as f:
+        f.write('{"a": 3, "b"')  # a kill mid-append
+    reopened = JsonlLog.open(path)
+    assert reopened.rows == [{"a": 1}, {"a": 2}]
+    reopened.append({"a": 4})
+    assert JsonlLog.open(path).rows == [{"a": 1}, {"a": 2}, {"a": 4}]
+
+
+def test_jsonl_log_keeps_a_complete_last_line_and_names_bad_lines(tmp_path):
+    from nasfpn_tf.files import JsonlLog
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}')  # complete, only the newline lost
+    assert JsonlLog.open(str(path)).rows == [{"a": 1}, {"a": 2}]
+    assert path.read_text().endswith("\n")
+    path.write_text('{"a": 1}\n[1, 2]\n{"a": 3}\n')
+    with pytest.raises(ValueError, match="log.jsonl:2: not a JSON object"):
+        JsonlLog.open(str(path))
