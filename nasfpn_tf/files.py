@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -50,6 +51,25 @@ def write_atomic(path: str, data: str | bytes) -> None:
         with tf.io.gfile.GFile(temp, mode) as f:
             f.write(data)
     tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+def append_line(path: str, line: str, whole_text: Callable[[], str]) -> None:
+    """Adds `line` (ending in a newline) to `path` durably.
+
+    A local file gets an fsynced append; a remote file system (gs://, no
+    append) gets `whole_text()`, the file with the line, written
+    atomically.
+    """
+    if not is_local(path):
+        write_atomic(path, whole_text())
+        return
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(local_path(parent), exist_ok=True)
+    with open(local_path(path), "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class JsonlLog:
@@ -109,32 +129,21 @@ class JsonlLog:
 
     def append(self, row: dict) -> None:
         """Adds `row` durably before returning."""
-        import json
+        self.rows.append(row)
+        try:
+            append_line(self.path, _json_line(row), self._text)
+        except BaseException:
+            self.rows.pop()
+            raise
 
-        line = json.dumps(row, separators=(",", ":")) + "\n"
-        if is_local(self.path):
-            parent = os.path.dirname(self.path)
-            if parent:
-                os.makedirs(local_path(parent), exist_ok=True)
-            with open(local_path(self.path), "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            self.rows.append(row)
-        else:
-            self.rows.append(row)
-            try:
-                self._rewrite()
-            except BaseException:
-                self.rows.pop()
-                raise
+    def _text(self) -> str:
+        return "".join(_json_line(r) for r in self.rows)
 
     def _rewrite(self) -> None:
-        import json
+        write_atomic(self.path, self._text())
 
-        write_atomic(
-            self.path,
-            "".join(
-                json.dumps(r, separators=(",", ":")) + "\n" for r in self.rows
-            ),
-        )
+
+def _json_line(row: dict) -> str:
+    import json
+
+    return json.dumps(row, separators=(",", ":")) + "\n"

@@ -6,6 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
+from nasfpn_tf import files
 from nasfpn_tf.arch import known
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec
@@ -135,7 +136,7 @@ def test_corrupt_middle_line_names_the_line(tmp_path):
 def test_history_on_a_store_without_append():
     # ram:// stands in for GCS: not local, so each append rewrites the file.
     path = "ram://search_history_test/history.jsonl"
-    assert not history_lib.is_local(path)
+    assert not files.is_local(path)
     history = history_lib.History.open(path)
     for i in range(3):
         history.append(_record(i))

@@ -35,7 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
-from nasfpn_tf.files import is_local, local_path, write_atomic
+from nasfpn_tf.files import append_line, write_atomic
 
 HISTORY_FILE = "history.jsonl"
 BEST_SPEC_FILE = "best_spec.json"
@@ -327,29 +327,19 @@ class History:
             raise HistoryError(
                 f"{self.path}: sample {record.sample} is already recorded"
             )
-        line = record.to_json() + "\n"
-        if is_local(self.path):
-            parent = os.path.dirname(self.path)
-            if parent:
-                os.makedirs(local_path(parent), exist_ok=True)
-            with open(local_path(self.path), "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            self.records.append(record)
-        else:
-            self.records.append(record)
-            try:
-                self._rewrite()
-            except BaseException:
-                self.records.pop()
-                raise
+        self.records.append(record)
+        try:
+            append_line(self.path, record.to_json() + "\n", self._text)
+        except BaseException:
+            self.records.pop()
+            raise
         self._samples.add(record.sample)
 
+    def _text(self) -> str:
+        return "".join(r.to_json() + "\n" for r in self.records)
+
     def _rewrite(self) -> None:
-        write_atomic(
-            self.path, "".join(r.to_json() + "\n" for r in self.records)
-        )
+        write_atomic(self.path, self._text())
 
 
 class RewardCache:
