@@ -20,7 +20,7 @@ from nasfpn_tf.arch.spec import (
 )
 
 DATA = pathlib.Path(__file__).parent / "data"
-PINNED_SPEC = DATA / "nasfpn_spec.json"
+PINNED_SPEC = DATA / "specs" / f"v{SPEC_VERSION}_nasfpn.json"
 # History files and reward caches are keyed on this; a change must be
 # deliberate (and bump SPEC_VERSION if old keys become wrong).
 PUBLISHED_KEY = "2a167da4e1f641ff"

@@ -20,7 +20,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-SPEC_VERSION = 1
+from nasfpn_tf.arch import versions
+from nasfpn_tf.arch.versions import SPEC_VERSION
+
 OPS = ("sum", "global_attention")
 # Model Garden's name for the same op in its NASFPN_BLOCK_SPECS.
 _MODEL_GARDEN_OPS = {"sum": "sum", "attention": "global_attention"}
@@ -295,15 +297,15 @@ class NeckSpec:
             raise SpecError(
                 f"spec: expected a JSON object, got {type(data).__name__}"
             )
+        if "version" not in data:
+            raise SpecError("spec.version: required field is missing")
+        try:
+            data = versions.upgrade(data)
+        except versions.VersionError as e:
+            raise SpecError(f"spec.version: {e}") from None
         _check_keys(
             data, {"version", "cells"}, {"min_level", "max_level"}, "spec."
         )
-        version = data["version"]
-        if not _is_int(version) or version != SPEC_VERSION:
-            raise SpecError(
-                f"spec.version: this release reads version {SPEC_VERSION}, "
-                f"got {version!r}"
-            )
         raw_cells = data["cells"]
         if not isinstance(raw_cells, (list, tuple)):
             raise SpecError(
