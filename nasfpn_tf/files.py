@@ -9,11 +9,14 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
+from absl import logging
 
 _LOCAL_SCHEMES = ("", "file")
 
@@ -72,78 +75,151 @@ def append_line(path: str, line: str, whole_text: Callable[[], str]) -> None:
         os.fsync(f.fileno())
 
 
-class JsonlLog:
-    """An append-only file of JSON objects, one a line, that survives kills.
+class JsonlError(ValueError):
+    """A line of a JSONL file (other than a torn last one) is unreadable."""
 
-    Local appends are fsynced before `append` returns; on a remote file
-    system (no append) the file is rewritten atomically. `JsonlLog.open`
-    drops a torn last line (a kill mid-append) and rewrites the file
-    without it, so the next append starts on a line of its own.
+
+def _json_object(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":")) + "\n"
+
+
+def read_jsonl(
+    path: str,
+    parse: Callable[[Any], Any] = _json_object,
+    what: str = "a JSON object",
+) -> tuple[list[Any], str | None, bool]:
+    """Reads a file of JSON values, one a line, tolerating a torn last line.
+
+    A kill during an append can leave the last line incomplete: it is
+    returned separately, not as a row. A last line that is complete but
+    lacks only its newline is kept.
+
+    Args:
+        path: the file; missing is empty.
+        parse: turns a decoded line into a row; raises ValueError or
+            TypeError (the reason) when the value is not a valid row.
+        what: the row's name for error messages.
+
+    Returns:
+        (rows in file order, the torn last line's text or None, whether
+        the file ends with a newline).
+
+    Raises:
+        JsonlError: a line other than the last is not ``what``, naming
+            the file, the line and the reason.
+    """
+    if not tf.io.gfile.exists(path):
+        return [], None, True
+    with tf.io.gfile.GFile(path, "r") as f:
+        lines = f.read().split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_parse_line(line, parse))
+        except ValueError as error:
+            raise JsonlError(f"{path}:{number}: not {what} ({error})") from None
+    torn = None
+    if tail.strip():
+        try:
+            rows.append(_parse_line(tail, parse))
+        except ValueError:
+            torn = tail
+    return rows, torn, not tail
+
+
+def _parse_line(line: str, parse: Callable[[Any], Any]) -> Any:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    try:
+        return parse(value)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
+
+
+class JsonlLog:
+    """An append-only file of JSON rows, one a line, that survives kills.
+
+    The search history, the training metrics and the fidelity log are
+    each one. Local appends are fsynced before `append` returns; on a
+    remote file system (no append) the file is rewritten atomically.
+    `JsonlLog.open` drops a torn last line (a kill mid-append), logs it,
+    and rewrites the file without it, so the next append starts on a line
+    of its own.
+
+    Rows are dicts by default; `parse` and `encode` give typed rows (the
+    history's `SampleRecord`).
 
     Attributes:
         path: the file.
-        rows: every object in file order.
+        rows: every row in file order.
+        torn: the torn last line dropped by `open`, or None.
     """
 
-    def __init__(self, path: str, rows: list[dict] | None = None):
+    def __init__(
+        self,
+        path: str,
+        rows: list[Any] | None = None,
+        encode: Callable[[Any], str] = _json_line,
+    ):
         self.path = path
-        self.rows: list[dict] = list(rows or [])
+        self.rows: list[Any] = list(rows or [])
+        self.torn: str | None = None
+        self._encode = encode
 
     @classmethod
-    def open(cls, path: str) -> JsonlLog:
-        """Reads `path` (missing: empty).
+    def open(
+        cls,
+        path: str,
+        parse: Callable[[Any], Any] = _json_object,
+        encode: Callable[[Any], str] = _json_line,
+        what: str = "a JSON object",
+    ) -> JsonlLog:
+        """Reads `path` (missing: empty) and repairs a torn last line.
 
         Raises:
-            ValueError: a line other than the last is not a JSON object,
-                naming the file and line.
+            JsonlError: see `read_jsonl`.
         """
-        import json
-
-        log = cls(path)
-        if not tf.io.gfile.exists(path):
-            return log
-        with tf.io.gfile.GFile(path, "r") as f:
-            lines = f.read().split("\n")
-        tail = lines.pop()  # "" when the file ends with a newline
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path}:{number}: not JSON ({error})"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: not a JSON object")
-            log.rows.append(row)
-        if tail.strip():
-            try:
-                row = json.loads(tail)
-            except json.JSONDecodeError:
-                row = None  # torn by a kill mid-append: dropped
-            if isinstance(row, dict):
-                log.rows.append(row)
-            log._rewrite()
+        rows, torn, clean = read_jsonl(path, parse, what)
+        log = cls(path, rows, encode)
+        if not clean:
+            if torn is not None:
+                log.torn = torn
+                logging.warning(
+                    "%s: dropped a torn last line (%d characters) left by an "
+                    "interrupted write: %.80r",
+                    path,
+                    len(torn),
+                    torn,
+                )
+            log.rewrite()
         return log
 
-    def append(self, row: dict) -> None:
+    def append(self, row: Any) -> None:
         """Adds `row` durably before returning."""
         self.rows.append(row)
         try:
-            append_line(self.path, _json_line(row), self._text)
+            append_line(self.path, self._encode(row), self._text)
         except BaseException:
             self.rows.pop()
             raise
 
-    def _text(self) -> str:
-        return "".join(_json_line(r) for r in self.rows)
-
-    def _rewrite(self) -> None:
+    def rewrite(self, rows: list[Any] | None = None) -> None:
+        """Replaces the file's rows with `rows` (default: `self.rows`),
+        atomically."""
+        if rows is not None:
+            self.rows = list(rows)
         write_atomic(self.path, self._text())
 
-
-def _json_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row, separators=(",", ":")) + "\n"
+    def _text(self) -> str:
+        return "".join(self._encode(r) for r in self.rows)

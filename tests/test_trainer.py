@@ -211,6 +211,7 @@ def test_metrics_log_skips_a_torn_line_and_drops_lost_steps(tmp_path):
         log.append({"kind": "train", "step": np.int64(step), "loss": 1.0})
     with open(log.path, "a") as f:
         f.write('{"kind": "train", "st')  # killed mid-write
+    log = progress.MetricsLog(str(tmp_path))  # the rerun after the kill
     assert [r["step"] for r in log.rows()] == [10, 20, 30]
     log.append({"kind": "eval", "step": 30})
     assert [r["step"] for r in log.rows()] == [10, 20, 30, 30]

@@ -32,10 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
-from absl import logging
 
+from nasfpn_tf import files
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
-from nasfpn_tf.files import append_line, write_atomic
+from nasfpn_tf.files import write_atomic
 
 HISTORY_FILE = "history.jsonl"
 BEST_SPEC_FILE = "best_spec.json"
@@ -240,40 +240,25 @@ def read_history(path: str) -> tuple[list[SampleRecord], str | None]:
 
 def _read_history(path: str) -> tuple[list[SampleRecord], str | None, bool]:
     """As `read_history`, plus whether the file ends cleanly."""
-    if not tf.io.gfile.exists(path):
-        return [], None, True
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    lines = text.split("\n")
-    # The text after the last newline: "" when the file ends cleanly.
-    tail = lines.pop()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                records.append(_parse_record(line))
-            except HistoryError as error:
-                raise HistoryError(
-                    f"{path}:{number}: not a valid sample record ({error})"
-                ) from None
-    torn = None
-    if tail.strip():
-        try:
-            records.append(_parse_record(tail))
-        except HistoryError:
-            torn = tail
-    return records, torn, not tail
-
-
-def _parse_record(line: str) -> SampleRecord:
     try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise HistoryError(f"not JSON: {error}") from None
+        return files.read_jsonl(path, _parse_record, RECORD)
+    except files.JsonlError as error:
+        raise HistoryError(str(error)) from None
+
+
+# What a history line is, in error messages.
+RECORD = "a valid sample record"
+
+
+def _parse_record(data: Any) -> SampleRecord:
     try:
         return SampleRecord.from_dict(data)
-    except TypeError as error:
-        raise HistoryError(str(error)) from None
+    except HistoryError as error:
+        raise ValueError(str(error)) from None
+
+
+def _encode(record: SampleRecord) -> str:
+    return record.to_json() + "\n"
 
 
 class History:
@@ -285,7 +270,9 @@ class History:
 
     def __init__(self, path: str, records: Sequence[SampleRecord] = ()):
         self.path = path
-        self.records: list[SampleRecord] = list(records)
+        self._log = files.JsonlLog(path, list(records), _encode)
+        # The log's rows: `append` adds to both.
+        self.records: list[SampleRecord] = self._log.rows
         self._samples = {r.sample for r in self.records}
         if len(self._samples) != len(self.records):
             raise HistoryError(f"{path}: a sample is recorded twice")
@@ -297,19 +284,11 @@ class History:
         Raises:
             HistoryError: see `read_history`, or a sample recorded twice.
         """
-        records, torn, clean = _read_history(path)
-        history = cls(path, records)
-        if not clean:
-            if torn is not None:
-                logging.warning(
-                    "%s: dropped a torn last line (%d characters) left by an "
-                    "interrupted write: %.80r",
-                    path,
-                    len(torn),
-                    torn,
-                )
-            history._rewrite()
-        return history
+        try:
+            log = files.JsonlLog.open(path, _parse_record, _encode, RECORD)
+        except files.JsonlError as error:
+            raise HistoryError(str(error)) from None
+        return cls(path, log.rows)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -327,19 +306,8 @@ class History:
             raise HistoryError(
                 f"{self.path}: sample {record.sample} is already recorded"
             )
-        self.records.append(record)
-        try:
-            append_line(self.path, record.to_json() + "\n", self._text)
-        except BaseException:
-            self.records.pop()
-            raise
+        self._log.append(record)
         self._samples.add(record.sample)
-
-    def _text(self) -> str:
-        return "".join(r.to_json() + "\n" for r in self.records)
-
-    def _rewrite(self) -> None:
-        write_atomic(self.path, self._text())
 
 
 class RewardCache:

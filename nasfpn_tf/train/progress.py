@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from nasfpn_tf.files import write_atomic
+from nasfpn_tf import files
 
 METRICS_FILENAME = "metrics.jsonl"
 TRAIN = "train"
@@ -47,60 +46,44 @@ MAX_CLASSES_SHOWN = 10
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per line, appended as they come.
 
-    Local files are appended to and flushed; remote ones (gs://), which
-    cannot be appended to, are rewritten whole.
+    A `files.JsonlLog`, like the search history: appends are fsynced
+    (remote files, which cannot be appended to, are rewritten whole), and
+    the first write of a process drops a torn last line left by a kill.
     """
 
     def __init__(self, model_dir: str):
         self.path = os.path.join(model_dir, METRICS_FILENAME)
-        self._remote = "://" in self.path
+        self._log: files.JsonlLog | None = None  # opened at the first write
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every row; a torn last line (a kill mid-write) is skipped."""
-        if not tf.io.gfile.exists(self.path):
-            return []
-        with tf.io.gfile.GFile(self.path, "r") as f:
-            lines = f.read().splitlines()
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-        return rows
+        """Every row; a torn last line (a kill mid-write) is skipped.
+
+        Raises:
+            files.JsonlError: another line is not a JSON object.
+        """
+        if self._log is not None:
+            return list(self._log.rows)
+        return files.read_jsonl(self.path)[0]
 
     def append(self, row: Mapping[str, Any]) -> None:
-        text = json.dumps(_plain(row)) + "\n"
-        if self._remote:
-            lines = [json.dumps(r) + "\n" for r in self.rows()]
-            self._write("".join(lines) + text)
-            return
-        with open(self.path, "a+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size:
-                f.seek(size - 1)
-                if f.read(1) != "\n":  # a torn line: start a fresh one
-                    text = "\n" + text
-            f.write(text)
-            f.flush()
+        self._writable().append(_plain(row))
 
     def drop_after(self, step: int) -> None:
-        """Forgets rows past `step` (and torn lines): work lost when a run
+        """Forgets rows past `step` (and a torn line): work lost when a run
         was cut short.
 
         A rerun resumes from the last checkpoint and logs those steps
         again; without this they would appear twice.
         """
-        if not tf.io.gfile.exists(self.path):
-            return
-        with tf.io.gfile.GFile(self.path, "r") as f:
-            lines = [line for line in f.read().splitlines() if line.strip()]
-        kept = [r for r in self.rows() if r.get("step", 0) <= step]
-        if len(kept) != len(lines):
-            self._write("".join(json.dumps(r) + "\n" for r in kept))
+        log = self._writable()
+        kept = [r for r in log.rows if r.get("step", 0) <= step]
+        if len(kept) != len(log.rows):
+            log.rewrite(kept)
 
-    def _write(self, text: str) -> None:
-        write_atomic(self.path, text)
+    def _writable(self) -> files.JsonlLog:
+        if self._log is None:
+            self._log = files.JsonlLog.open(self.path)
+        return self._log
 
 
 class _Window:
