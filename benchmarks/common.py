@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from nasfpn_tf import errors
+
 # Shown for missing values in tables (a failed case, a ratio without base).
 MISSING = "-"
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -153,9 +155,7 @@ def time_round_robin(
 
 def describe_error(error: BaseException) -> str:
     """``Type: the first lines of the message`` (TF errors run long)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = " ".join(lines[:ERROR_LINES])
-    return f"{type(error).__name__}: {text}"[:ERROR_CHARS]
+    return errors.describe_error(error, ERROR_CHARS, ERROR_LINES)
 
 
 def best_of(fn: Callable[[], Any], warmup: int, repeats: int) -> Timing:

@@ -18,6 +18,8 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from nasfpn_tf.errors import UserError
+
 _LOCAL_SCHEMES = ("", "file")
 
 
@@ -75,7 +77,7 @@ def append_line(path: str, line: str, whole_text: Callable[[], str]) -> None:
         os.fsync(f.fileno())
 
 
-class JsonlError(ValueError):
+class JsonlError(UserError, ValueError):
     """A line of a JSONL file (other than a torn last one) is unreadable."""
 
 

@@ -39,6 +39,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf.errors import UserError
 
 # TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing a
 # user can act on; TF_CPP_MIN_LOG_LEVEL set in the environment still wins.
@@ -80,22 +81,6 @@ SPLIT_HINTS = {
     "val": "--val_sets/--val_images/--val_annotations",
     "heldout": "--heldout_fraction",
 }
-# Errors that say what is wrong with the input or the run's directory
-# (config, spec, data, checkpoints, search state, a full disk): the command
-# line reports them in one message, without a traceback. By module and
-# name, so that --help does not import TensorFlow.
-USER_ERRORS = (
-    ("nasfpn_tf.config", "ConfigError"),
-    ("nasfpn_tf.arch.spec", "SpecError"),
-    ("nasfpn_tf.data.pipeline", "UnusableDataError"),
-    ("nasfpn_tf.train.checkpoints", "UnreadableCheckpointError"),
-    ("nasfpn_tf.search.history", "HistoryError"),
-    ("nasfpn_tf.search.oracle", "SearchStateError"),
-    ("nasfpn_tf.search.oracle", "SearchAborted"),
-    ("nasfpn_tf.search.oracle", "SearchStorageError"),
-    ("nasfpn_tf.search.fidelity", "FidelityError"),
-    ("nasfpn_tf.predict", "PredictError"),
-)
 
 _MODE = flags.DEFINE_enum("mode", "search", MODES, "What to run.")
 _MODEL_DIR = flags.DEFINE_string(
@@ -448,25 +433,23 @@ def _quiet_imports() -> None:
 
 
 def cli_main(argv: Sequence[str]) -> None:
-    """`main` for the command line: an error in the user's input (see
-    USER_ERRORS) ends the process with its message and status 1, without
-    a traceback."""
+    """`main` for the command line: an error in the user's input or run
+    directory (see `is_user_error`) ends the process with its message and
+    status 1, without a traceback."""
     try:
         main(argv)
     except Exception as error:
-        if not _is_user_error(error):
+        if not is_user_error(error):
             raise
         raise SystemExit(f"Error: {error}") from None
 
 
-def _is_user_error(error: Exception) -> bool:
-    # A module not loaded yet cannot have raised its error.
-    loaded = [
-        getattr(sys.modules[module], name)
-        for module, name in USER_ERRORS
-        if module in sys.modules
-    ]
-    if isinstance(error, tuple(loaded)):
+def is_user_error(error: Exception) -> bool:
+    """Whether `error` says what is wrong with the input or the run's
+    directory (config, spec, data, checkpoints, search state: a
+    `UserError`; or a full disk or unwritable folder), so the message
+    alone is shown."""
+    if isinstance(error, UserError):
         return True
     if "tensorflow" not in sys.modules:  # nothing was written yet
         return False

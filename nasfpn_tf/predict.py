@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from nasfpn_tf import config as config_lib
 from nasfpn_tf import files
 from nasfpn_tf.data.sources import IMAGE_EXTENSIONS
+from nasfpn_tf.errors import UserError
 
 DEFAULT_SUBDIR = "predictions"
 PREDICTIONS_FILENAME = "predictions.json"
@@ -56,7 +57,7 @@ _HUE_STEP = 0.618033988749895
 DetectFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """No image to read, or no model to read them with."""
 
 

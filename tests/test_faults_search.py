@@ -279,7 +279,7 @@ def _storage_failure(tmp_path, model_dir, code, breaks, repair, record):
     assert reason in message, message
     assert f"{model_dir} cannot be written" in message
     assert "are intact" in message and "rerun the same command" in message
-    assert main_lib._is_user_error(raised.value)  # one line on the CLI
+    assert main_lib.is_user_error(raised.value)  # one line on the CLI
     kept = _records(model_dir)
     # The child trained when the disk broke was not recorded as a
     # failure (a penalty would mislead the controller): the search

@@ -32,6 +32,7 @@ from typing import Any
 
 from nasfpn_tf.arch import spec as spec_lib
 from nasfpn_tf.arch.spec import CellSpec, NeckSpec
+from nasfpn_tf.errors import UserError
 
 # The decisions of one cell, in the order the controller makes them.
 CELL_DECISIONS = ("input0", "input1", "level", "op")
@@ -41,7 +42,7 @@ _INPUT0, _INPUT1, _LEVEL, _OP = range(STEPS_PER_CELL)
 DEFAULT_MAX_ENUMERATION = 200_000
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """Bad space settings, actions outside the masks, or a foreign spec."""
 
 

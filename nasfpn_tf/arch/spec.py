@@ -22,6 +22,7 @@ from typing import Any
 
 from nasfpn_tf.arch import versions
 from nasfpn_tf.arch.versions import SPEC_VERSION
+from nasfpn_tf.errors import UserError
 
 OPS = ("sum", "global_attention")
 # Model Garden's name for the same op in its NASFPN_BLOCK_SPECS.
@@ -33,7 +34,7 @@ MAX_LEVEL_BOUND = 10
 MAX_TWIN_ORDERINGS = 5040
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec is malformed; the message names the field at fault."""
 
 

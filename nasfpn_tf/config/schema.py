@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from nasfpn_tf.errors import UserError
+
 BACKBONES = ("resnet10", "resnet18", "resnet50", "resnet101", "mobilenetv2")
 NECK_TYPES = ("nasfpn", "fpn")
 NMS_TYPES = ("batched", "v2", "v1")
@@ -31,7 +33,7 @@ IMAGE_SIZE_MULTIPLE = 8
 MAX_PORT = 65535
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, override or value is invalid."""
 
 

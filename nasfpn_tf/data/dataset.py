@@ -24,6 +24,7 @@ from typing import Any
 import tensorflow as tf
 
 from nasfpn_tf import files
+from nasfpn_tf.errors import UserError
 
 DATASET_FILENAME = "dataset.json"
 SUMMARY_FILENAME = "summary.json"
@@ -31,7 +32,7 @@ VERSION = 1
 SPLITS = ("train", "heldout", "val")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A data folder without a readable ``dataset.json``."""
 
 

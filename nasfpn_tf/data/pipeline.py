@@ -38,13 +38,15 @@ from official.core import input_reader
 from official.vision.dataloaders import retinanet_input, tf_example_decoder
 from official.vision.ops import preprocess_ops
 
+from nasfpn_tf.errors import UserError
+
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_SHUFFLE_BUFFER = 1024
 # Files read in parallel; more only costs memory on the hosts.
 MAX_PARALLEL_FILES = 16
 
 
-class UnusableDataError(ValueError):
+class UnusableDataError(UserError, ValueError):
     """Not one record of a split can be read and decoded."""
 
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import tensorflow as tf
 
+from nasfpn_tf.errors import UserError
+
 # Ids above 2**24 lose precision where Model Garden carries them as float32.
 MAX_EXACT_FLOAT32_ID = 2**24
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
@@ -71,7 +73,7 @@ ROUTINE_EVENTS = frozenset(
 )
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A dataset folder or file that cannot be read as its format says;
     the message is one line naming the file and what is wrong."""
 

@@ -44,6 +44,7 @@ from nasfpn_tf import files
 from nasfpn_tf.arch import known
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.errors import UserError
 
 PROXY = "proxy"
 REFERENCE = "reference"
@@ -60,7 +61,7 @@ MIN_SNR = 2.0
 GOOD_CORRELATION = 0.5
 
 
-class FidelityError(ValueError):
+class FidelityError(UserError, ValueError):
     """The fidelity directory holds a run of other specs or settings."""
 
 

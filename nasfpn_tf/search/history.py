@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from nasfpn_tf import files
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
+from nasfpn_tf.errors import UserError
 from nasfpn_tf.files import write_atomic
 
 HISTORY_FILE = "history.jsonl"
@@ -64,7 +65,7 @@ SAMPLE_DIGITS = 6
 _CHECKPOINT_PREFIX = "update-"
 
 
-class HistoryError(ValueError):
+class HistoryError(UserError, ValueError):
     """A history file or search directory that cannot be read as written."""
 
 

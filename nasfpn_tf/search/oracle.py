@@ -67,6 +67,7 @@ from keras_tuner.engine import trial as trial_lib
 
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.errors import UserError
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
@@ -82,15 +83,15 @@ DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 OnSample = Callable[[history_lib.SampleRecord], None]
 
 
-class SearchStateError(RuntimeError):
+class SearchStateError(UserError, RuntimeError):
     """The history or checkpoint disagrees with the config or each other."""
 
 
-class SearchAborted(RuntimeError):
+class SearchAborted(UserError, RuntimeError):
     """The search stopped itself (too many children failed in a row)."""
 
 
-class SearchStorageError(kt.errors.FatalError):
+class SearchStorageError(UserError, kt.errors.FatalError):
     """The search directory cannot be written (full disk, no permission).
 
     A KerasTuner FatalError, so the tuner stops instead of counting the

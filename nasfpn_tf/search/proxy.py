@@ -48,6 +48,7 @@ from absl import logging
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.errors import describe_error
 
 OK = "ok"
 FAILED = "failed"
@@ -57,8 +58,6 @@ REWARD_METRIC = "AP"
 EVAL_SPLIT = "heldout"
 # The trainer's checkpoint folder inside a child's work directory.
 CHECKPOINTS_DIR = "checkpoints"
-# Error text kept in the history (the log has the full traceback).
-MAX_ERROR_CHARS = 2000
 # Errors of the machine, not the architecture: worth another try.
 TRANSIENT_ERRORS = (
     tf.errors.UnavailableError,
@@ -391,14 +390,6 @@ def storage_error_of(error: BaseException) -> BaseException | None:
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def describe_error(error: BaseException) -> str:
-    """ "Type: message", cut to MAX_ERROR_CHARS."""
-    text = f"{type(error).__name__}: {error}".strip()
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[: MAX_ERROR_CHARS - 3] + "..."
-    return text
 
 
 def _free_memory() -> None:

@@ -22,6 +22,8 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from nasfpn_tf.errors import UserError
+
 CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "unreadable"
 CHECKPOINT_NAME = "ckpt"  # CheckpointManager's default file prefix
@@ -32,7 +34,7 @@ _NUMBERED_INDEX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 RESTORE_ERRORS = (tf.errors.OpError, ValueError, IndexError)
 
 
-class UnreadableCheckpointError(RuntimeError):
+class UnreadableCheckpointError(UserError, RuntimeError):
     """No checkpoint of a run can be restored."""
 
 

@@ -1,0 +1,93 @@
+"""UserError: one base for errors the command line reports in one line."""
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import nasfpn_tf
+from nasfpn_tf import errors
+from nasfpn_tf import main as main_lib
+
+# Errors a user can fix (input, run directory); each must be a UserError.
+USER_FACING = {
+    "nasfpn_tf.config.schema": ["ConfigError"],
+    "nasfpn_tf.arch.spec": ["SpecError"],
+    "nasfpn_tf.arch.space": ["SpaceError"],
+    "nasfpn_tf.data.pipeline": ["UnusableDataError"],
+    "nasfpn_tf.data.dataset": ["DatasetError"],
+    "nasfpn_tf.data.sources": ["SourceError"],
+    "nasfpn_tf.train.checkpoints": ["UnreadableCheckpointError"],
+    "nasfpn_tf.search.history": ["HistoryError"],
+    "nasfpn_tf.search.fidelity": ["FidelityError"],
+    "nasfpn_tf.predict": ["PredictError"],
+    "nasfpn_tf.files": ["JsonlError"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(USER_FACING))
+def test_user_facing_errors_derive_from_user_error(module):
+    loaded = importlib.import_module(module)
+    for name in USER_FACING[module]:
+        error = getattr(loaded, name)
+        assert issubclass(error, errors.UserError), f"{module}.{name}"
+        assert main_lib.is_user_error(error("bad"))
+
+
+def test_every_user_error_keeps_a_builtin_base():
+    # Library callers catch ValueError / RuntimeError as before.
+    for info in pkgutil.walk_packages(nasfpn_tf.__path__, "nasfpn_tf."):
+        module = importlib.import_module(info.name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(value, errors.UserError)
+                and value is not errors.UserError
+            ):
+                builtin = [
+                    b for b in value.__mro__ if b.__module__ == "builtins"
+                ]
+                assert len(builtin) > 2, value  # more than Exception, object
+
+
+def test_other_errors_are_not_user_errors():
+    assert not main_lib.is_user_error(ZeroDivisionError("x"))
+    assert not main_lib.is_user_error(KeyError("x"))
+
+
+def test_cli_main_prints_a_user_error_in_one_line(monkeypatch):
+    def fail(argv):
+        raise errors.UserError("config.yaml: model.colour: unknown key")
+
+    monkeypatch.setattr(main_lib, "main", fail)
+    with pytest.raises(SystemExit) as raised:
+        main_lib.cli_main(["prog"])
+    assert str(raised.value) == "Error: config.yaml: model.colour: unknown key"
+
+
+def test_cli_main_lets_other_errors_through(monkeypatch):
+    def fail(argv):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(main_lib, "main", fail)
+    with pytest.raises(ZeroDivisionError):
+        main_lib.cli_main(["prog"])
+
+
+def test_describe_error_cuts_long_messages():
+    text = errors.describe_error(ValueError("x" * 10_000))
+    assert len(text) == errors.MAX_ERROR_CHARS
+    assert text.startswith("ValueError: xxx") and text.endswith("...")
+
+
+def test_describe_error_keeps_the_first_lines():
+    error = RuntimeError("first\n\n  second  \nthird")
+    assert (
+        errors.describe_error(error)
+        == "RuntimeError: first\n\n  second  \nthird"
+    )
+    assert (
+        errors.describe_error(error, max_lines=2)
+        == "RuntimeError: first second"
+    )
+    assert errors.describe_error(error, max_chars=12) == "RuntimeEr..."
