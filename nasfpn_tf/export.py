@@ -62,6 +62,7 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.data import pipeline
 from nasfpn_tf.modeling import detector, frozen
+from nasfpn_tf.run_files import EXTRA_ASSETS_DIR, SPEC_FILENAME
 from nasfpn_tf.train import checkpoints, trainer
 
 # Signature keys by Model Garden's names of the input types.
@@ -80,8 +81,6 @@ PADDING_CLASS = 0
 PARALLEL_IMAGES = 32
 # Not an integer, so TF Serving never loads a half-written version.
 TEMP_PREFIX = "temp-"
-EXTRA_ASSETS_DIR = "assets.extra"
-SPEC_FILENAME = "spec.json"
 # Checkpoints keep float32 variables under every mixed precision policy;
 # serving computes in float32 on any device.
 SERVING_POLICY = "float32"

@@ -40,6 +40,7 @@ from absl import app, flags, logging
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.errors import UserError
+from nasfpn_tf.run_files import EXPORT_SUBDIR
 
 # TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing a
 # user can act on; TF_CPP_MIN_LOG_LEVEL set in the environment still wins.
@@ -63,7 +64,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # executes, not what it computes (a TPU is often renamed between runs).
 RESUME_FREE_KEYS = ("runtime.tpu",)
 DEFAULT_RUNS_DIR = "runs"
-EXPORT_SUBDIR = "export"
 # Modes that build the neck from model.neck.arch (the search samples its
 # own specs).
 ARCH_MODES = ("train", "eval", "train_and_eval", "export")

@@ -41,10 +41,8 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf import files
 from nasfpn_tf.data.sources import IMAGE_EXTENSIONS
 from nasfpn_tf.errors import UserError
+from nasfpn_tf.run_files import IMAGES_SUBDIR, PREDICTIONS_FILENAME
 
-DEFAULT_SUBDIR = "predictions"
-PREDICTIONS_FILENAME = "predictions.json"
-IMAGES_SUBDIR = "images"
 # Digits kept in predictions.json: sub-pixel boxes, 4-digit scores.
 BOX_DECIMALS = 2
 SCORE_DECIMALS = 4

@@ -27,9 +27,9 @@ import pytest
 import tensorflow as tf
 from test_runner import FormulaProxy, formula, tiny_config
 
-from nasfpn_tf.arch import known
 from nasfpn_tf import config as config_lib
 from nasfpn_tf import main as main_lib
+from nasfpn_tf.arch import known
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib

@@ -1,10 +1,13 @@
 """Tests for nasfpn_tf.files: atomic writes, local and remote."""
 
 import os
+import pathlib
+import re
 
 import pytest
 import tensorflow as tf
 
+import nasfpn_tf
 from nasfpn_tf import files
 
 
@@ -64,3 +67,21 @@ def test_jsonl_log_keeps_a_complete_last_line_and_names_bad_lines(tmp_path):
     path.write_text('{"a": 1}\n[1, 2]\n{"a": 3}\n')
     with pytest.raises(ValueError, match="log.jsonl:2: not a JSON object"):
         JsonlLog.open(str(path))
+
+
+def test_run_file_names_are_defined_once():
+    # Every module that writes into a run directory takes the name from
+    # nasfpn_tf.run_files; no other module defines a name of its own.
+    root = pathlib.Path(nasfpn_tf.__file__).parent
+    pattern = re.compile(
+        r'^[A-Z_]*(FILE|FILENAME|SUBDIR|_DIR)\s*=\s*"', re.MULTILINE
+    )
+    # dataset.py names the files of a converted data folder and main.py
+    # the folder runs go to by default: neither is inside a run.
+    allowed = {"run_files.py", "dataset.py", "main.py"}
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name not in allowed and pattern.search(path.read_text())
+    ]
+    assert offenders == []

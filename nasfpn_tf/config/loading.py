@@ -27,8 +27,7 @@ from typing import Any
 import yaml
 
 from nasfpn_tf.config.schema import ConfigError, ExperimentConfig
-
-CONFIG_FILENAME = "config.yaml"
+from nasfpn_tf.run_files import CONFIG_FILENAME
 
 _FLOAT_LITERAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _DOTTED_KEY = re.compile(r"^\s*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\s*=")

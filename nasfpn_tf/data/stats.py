@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -248,7 +249,7 @@ def compute(
             "coverage_at_threshold": _share(at_threshold[mask]),
         }
     edges = (0,) + SIDE_BUCKETS + (math.inf,)
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         mask = (sides >= low) & (sides < high)
         if mask.any():
             label = f"{low}-{high}" if math.isfinite(high) else f">={low}"

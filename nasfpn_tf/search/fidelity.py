@@ -45,15 +45,15 @@ from nasfpn_tf.arch import known
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import UserError
+from nasfpn_tf.run_files import FIDELITY_CHILDREN_DIR as CHILDREN_DIR
+from nasfpn_tf.run_files import FIDELITY_LOG_FILE as LOG_FILE
+from nasfpn_tf.run_files import FIDELITY_PLOT_FILE as PLOT_FILE
+from nasfpn_tf.run_files import FIDELITY_REPORT_FILE as REPORT_FILE
+from nasfpn_tf.run_files import FIDELITY_SPECS_FILE as SPECS_FILE
 
 PROXY = "proxy"
 REFERENCE = "reference"
 SETTINGS = (PROXY, REFERENCE)
-LOG_FILE = "fidelity.jsonl"
-REPORT_FILE = "fidelity.json"
-PLOT_FILE = "fidelity.png"
-SPECS_FILE = "fidelity_specs.json"
-CHILDREN_DIR = "children"
 # Verdict thresholds: a proxy is worth searching with when the rank
 # correlation is positive at the interval's low end and the specs differ by
 # more than its noise.
@@ -383,11 +383,11 @@ def report(
         "proxy": dataclasses.asdict(config.search.proxy),
         "reference": dataclasses.asdict(settings.reference),
     }
-    interval = dict(
-        samples=settings.bootstrap_samples,
-        confidence=settings.confidence,
-        seed=settings.spec_seed,
-    )
+    interval = {
+        "samples": settings.bootstrap_samples,
+        "confidence": settings.confidence,
+        "seed": settings.spec_seed,
+    }
     for name, fn in (("spearman", spearman), ("kendall", kendall)):
         if len(complete) >= 3:
             result[name] = _round(fn(x, y))
@@ -478,7 +478,7 @@ def write_report(result: dict[str, Any], model_dir: str) -> dict[str, Any]:
     result["plot"] = os.path.join(model_dir, PLOT_FILE)
     try:
         plot(result, result["plot"])
-    except Exception as error:  # a figure is not worth losing the report
+    except Exception as error:  # noqa: BLE001 (a figure is not worth the report)
         logging.warning("Could not draw %s: %s", result["plot"], error)
         result["plot"] = None
     files.write_atomic(result["report"], json.dumps(result, indent=1))

@@ -37,17 +37,18 @@ from nasfpn_tf import files
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
 from nasfpn_tf.errors import UserError
 from nasfpn_tf.files import write_atomic
-
-HISTORY_FILE = "history.jsonl"
-BEST_SPEC_FILE = "best_spec.json"
-TOP_SPECS_FILE = "top_specs.json"
-CONTROLLER_DIR = "controller"
-LATEST_FILE = "latest.json"
-TRIALS_DIR = "trials"
-RESULT_FILE = "result.json"
-PLOT_FILE = "search_progress.png"
-DRAWING_FILE = "best_spec.png"
-SUMMARIES_DIR = "summaries"
+from nasfpn_tf.run_files import (
+    BEST_SPEC_FILE,
+    CONTROLLER_DIR,
+    DRAWING_FILE,
+    HISTORY_FILE,
+    LATEST_FILE,
+    RESULT_FILE,
+    SUMMARIES_DIR,
+    TOP_SPECS_FILE,
+    TRIALS_DIR,
+)
+from nasfpn_tf.run_files import SEARCH_PLOT_FILE as PLOT_FILE
 
 OK = "ok"
 FAILED = "failed"

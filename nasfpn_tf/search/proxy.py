@@ -49,6 +49,7 @@ from absl import logging
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import describe_error
+from nasfpn_tf.run_files import CHECKPOINT_SUBDIR as CHECKPOINTS_DIR
 
 OK = "ok"
 FAILED = "failed"
@@ -57,7 +58,6 @@ STATUSES = (OK, FAILED)
 REWARD_METRIC = "AP"
 EVAL_SPLIT = "heldout"
 # The trainer's checkpoint folder inside a child's work directory.
-CHECKPOINTS_DIR = "checkpoints"
 # Errors of the machine, not the architecture: worth another try.
 TRANSIENT_ERRORS = (
     tf.errors.UnavailableError,

@@ -23,9 +23,8 @@ import tf_keras
 from absl import logging
 
 from nasfpn_tf.errors import UserError
+from nasfpn_tf.run_files import CHECKPOINT_SUBDIR, UNREADABLE_SUBDIR
 
-CHECKPOINT_SUBDIR = "checkpoints"
-UNREADABLE_SUBDIR = "unreadable"
 CHECKPOINT_NAME = "ckpt"  # CheckpointManager's default file prefix
 _NUMBERED_INDEX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 # What restoring a truncated or corrupted checkpoint raises: DataLossError

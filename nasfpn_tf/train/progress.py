@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from nasfpn_tf import files
+from nasfpn_tf.run_files import METRICS_FILENAME
 
-METRICS_FILENAME = "metrics.jsonl"
 TRAIN = "train"
 EVAL = "eval"
 # Per-class AP50 joins the eval line up to this many classes (all of them

@@ -37,6 +37,7 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf import evaluation
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.modeling import detector
+from nasfpn_tf.run_files import EVAL_SUBDIR, SPEC_FILENAME
 from nasfpn_tf.train import checkpoints, inputs, progress, schedule
 from nasfpn_tf.train import strategy as strategy_lib
 from nasfpn_tf.train.loops import DetectionTrainer, NonFiniteLossError
@@ -49,8 +50,6 @@ __all__ = [
 ]
 
 MODES = ("train", "eval", "train_and_eval")
-EVAL_SUBDIR = "eval"
-SPEC_FILENAME = "spec.json"
 # orbit's sentinel for "evaluate until the dataset ends".
 WHOLE_SPLIT = -1
 

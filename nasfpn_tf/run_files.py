@@ -1,0 +1,57 @@
+"""The names of what a run writes to its model_dir, in one place.
+
+Every mode writes ``config.yaml``; the rest depends on the mode::
+
+    model_dir/
+      config.yaml            the config the run used (a rerun resumes with it)
+      spec.json              train: the neck's spec
+      metrics.jsonl          train/eval: one row per log line and evaluation
+      checkpoints/           train: checkpoints (unreadable/ holds bad ones)
+      eval/                  train/eval: TensorBoard summaries of evaluations
+      export/                export: the SavedModel (assets.extra/spec.json)
+      predictions/           predict: predictions.json and drawn images/
+      history.jsonl          search: one row per child
+      best_spec.json, best_spec.png, top_specs.json, result.json,
+      search_progress.png    search: results, rewritten as it goes
+      controller/            search: controller checkpoints, latest.json
+      trials/                search: one folder per child
+      summaries/             search: TensorBoard scalars
+      fidelity.jsonl, fidelity.json, fidelity.png, fidelity_specs.json,
+      children/              fidelity: log, report, plot, specs, trainings
+
+Modules import the names they write from here.
+"""
+
+# Every mode.
+CONFIG_FILENAME = "config.yaml"
+
+# Training, evaluation, export and prediction.
+SPEC_FILENAME = "spec.json"
+METRICS_FILENAME = "metrics.jsonl"
+CHECKPOINT_SUBDIR = "checkpoints"
+UNREADABLE_SUBDIR = "unreadable"
+EVAL_SUBDIR = "eval"
+EXPORT_SUBDIR = "export"
+EXTRA_ASSETS_DIR = "assets.extra"
+PREDICTIONS_SUBDIR = "predictions"
+PREDICTIONS_FILENAME = "predictions.json"
+IMAGES_SUBDIR = "images"
+
+# Search.
+HISTORY_FILE = "history.jsonl"
+BEST_SPEC_FILE = "best_spec.json"
+TOP_SPECS_FILE = "top_specs.json"
+CONTROLLER_DIR = "controller"
+LATEST_FILE = "latest.json"
+TRIALS_DIR = "trials"
+RESULT_FILE = "result.json"
+SEARCH_PLOT_FILE = "search_progress.png"
+DRAWING_FILE = "best_spec.png"
+SUMMARIES_DIR = "summaries"
+
+# Fidelity.
+FIDELITY_LOG_FILE = "fidelity.jsonl"
+FIDELITY_REPORT_FILE = "fidelity.json"
+FIDELITY_PLOT_FILE = "fidelity.png"
+FIDELITY_SPECS_FILE = "fidelity_specs.json"
+FIDELITY_CHILDREN_DIR = "children"
