@@ -221,9 +221,11 @@ def test_metrics_log_skips_a_torn_line_and_drops_lost_steps(tmp_path):
         assert len(f.read().splitlines()) == 2
 
 
-def test_format_eta():
-    assert progress.format_eta(3725.2) == "1:02:05"
-    assert progress.format_eta(float("inf")) == "?"
+def test_format_duration():
+    assert progress.format_duration(3725.2) == "1:02:05"
+    assert progress.format_duration(90_000) == "25:00:00"  # hours go on
+    assert progress.format_duration(float("inf")) == "?"
+    assert progress.format_duration(-1.0) == "?"
 
 
 # --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 from nasfpn_tf.arch import spec as spec_lib
 from nasfpn_tf.arch.spec import CellSpec, NeckSpec
+from nasfpn_tf.checks import is_int
 from nasfpn_tf.errors import UserError
 
 # The decisions of one cell, in the order the controller makes them.
@@ -72,14 +73,14 @@ class SearchSpace:
         self._validate()
 
     def _validate(self) -> None:
-        if not _is_int(self.num_intermediate) or self.num_intermediate < 0:
+        if not is_int(self.num_intermediate) or self.num_intermediate < 0:
             raise SpaceError(
                 "num_intermediate: expected an int >= 0, got "
                 f"{self.num_intermediate!r}"
             )
         for name in ("min_level", "max_level"):
             value = getattr(self, name)
-            if not _is_int(value) or not (
+            if not is_int(value) or not (
                 spec_lib.MIN_LEVEL_BOUND <= value <= spec_lib.MAX_LEVEL_BOUND
             ):
                 raise SpaceError(
@@ -101,7 +102,7 @@ class SearchSpace:
                 f"got {levels!r}"
             )
         for level in levels:
-            if not _is_int(level) or (
+            if not is_int(level) or (
                 hidden and not self.min_level <= level <= self.max_level
             ):
                 raise SpaceError(
@@ -235,7 +236,7 @@ class SearchSpace:
         Returns:
           ``num_choices[step]`` booleans, True where the choice is valid.
         """
-        if not _is_int(step) or not 0 <= step < self.num_steps:
+        if not is_int(step) or not 0 <= step < self.num_steps:
             raise SpaceError(
                 f"step: expected an int in [0, {self.num_steps}), got {step!r}"
             )
@@ -473,6 +474,3 @@ class SearchSpace:
         """A spec drawn uniformly from the space."""
         return self.to_spec(self.random_actions(rng))
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

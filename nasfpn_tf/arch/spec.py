@@ -22,6 +22,7 @@ from typing import Any
 
 from nasfpn_tf.arch import versions
 from nasfpn_tf.arch.versions import SPEC_VERSION
+from nasfpn_tf.checks import is_int
 from nasfpn_tf.errors import UserError
 
 OPS = ("sum", "global_attention")
@@ -65,7 +66,7 @@ class CellSpec:
                 f"inputs: expected two node indices, got {inputs!r}"
             )
         for i, node in enumerate(inputs):
-            if not _is_int(node) or node < 0:
+            if not is_int(node) or node < 0:
                 raise SpecError(
                     f"inputs[{i}]: expected a node index >= 0, got {node!r}"
                 )
@@ -73,7 +74,7 @@ class CellSpec:
             raise SpecError(
                 f"inputs: a cell merges two different nodes, got {inputs!r}"
             )
-        if not _is_int(self.level):
+        if not is_int(self.level):
             raise SpecError(f"level: expected an int, got {self.level!r}")
         if self.op not in OPS:
             raise SpecError(f"op: expected one of {OPS}, got {self.op!r}")
@@ -419,7 +420,7 @@ class NeckSpec:
 def _validate(spec: NeckSpec) -> None:
     for name in ("min_level", "max_level"):
         value = getattr(spec, name)
-        if not _is_int(value) or not (
+        if not is_int(value) or not (
             MIN_LEVEL_BOUND <= value <= MAX_LEVEL_BOUND
         ):
             raise SpecError(
@@ -490,9 +491,6 @@ def _as_pair(value: Any) -> tuple:
         return tuple(value)
     raise SpecError(f"inputs: expected two node indices, got {value!r}")
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _map_nodes(ops: tuple, mapping: Mapping[int, Any]) -> tuple:

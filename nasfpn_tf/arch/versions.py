@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nasfpn_tf.checks import is_int
+
 # The version `NeckSpec.to_dict` writes.
 SPEC_VERSION = 1
 
@@ -60,7 +62,7 @@ def upgrade(
     """
     target = SPEC_VERSION if target is None else target
     version = data.get("version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise VersionError(f"expected an int version >= 1, got {version!r}")
     if version > target:
         raise VersionError(
@@ -102,6 +104,3 @@ def _readable(target: int) -> str:
         return str(versions[0])
     return f"{versions[0]}..{versions[-1]}"
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from nasfpn_tf.checks import is_int, is_number
 from nasfpn_tf.config.schema import ConfigError, ExperimentConfig
 from nasfpn_tf.run_files import CONFIG_FILENAME
 
@@ -103,10 +104,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
     elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if is_number(value):
             return float(value)
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept plain numerals.
         if isinstance(value, str) and _FLOAT_LITERAL.match(value.strip()):

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from nasfpn_tf import files
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
+from nasfpn_tf.checks import is_int, is_number
 from nasfpn_tf.errors import UserError
 from nasfpn_tf.files import write_atomic
 from nasfpn_tf.run_files import (
@@ -50,6 +51,7 @@ from nasfpn_tf.run_files import (
 )
 from nasfpn_tf.run_files import SEARCH_PLOT_FILE as PLOT_FILE
 
+# A record's status; the one place these are defined.
 OK = "ok"
 FAILED = "failed"
 CACHED = "cached"
@@ -139,11 +141,11 @@ class SampleRecord:
         object.__setattr__(self, "actions", tuple(self.actions))
         for name in ("step", "sample"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise HistoryError(
                     f"{name}: expected an int >= 0, got {value!r}"
                 )
-        if not all(_is_int(a) and a >= 0 for a in self.actions):
+        if not all(is_int(a) and a >= 0 for a in self.actions):
             raise HistoryError(
                 f"actions: expected ints >= 0, got {list(self.actions)!r}"
             )
@@ -151,7 +153,7 @@ class SampleRecord:
             raise HistoryError(
                 f"status: expected one of {STATUSES}, got {self.status!r}"
             )
-        if not _is_number(self.reward) or not math.isfinite(self.reward):
+        if not is_number(self.reward) or not math.isfinite(self.reward):
             raise HistoryError(
                 f"reward: expected a finite number, got {self.reward!r}"
             )
@@ -525,9 +527,3 @@ def trial_id(sample: int) -> str:
     return f"{sample:0{SAMPLE_DIGITS}d}"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -50,14 +50,13 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import describe_error
 from nasfpn_tf.run_files import CHECKPOINT_SUBDIR as CHECKPOINTS_DIR
+from nasfpn_tf.search.history import FAILED, OK
 
-OK = "ok"
-FAILED = "failed"
+# What a training reports (the history adds "cached").
 STATUSES = (OK, FAILED)
 # The final metric that is the reward, as the evaluator names COCO AP.
 REWARD_METRIC = "AP"
 EVAL_SPLIT = "heldout"
-# The trainer's checkpoint folder inside a child's work directory.
 # Errors of the machine, not the architecture: worth another try.
 TRANSIENT_ERRORS = (
     tf.errors.UnavailableError,

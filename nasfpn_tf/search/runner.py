@@ -41,13 +41,12 @@ from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import plots
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import tuner as tuner_lib
+from nasfpn_tf.train.progress import format_duration
 
 TOP_K = history_lib.DEFAULT_TOP_K
 # The progress figure costs about a second to draw: redrawn after an update
 # at most this often (and always at the end).
 PLOT_INTERVAL_SECONDS = 60.0
-SECONDS_PER_MINUTE = 60
-SECONDS_PER_HOUR = 3600
 
 
 def make_space(config: config_lib.ExperimentConfig) -> SearchSpace:
@@ -232,13 +231,6 @@ def search(
     return summary
 
 
-def _format_duration(seconds: float) -> str:
-    seconds = round(max(seconds, 0.0))
-    hours, rest = divmod(seconds, SECONDS_PER_HOUR)
-    minutes, seconds = divmod(rest, SECONDS_PER_MINUTE)
-    return f"{hours}:{minutes:02d}:{seconds:02d}"
-
-
 def block_specs_text(spec: NeckSpec) -> str | None:
     """`spec` as Model Garden's NASFPN_BLOCK_SPECS Python list, or None
     when its output cells are not last."""
@@ -325,8 +317,8 @@ class Reporter:
             self._counts[history_lib.OK],
             self._counts[history_lib.CACHED],
             self._counts[history_lib.FAILED],
-            _format_duration(elapsed),
-            _format_duration(eta),
+            format_duration(elapsed),
+            format_duration(eta),
         )
 
     def on_update(self, info: oracle_lib.UpdateInfo) -> None:

@@ -22,7 +22,6 @@ A metrics.jsonl row looks like
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
 import os
 import sys
@@ -243,7 +242,7 @@ class Progress:
             f"train | step {step}/{self._total} | loss "
             f"{means.get('total_loss', math.nan):.4f} ({parts}) | lr "
             f"{row['learning_rate']:.5f} | "
-            f"{row['images_per_second']:.1f} img/s | ETA {format_eta(eta)}"
+            f"{row['images_per_second']:.1f} img/s | ETA {format_duration(eta)}"
         )
 
 
@@ -270,11 +269,14 @@ def library_lines_to_log():
         yield
 
 
-def format_eta(seconds: float) -> str:
-    """`H:MM:SS`, or "?" when unknown."""
+def format_duration(seconds: float) -> str:
+    """`H:MM:SS` (hours unbounded), or "?" when unknown: the one format of
+    durations and ETAs in progress lines."""
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
-    return str(datetime.timedelta(seconds=round(seconds)))
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 def _plain(value: Any) -> Any:
