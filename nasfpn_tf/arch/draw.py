@@ -17,6 +17,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from nasfpn_tf.arch.spec import NeckSpec
@@ -35,6 +36,7 @@ _INCHES_PER_COLUMN = 0.75
 _INCHES_PER_LEVEL = 0.9
 _MARGIN_INCHES = 1.6
 _NODE_RADIUS_PT = 13.0
+_NODE_AREA = (2 * _NODE_RADIUS_PT) ** 2  # scatter sizes are areas in pt^2
 _OUTPUT_RING_PT = 3.0
 # Curvatures tried for an edge (matplotlib "arc3" rad), straightest first.
 _EDGE_CURVES = (0.0, 0.2, -0.2, 0.35, -0.35, 0.5, -0.5)
@@ -204,163 +206,212 @@ def to_png(spec: NeckSpec, path: str, title: str | None = None) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.lines import Line2D
 
     title = title if title is not None else f"NAS-FPN {spec.canonical_key()}"
-    levels = spec.node_levels()
-    live = spec.live_cells()
-    extras = spec.extra_inputs()
-    columns = 1 + len(spec.cells)
-    x = [0] * spec.num_inputs + list(range(1, columns))
-    width = _MARGIN_INCHES + _INCHES_PER_COLUMN * columns
+    layout = _Layout.of(spec)
+    width = _MARGIN_INCHES + _INCHES_PER_COLUMN * layout.columns
     height = _MARGIN_INCHES + _INCHES_PER_LEVEL * spec.num_inputs
     fig, ax = plt.subplots(figsize=(max(width, 5.5), height), dpi=_DPI)
     try:
-        for level in spec.levels:
-            ax.axhline(level, color="#eeeeee", lw=0.8, zorder=0)
-        ax.axvline(0.5, color="#cccccc", lw=0.8, ls=":", zorder=0)
-
-        points = list(zip(x, levels))
-        level_range = (spec.min_level - _LEVEL_PAD, spec.max_level + _LEVEL_PAD)
-
-        def edge(src: int, dst: int, dashed: bool, dim: bool) -> None:
-            rad = _edge_curvature(points, src, dst, level_range)
-            ax.annotate(
-                "",
-                xy=(x[dst], levels[dst]),
-                xytext=(x[src], levels[src]),
-                arrowprops={
-                    "arrowstyle": "-|>",
-                    "mutation_scale": 9,
-                    "color": DEAD_TEXT_COLOR if dim else EDGE_COLOR,
-                    "lw": 0.9,
-                    "ls": "--" if dashed else "-",
-                    "shrinkA": _NODE_RADIUS_PT,
-                    "shrinkB": _NODE_RADIUS_PT + 1,
-                    "connectionstyle": f"arc3,rad={rad}",
-                },
-                zorder=1,
-            )
-
-        for i, cell in enumerate(spec.cells):
-            node = spec.num_inputs + i
-            for src in cell.inputs:
-                edge(src, node, dashed=False, dim=not live[i])
-            for src in extras[i]:
-                edge(src, node, dashed=True, dim=not live[i])
-
-        area = (2 * _NODE_RADIUS_PT) ** 2
-        ax.scatter(
-            x[: spec.num_inputs],
-            spec.levels,
-            s=area,
-            marker="s",
-            c=INPUT_COLOR,
-            edgecolors=EDGE_COLOR,
-            linewidths=0.8,
-            zorder=2,
-        )
-        for node in range(spec.num_inputs):
-            ax.text(
-                0,
-                levels[node],
-                f"P{levels[node]}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                zorder=3,
-            )
-        for i, cell in enumerate(spec.cells):
-            node = spec.num_inputs + i
-            face = OP_COLORS[cell.op] if live[i] else DEAD_COLOR
-            ring = OUTPUT_COLOR if cell.is_output else EDGE_COLOR
-            ax.scatter(
-                [x[node]],
-                [cell.level],
-                s=area,
-                c=face,
-                edgecolors=ring if live[i] else DEAD_TEXT_COLOR,
-                linewidths=_OUTPUT_RING_PT if cell.is_output else 0.8,
-                linestyle="-" if live[i] else "--",
-                zorder=2,
-            )
-            ax.text(
-                x[node],
-                cell.level,
-                OP_SYMBOLS[cell.op],
-                ha="center",
-                va="center",
-                fontsize=8,
-                fontweight="bold",
-                color="black" if live[i] else DEAD_TEXT_COLOR,
-                zorder=3,
-            )
-            ax.annotate(
-                str(node),
-                (x[node], cell.level),
-                xytext=(0, -_NODE_RADIUS_PT - 2 * _OUTPUT_RING_PT),
-                textcoords="offset points",
-                ha="center",
-                va="top",
-                fontsize=6,
-                color=DEAD_TEXT_COLOR,
-            )
-            if cell.is_output:
-                ax.annotate(
-                    f"P{cell.level} out",
-                    (x[node], cell.level),
-                    xytext=(0, _NODE_RADIUS_PT + 3),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    color=OUTPUT_COLOR,
-                    fontweight="bold",
-                )
-
-        ax.set_xlim(-0.6, columns - 0.4)
-        ax.set_ylim(*level_range)
-        ax.set_yticks(spec.levels, [f"P{lv}" for lv in spec.levels])
-        ax.set_xticks(
-            range(columns), ["inputs"] + [str(i) for i in range(columns - 1)]
-        )
-        ax.set_xlabel("cell, in build order (small numbers: node index)")
-        ax.set_ylabel("level")
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        ax.set_title(title, fontsize=10)
-        handles = [
-            Line2D(
-                [], [], marker="o", ls="", ms=9, mfc=OP_COLORS[op],
-                mec=EDGE_COLOR, label=OP_NAMES[op],
-            )
-            for op in OP_COLORS
-        ]  # fmt: skip
-        handles += [
-            Line2D(
-                [], [], marker="o", ls="", ms=9, mfc="white",
-                mec=OUTPUT_COLOR, mew=2, label="output cell",
-            ),
-            Line2D(
-                [], [], marker="o", ls="", ms=9, mfc=DEAD_COLOR,
-                mec=DEAD_TEXT_COLOR, label="dead cell",
-            ),
-            Line2D([], [], color=EDGE_COLOR, ls="--", label="summed in"),
-        ]  # fmt: skip
-        ax.legend(
-            handles=handles,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.14),
-            ncol=len(handles),
-            fontsize=7,
-            frameon=False,
-            handletextpad=0.3,
-            columnspacing=1.0,
-        )
+        _draw_grid(ax, spec)
+        _draw_edges(ax, spec, layout)
+        _draw_inputs(ax, spec, layout)
+        _draw_cells(ax, spec, layout)
+        _label_axes(ax, spec, layout, title)
+        _draw_legend(ax)
         fig.tight_layout()
         fig.savefig(path)
     finally:
         plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where every node of a spec sits: x the column, y the level."""
+
+    x: tuple[int, ...]
+    levels: tuple[int, ...]
+    columns: int
+    level_range: tuple[float, float]
+
+    @classmethod
+    def of(cls, spec: NeckSpec) -> _Layout:
+        columns = 1 + len(spec.cells)
+        return cls(
+            x=tuple([0] * spec.num_inputs + list(range(1, columns))),
+            levels=tuple(spec.node_levels()),
+            columns=columns,
+            level_range=(
+                spec.min_level - _LEVEL_PAD,
+                spec.max_level + _LEVEL_PAD,
+            ),
+        )
+
+    @property
+    def points(self) -> list[tuple[int, int]]:
+        return list(zip(self.x, self.levels))
+
+
+def _draw_grid(ax, spec: NeckSpec) -> None:
+    for level in spec.levels:
+        ax.axhline(level, color="#eeeeee", lw=0.8, zorder=0)
+    ax.axvline(0.5, color="#cccccc", lw=0.8, ls=":", zorder=0)
+
+
+def _draw_edges(ax, spec: NeckSpec, layout: _Layout) -> None:
+    """Arrows into every cell: its two inputs solid, the extra inputs a
+    cell sums in (unused outputs of its level) dashed, a dead cell's grey."""
+    live = spec.live_cells()
+    extras = spec.extra_inputs()
+    points = layout.points
+    x, levels = layout.x, layout.levels
+
+    def edge(src: int, dst: int, dashed: bool, dim: bool) -> None:
+        rad = _edge_curvature(points, src, dst, layout.level_range)
+        ax.annotate(
+            "",
+            xy=(x[dst], levels[dst]),
+            xytext=(x[src], levels[src]),
+            arrowprops={
+                "arrowstyle": "-|>",
+                "mutation_scale": 9,
+                "color": DEAD_TEXT_COLOR if dim else EDGE_COLOR,
+                "lw": 0.9,
+                "ls": "--" if dashed else "-",
+                "shrinkA": _NODE_RADIUS_PT,
+                "shrinkB": _NODE_RADIUS_PT + 1,
+                "connectionstyle": f"arc3,rad={rad}",
+            },
+            zorder=1,
+        )
+
+    for i, cell in enumerate(spec.cells):
+        node = spec.num_inputs + i
+        for src in cell.inputs:
+            edge(src, node, dashed=False, dim=not live[i])
+        for src in extras[i]:
+            edge(src, node, dashed=True, dim=not live[i])
+
+
+def _draw_inputs(ax, spec: NeckSpec, layout: _Layout) -> None:
+    """The input pyramid: squares labelled P{level} in the first column."""
+    ax.scatter(
+        layout.x[: spec.num_inputs],
+        spec.levels,
+        s=_NODE_AREA,
+        marker="s",
+        c=INPUT_COLOR,
+        edgecolors=EDGE_COLOR,
+        linewidths=0.8,
+        zorder=2,
+    )
+    for node in range(spec.num_inputs):
+        level = layout.levels[node]
+        ax.text(
+            0, level, f"P{level}", ha="center", va="center", fontsize=8,
+            zorder=3,
+        )  # fmt: skip
+
+
+def _draw_cells(ax, spec: NeckSpec, layout: _Layout) -> None:
+    """Each cell: a circle coloured by op, its symbol, its node index
+    below, and for an output cell a red ring and "P{level} out" above."""
+    live = spec.live_cells()
+    for i, cell in enumerate(spec.cells):
+        node = spec.num_inputs + i
+        at = (layout.x[node], cell.level)
+        face = OP_COLORS[cell.op] if live[i] else DEAD_COLOR
+        ring = OUTPUT_COLOR if cell.is_output else EDGE_COLOR
+        ax.scatter(
+            [at[0]],
+            [at[1]],
+            s=_NODE_AREA,
+            c=face,
+            edgecolors=ring if live[i] else DEAD_TEXT_COLOR,
+            linewidths=_OUTPUT_RING_PT if cell.is_output else 0.8,
+            linestyle="-" if live[i] else "--",
+            zorder=2,
+        )
+        ax.text(
+            *at,
+            OP_SYMBOLS[cell.op],
+            ha="center",
+            va="center",
+            fontsize=8,
+            fontweight="bold",
+            color="black" if live[i] else DEAD_TEXT_COLOR,
+            zorder=3,
+        )
+        ax.annotate(
+            str(node),
+            at,
+            xytext=(0, -_NODE_RADIUS_PT - 2 * _OUTPUT_RING_PT),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=6,
+            color=DEAD_TEXT_COLOR,
+        )
+        if cell.is_output:
+            ax.annotate(
+                f"P{cell.level} out",
+                at,
+                xytext=(0, _NODE_RADIUS_PT + 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color=OUTPUT_COLOR,
+                fontweight="bold",
+            )
+
+
+def _label_axes(ax, spec: NeckSpec, layout: _Layout, title: str) -> None:
+    columns = layout.columns
+    ax.set_xlim(-0.6, columns - 0.4)
+    ax.set_ylim(*layout.level_range)
+    ax.set_yticks(spec.levels, [f"P{lv}" for lv in spec.levels])
+    ax.set_xticks(
+        range(columns), ["inputs"] + [str(i) for i in range(columns - 1)]
+    )
+    ax.set_xlabel("cell, in build order (small numbers: node index)")
+    ax.set_ylabel("level")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=10)
+
+
+def _draw_legend(ax) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D(
+            [], [], marker="o", ls="", ms=9, mfc=OP_COLORS[op],
+            mec=EDGE_COLOR, label=OP_NAMES[op],
+        )
+        for op in OP_COLORS
+    ]  # fmt: skip
+    handles += [
+        Line2D(
+            [], [], marker="o", ls="", ms=9, mfc="white",
+            mec=OUTPUT_COLOR, mew=2, label="output cell",
+        ),
+        Line2D(
+            [], [], marker="o", ls="", ms=9, mfc=DEAD_COLOR,
+            mec=DEAD_TEXT_COLOR, label="dead cell",
+        ),
+        Line2D([], [], color=EDGE_COLOR, ls="--", label="summed in"),
+    ]  # fmt: skip
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=len(handles),
+        fontsize=7,
+        frameon=False,
+        handletextpad=0.3,
+        columnspacing=1.0,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
