@@ -81,10 +81,7 @@ class NasFpnNeck(tf_keras.Model):
         anytime: bool = False,
         **kwargs,
     ):
-        if spec is None:
-            spec = NASFPN_SPEC
-        elif isinstance(spec, Mapping):
-            spec = NeckSpec.from_dict(spec)
+        spec = _resolve_spec(spec)
         if filters < 1 or repeats < 1:
             raise ValueError(
                 f"filters and repeats must be >= 1, got {filters}, {repeats}"
@@ -100,16 +97,19 @@ class NasFpnNeck(tf_keras.Model):
             "norm_epsilon": norm_epsilon,
             "use_sync_bn": use_sync_bn,
         }
-        cell_kwargs = dict(
-            filters=filters,
-            use_separable_conv=use_separable_conv,
-            activation=activation,
-            dropblock_keep_prob=dropblock_keep_prob,
-            dropblock_size=dropblock_size,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
+        conv = {
+            "use_separable_conv": use_separable_conv,
+            "kernel_regularizer": kernel_regularizer,
+            "bias_regularizer": bias_regularizer,
             **norm,
-        )
+        }
+        cell_kwargs = {
+            "filters": filters,
+            "activation": activation,
+            "dropblock_keep_prob": dropblock_keep_prob,
+            "dropblock_size": dropblock_size,
+            **conv,
+        }
 
         inputs = {
             k: tf_keras.Input(shape=shape[1:], name=f"C{k}")
@@ -117,57 +117,10 @@ class NasFpnNeck(tf_keras.Model):
                 input_specs.items(), key=lambda kv: int(kv[0])
             )
         }
-        projections = []
-        feats = []
-        for level in spec.levels:
-            if level_key(level) in inputs:
-                source, source_level = inputs[level_key(level)], level
-            else:
-                source, source_level = feats[-1], level - 1
-            projection = Resample(
-                source_level,
-                level,
-                filters,
-                use_separable_conv,
-                kernel_regularizer=kernel_regularizer,
-                bias_regularizer=bias_regularizer,
-                name=f"input_P{level}",
-                **norm,
-            )
-            projections.append(projection)
-            feats.append(projection(source))
-
-        node_levels = spec.node_levels()
-        extras = spec.extra_inputs()
-        live = spec.live_cells()
-        output_nodes = spec.output_nodes()
-        cells = []
-        outputs: dict[str, tf.Tensor] = {}
-        for repeat in range(repeats):
-            nodes = list(feats)
-            for i, cell_spec in enumerate(spec.cells):
-                if not live[i]:
-                    # Dead cells feed no output: they would build no weights
-                    # in a functional model, so none are made.
-                    nodes.append(None)
-                    continue
-                operands = cell_spec.inputs + extras[i]
-                cell = MergingCell(
-                    level=cell_spec.level,
-                    op=cell_spec.op,
-                    input_levels=[node_levels[j] for j in operands],
-                    name=f"cell_{repeat}_{i}",
-                    **cell_kwargs,
-                )
-                cells.append(cell)
-                reference = feats[cell_spec.level - spec.min_level]
-                nodes.append(cell([reference] + [nodes[j] for j in operands]))
-            feats = [nodes[output_nodes[level]] for level in spec.levels]
-            if anytime and repeat < repeats - 1:
-                for level, feat in zip(spec.levels, feats):
-                    outputs[anytime_key(repeat, level)] = feat
-        for level, feat in zip(spec.levels, feats):
-            outputs[level_key(level)] = feat
+        projections, feats = _project_inputs(inputs, spec, filters, conv)
+        cells, outputs = _stack_repeats(
+            feats, spec, repeats, cell_kwargs, anytime
+        )
 
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.spec = spec
@@ -222,6 +175,83 @@ class NasFpnNeck(tf_keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+def _resolve_spec(spec: NeckSpec | Mapping[str, Any] | None) -> NeckSpec:
+    """The published spec for None, a spec for its dict form."""
+    if spec is None:
+        return NASFPN_SPEC
+    if isinstance(spec, Mapping):
+        return NeckSpec.from_dict(spec)
+    return spec
+
+
+def _project_inputs(
+    inputs: Mapping[str, tf.Tensor],
+    spec: NeckSpec,
+    filters: int,
+    conv: Mapping[str, Any],
+) -> tuple[list[Resample], list[tf.Tensor]]:
+    """The input pyramid P{min}..P{max} at ``filters`` channels: each
+    backbone level projected, and the levels the backbone lacks made by
+    downsampling the level below (Model Garden's order of layers)."""
+    projections = []
+    feats = []
+    for level in spec.levels:
+        if level_key(level) in inputs:
+            source, source_level = inputs[level_key(level)], level
+        else:
+            source, source_level = feats[-1], level - 1
+        projection = Resample(
+            source_level, level, filters, name=f"input_P{level}", **conv
+        )
+        projections.append(projection)
+        feats.append(projection(source))
+    return projections, feats
+
+
+def _stack_repeats(
+    feats: list[tf.Tensor],
+    spec: NeckSpec,
+    repeats: int,
+    cell_kwargs: Mapping[str, Any],
+    anytime: bool,
+) -> tuple[list[MergingCell], dict[str, tf.Tensor]]:
+    """``repeats`` copies of the spec's cells, each reading the previous
+    pyramid; the cells made and the outputs (the last pyramid, and with
+    ``anytime`` every earlier one)."""
+    node_levels = spec.node_levels()
+    extras = spec.extra_inputs()
+    live = spec.live_cells()
+    output_nodes = spec.output_nodes()
+    cells = []
+    outputs: dict[str, tf.Tensor] = {}
+    for repeat in range(repeats):
+        nodes = list(feats)
+        for i, cell_spec in enumerate(spec.cells):
+            if not live[i]:
+                # Dead cells feed no output: they would build no weights
+                # in a functional model, so none are made.
+                nodes.append(None)
+                continue
+            operands = cell_spec.inputs + extras[i]
+            cell = MergingCell(
+                level=cell_spec.level,
+                op=cell_spec.op,
+                input_levels=[node_levels[j] for j in operands],
+                name=f"cell_{repeat}_{i}",
+                **cell_kwargs,
+            )
+            cells.append(cell)
+            reference = feats[cell_spec.level - spec.min_level]
+            nodes.append(cell([reference] + [nodes[j] for j in operands]))
+        feats = [nodes[output_nodes[level]] for level in spec.levels]
+        if anytime and repeat < repeats - 1:
+            for level, feat in zip(spec.levels, feats):
+                outputs[anytime_key(repeat, level)] = feat
+    for level, feat in zip(spec.levels, feats):
+        outputs[level_key(level)] = feat
+    return cells, outputs
 
 
 def build_neck(
