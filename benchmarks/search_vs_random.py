@@ -31,6 +31,7 @@ demonstration on the default task needs the 500-step proxy of
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import shutil
@@ -260,6 +261,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--params_override", default="")
     parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="OUTPUT",
+        help="instead of searching, print the table and summary of the rows "
+        "earlier runs printed (files of their output), e.g. one run per "
+        "algorithm started side by side",
+    )
+    parser.add_argument(
         "--out-dir",
         default="",
         help="where the searches run (kept); default: a temporary folder",
@@ -269,8 +279,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def merge(paths: list[str]) -> list[dict]:
+    """The rows printed by earlier runs (their other output lines are
+    skipped) and the per-algorithm summary over all of them."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a progress line
+                case = str(row.get("case")) if isinstance(row, dict) else ""
+                if case and case != "machine" and " (median of " not in case:
+                    rows.append(row)
+    published = [
+        value
+        for row in rows
+        if row["case"] == "published NAS-FPN"
+        for value in row.get("retrained_rewards", [])
+    ]
+    return rows + summary_rows(rows, published)
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.merge:
+        rows = [common.emit(row) for row in merge(args.merge)]
+        common.print_table(
+            f"Search vs random, merged from {len(args.merge)} outputs",
+            rows,
+            COLUMNS,
+        )
+        return rows
     config = base_config(args)
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="search_vs_random_")
     space = runner.make_space(config)
@@ -328,6 +369,7 @@ def main(argv=None) -> list[dict]:
                     config,
                     os.path.join(out_dir, "published-retrained"),
                 )
+                row["retrained_rewards"] = published
                 row["retrained"] = _mean_std(published)
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(common.emit(row))

@@ -386,3 +386,37 @@ def test_search_vs_random_retrains_best_specs_and_summarizes(
         assert summary["published_retrained"] == "1.0000 ± 0.0000"
         assert summary["retrained_mean"] <= 1.0
     assert "retrained" in capsys.readouterr().out
+
+
+def test_search_vs_random_merges_runs_started_side_by_side(
+    capsys, tmp_path
+):
+    from benchmarks import search_vs_random
+
+    common_args = [
+        "--proxy=match",
+        "--samples=4",
+        "--samples-per-update=2",
+        "--seeds=2",
+        "--retrain-seeds=1",
+        f"--out-dir={tmp_path}",
+        "--params_override=search.controller.lstm_size=8,"
+        "search.controller.embedding_size=8",
+    ]
+    outputs = []
+    for algorithm, extra in (("ppo", []), ("random", ["--no-published"])):
+        search_vs_random.main(
+            common_args + [f"--algorithms={algorithm}"] + extra
+        )
+        path = tmp_path / f"{algorithm}.out"
+        path.write_text("a progress line\n" + capsys.readouterr().out)
+        outputs.append(str(path))
+    rows = search_vs_random.main(["--merge"] + outputs)
+    assert [r["case"] for r in rows if "seed" in r] == ["ppo"] * 2 + [
+        "random"
+    ] * 2
+    summaries = {r["case"]: r for r in rows if "median of" in str(r["case"])}
+    assert set(summaries) == {"ppo (median of 2)", "random (median of 2)"}
+    for summary in summaries.values():
+        assert summary["published_retrained"] == "1.0000"
+    assert "merged from 2 outputs" in capsys.readouterr().out
