@@ -527,7 +527,7 @@ class ControllerConfig:
             None keeps them.
         entropy_weight: entropy bonus in the policy loss.
         learning_rate: Adam learning rate of the controller.
-        ppo_clip: PPO ratio clipping epsilon.
+        ppo_clip: PPO ratio clipping epsilon, in (0, 1).
         ppo_epochs: passes over each batch of samples (PPO only).
         baseline_decay: exponential moving average decay of the reward
             baseline.
@@ -551,7 +551,11 @@ class ControllerConfig:
             _positive("search.controller.tanh_constant", self.tanh_constant)
         _non_negative("search.controller.entropy_weight", self.entropy_weight)
         _positive("search.controller.learning_rate", self.learning_rate)
-        _positive("search.controller.ppo_clip", self.ppo_clip)
+        if not 0 < self.ppo_clip < 1:
+            raise ConfigError(
+                "search.controller.ppo_clip must be in (0, 1); got "
+                f"{self.ppo_clip}."
+            )
         _positive("search.controller.ppo_epochs", self.ppo_epochs)
         if not 0 <= self.baseline_decay < 1:
             raise ConfigError(
