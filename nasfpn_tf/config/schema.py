@@ -220,7 +220,8 @@ class ModelConfig:
         num_classes: classes including background, as Model Garden counts
             them (class 0 is background).
         min_level: finest pyramid level (stride 2**min_level).
-        max_level: coarsest pyramid level.
+        max_level: coarsest pyramid level; both within a spec's bounds
+            (`arch.spec.MIN_LEVEL_BOUND` .. `MAX_LEVEL_BOUND`).
         anytime: attach a head after every neck repeat (anytime detection,
             paper Sec. 3), not only after the last.
     """
