@@ -26,6 +26,7 @@ import pathlib
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -98,7 +99,7 @@ def median_or_cap(values: list[int | None], cap: int) -> float:
     return statistics.median(cap if v is None else v for v in values)
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--seeds", type=common.positive_int, default=5, help="seeds 0..N-1"
@@ -126,14 +127,22 @@ def main() -> None:
         "--entropy_weight", type=common.non_negative_float, default=None
     )
     parser.add_argument("--ppo_epochs", type=common.positive_int, default=None)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def controller_config(args: argparse.Namespace) -> ControllerConfig:
+    """The search's controller settings with the flags that are given."""
     overrides = {
         key: getattr(args, key)
         for key in ("learning_rate", "entropy_weight", "ppo_epochs")
         if getattr(args, key) is not None
     }
-    controller = ControllerConfig(**overrides)
+    return ControllerConfig(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    controller = controller_config(args)
     space = SearchSpace()
     common.emit(
         {

@@ -1,12 +1,14 @@
 """Images/s of our tf.data input pipeline against the model's consumption.
 
 The pipeline is ``nasfpn_tf.data.pipeline.build_dataset``: TFRecord reading,
-JPEG decoding and Model Garden's RetinaNet parser (scale jitter 0.8-1.2,
-random flips, padding, anchor labelling), batched and prefetched, on the
-generated set (``nasfpn_tf.data.synthetic``) written at each size into a
-temporary folder (or ``--data_dir``, reused across runs). The serialized
-records are cached in memory, so disk speed is left out and every batch is
-decoded and augmented afresh.
+JPEG decoding and Model Garden's RetinaNet parser (scale jitter, random
+flips, padding, anchor labelling), batched and prefetched, with the input
+settings of ``configs/nasfpn_r50_640.yaml`` (anchors 4 x stride, jitter
+0.8-1.2) at each size, on the generated set (``nasfpn_tf.data.synthetic``)
+written at each size into a temporary folder (or ``--data_dir``, reused
+across runs). Images stay float32 (the config's bfloat16 is for TPU). The
+serialized records are cached in memory, so disk speed is left out and every
+batch is decoded and augmented afresh.
 
 Each row compares that rate with the images/s a training step consumes at
 the same size and batch: ``headroom`` = pipeline / model; below 1 the
@@ -25,6 +27,7 @@ detector, the published spec) unless ``--model_images_per_s`` gives it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import tempfile
@@ -40,6 +43,7 @@ common.quiet_tensorflow()
 
 import tensorflow as tf
 
+from nasfpn_tf import config as config_lib
 from nasfpn_tf.data import pipeline, synthetic
 
 SIZES = (512, 640)
@@ -49,8 +53,12 @@ QUICK_SIZE = 128
 BATCH = 2
 BATCHES_PER_REPEAT = 16
 QUICK_BATCHES = 2
-# Scale jitter of the paper-scale configs (configs/nasfpn_r50_640.yaml).
-AUG_SCALE_MIN, AUG_SCALE_MAX = 0.8, 1.2
+# The paper-scale config whose input settings are measured.
+PAPER_CONFIG = (
+    pathlib.Path(__file__).resolve().parents[1]
+    / "configs"
+    / "nasfpn_r50_640.yaml"
+)
 OBJECT_CLASSES = 3
 DATA_SEED = 0
 CONSUMERS = ("r50", "lite", "quick")
@@ -69,19 +77,27 @@ def generate(data_dir: str, size: int, num_images: int) -> str:
     return outputs["train"].file_pattern
 
 
+def input_config(size: int) -> pipeline.InputConfig:
+    """``PAPER_CONFIG``'s input settings at ``size``, float32, cached."""
+    config = config_lib.load_config(
+        [str(PAPER_CONFIG)], f"model.image_size={size}"
+    )
+    return dataclasses.replace(
+        pipeline.InputConfig.from_experiment(config),
+        dtype="float32",
+        cache=True,
+    )
+
+
 def make_dataset(
     file_pattern: str, size: int, batch: int, training: bool
 ) -> tf.data.Dataset:
     """The pipeline as training (or evaluation) reads it, repeated."""
     dataset = pipeline.build_dataset(
         file_pattern,
+        input_config(size),
         is_training=training,
         batch_size=batch,
-        image_size=size,
-        aug_scale_min=AUG_SCALE_MIN if training else 1.0,
-        aug_scale_max=AUG_SCALE_MAX if training else 1.0,
-        aug_rand_hflip=training,
-        cache=True,
         seed=DATA_SEED,
     )
     # Evaluation reads one pass; repeat so every timed run has batches.

@@ -303,13 +303,12 @@ def check_spec(config: config_lib.ExperimentConfig) -> None:
         spec = NeckSpec.load(path)
     except SpecError as error:
         raise config_lib.ConfigError(f"model.neck.arch: {error}") from None
-    model = config.model
-    if (spec.min_level, spec.max_level) != (model.min_level, model.max_level):
+    try:
+        spec.check_levels(config.model.min_level, config.model.max_level)
+    except SpecError as error:
         raise config_lib.ConfigError(
-            f"model.neck.arch: {path} covers levels {spec.min_level}.."
-            f"{spec.max_level} but model.min_level..max_level is "
-            f"{model.min_level}..{model.max_level}."
-        )
+            f"model.neck.arch: {path} {error}."
+        ) from None
 
 
 def execute(

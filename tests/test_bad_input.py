@@ -548,12 +548,12 @@ def test_bad_records_are_skipped_or_fixed_and_training_goes_on(
     # Each record the training pipeline keeps parses to finite targets.
     dataset = pipeline.build_dataset(
         pattern,
+        pipeline.InputConfig(
+            image_size=IMAGE_SIZE, num_scales=1, aspect_ratios=(1.0,)
+        ),
         is_training=False,
         batch_size=1,
         drop_remainder=False,
-        image_size=IMAGE_SIZE,
-        num_scales=1,
-        aspect_ratios=[1.0],
     )
     count = 0
     for _, labels in dataset:

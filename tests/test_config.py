@@ -201,6 +201,8 @@ def test_config_is_frozen():
         ({"search.algorithm": "evolution"}, "search.algorithm"),
         ({"search.space.ops": ["sum", "max"]}, "search.space.ops"),
         ({"search.space.intermediate_levels": [2, 4]}, "level 2"),
+        ({"search.space.num_intermediate": 100}, "search.space.num_inter"),
+        ({"model.max_level": 11}, "model.max_level"),
         ({"search.oracle_port": 70000}, "search.oracle_port"),
         ({"search.proxy.image_size": 60}, "search.proxy.image_size"),
         ({"model.neck.dropblock_keep_prob": 0.0}, "dropblock_keep_prob"),

@@ -3,16 +3,20 @@ the LSTM controller and the random policy on the same toy spaces and
 rewards."""
 
 import math
-import types
 
 import numpy as np
 import pytest
 
+from nasfpn_tf.config import ControllerConfig
 from nasfpn_tf.search.controller import Controller, make_policy
 from nasfpn_tf.search.policy import RandomPolicy, Samples
 
 CHOICES = (3, 3, 4)
-TINY = {"lstm_size": 16, "embedding_size": 8}
+
+
+def tiny(**changes):
+    """A small controller's hyperparameters."""
+    return ControllerConfig(lstm_size=16, embedding_size=8, **changes)
 
 
 def distinct_and_bounded(step, prefix):
@@ -37,7 +41,7 @@ def toy_reward(actions, target):
 
 
 def test_init_unmasked_entropy_and_log_prob_are_uniform():
-    controller = Controller(CHOICES, **TINY)
+    controller = Controller(CHOICES, config=tiny())
     samples = controller.sample(16)
     expected = sum(math.log(c) for c in CHOICES)
     np.testing.assert_allclose(samples.entropies, expected, rtol=1e-6)
@@ -49,7 +53,7 @@ def test_init_unmasked_entropy_and_log_prob_are_uniform():
 
 
 def test_init_masked_entropy_and_log_prob_use_valid_counts():
-    controller = Controller(CHOICES, distinct_and_bounded, **TINY)
+    controller = Controller(CHOICES, distinct_and_bounded, tiny())
     samples = controller.sample(32)
     expected = np.log(valid_counts(samples.actions)).sum(axis=1)
     np.testing.assert_allclose(samples.entropies, expected, rtol=1e-6)
@@ -61,7 +65,7 @@ def test_init_masked_entropy_and_log_prob_use_valid_counts():
 
 
 def test_masked_choices_are_never_sampled_even_when_favoured():
-    controller = Controller(CHOICES, distinct_and_bounded, **TINY)
+    controller = Controller(CHOICES, distinct_and_bounded, tiny())
     # Huge logits on choices that are often invalid.
     controller._bias[1, :3].assign([50.0, 0.0, 0.0])
     controller._bias[2].assign([0.0, 0.0, 0.0, 50.0])
@@ -77,7 +81,7 @@ def test_masked_choices_are_never_sampled_even_when_favoured():
 
 
 def test_recomputed_log_prob_and_entropy_match_sampling():
-    controller = Controller(CHOICES, distinct_and_bounded, **TINY, seed=3)
+    controller = Controller(CHOICES, distinct_and_bounded, tiny(), seed=3)
     first = controller.sample(8)
     controller.update(first, toy_reward(first.actions, (2, 0, 1)))
     samples = controller.sample(8)
@@ -95,7 +99,7 @@ def test_recomputed_log_prob_and_entropy_match_sampling():
 
 def test_temperature_and_tanh_constant_shape_the_logits():
     controller = Controller(
-        (3,), **TINY, temperature=2.0, tanh_constant=1.5, seed=1
+        (3,), config=tiny(temperature=2.0, tanh_constant=1.5), seed=1
     )
     bias = np.array([2.0, 0.0, -1.0], dtype=np.float32)
     controller._bias[0].assign(bias)
@@ -107,7 +111,7 @@ def test_temperature_and_tanh_constant_shape_the_logits():
 
 def test_weights_and_sampling_are_deterministic_given_seed():
     def make(seed):
-        return Controller(CHOICES, **TINY, seed=seed)
+        return Controller(CHOICES, config=tiny(), seed=seed)
 
     first, again, other = make(5), make(5), make(6)
     for a, b in zip(first.trainable_variables, again.trainable_variables):
@@ -128,9 +132,8 @@ def test_update_raises_probability_of_best_sample(algorithm):
     controller = Controller(
         CHOICES,
         distinct_and_bounded,
-        **TINY,
+        tiny(learning_rate=0.01),
         algorithm=algorithm,
-        learning_rate=0.01,
     )
     samples = controller.sample(8)
     rewards = toy_reward(samples.actions, samples.actions[3])
@@ -148,7 +151,7 @@ def test_update_raises_probability_of_best_sample(algorithm):
 def test_settles_on_hidden_target(algorithm):
     target = np.array([3, 0, 2])
     controller = Controller(
-        (4, 4, 4), **TINY, algorithm=algorithm, learning_rate=0.05
+        (4, 4, 4), config=tiny(learning_rate=0.05), algorithm=algorithm
     )
     max_updates, batch = 25, 8  # at most 200 samples of 64 sequences
     for _ in range(max_updates):
@@ -161,7 +164,7 @@ def test_settles_on_hidden_target(algorithm):
 
 
 def test_baseline_is_moving_average_of_rewards():
-    controller = Controller(CHOICES, **TINY, baseline_decay=0.5)
+    controller = Controller(CHOICES, config=tiny(baseline_decay=0.5))
     samples = controller.sample(2)
     controller.update(samples, [1.0, 3.0])
     # Starts at the first batch's mean 2, absorbs 1 (-> 1.5), 3 (-> 2.25).
@@ -173,7 +176,7 @@ def test_baseline_is_moving_average_of_rewards():
 
 
 def test_update_from_bare_actions_recomputes_masks():
-    controller = Controller(CHOICES, distinct_and_bounded, **TINY)
+    controller = Controller(CHOICES, distinct_and_bounded, tiny())
     stats = controller.update([[2, 0, 1], [1, 2, 0]], [1.0, 0.0])
     # Old log-probs are the current policy's: the first ratio is exactly 1.
     assert stats["update"] == 1.0
@@ -183,7 +186,7 @@ def test_update_from_bare_actions_recomputes_masks():
 def test_checkpoint_resume_is_bit_identical(tmp_path):
     def make():
         return Controller(
-            CHOICES, distinct_and_bounded, **TINY, learning_rate=0.02, seed=7
+            CHOICES, distinct_and_bounded, tiny(learning_rate=0.02), seed=7
         )
 
     def step(controller):
@@ -216,13 +219,13 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
 
 
 def test_restore_into_a_different_space_fails(tmp_path):
-    path = Controller(CHOICES, **TINY).save(str(tmp_path / "c"))
+    path = Controller(CHOICES, config=tiny()).save(str(tmp_path / "c"))
     with pytest.raises(ValueError):
-        Controller((3, 3, 5), **TINY).restore(path)
+        Controller((3, 3, 5), config=tiny()).restore(path)
 
 
-def test_from_config_reads_same_named_attributes():
-    cfg = types.SimpleNamespace(
+def test_config_sets_the_hyperparameters():
+    config = ControllerConfig(
         lstm_size=12,
         embedding_size=6,
         temperature=2.0,
@@ -232,24 +235,22 @@ def test_from_config_reads_same_named_attributes():
         ppo_clip=0.3,
         ppo_epochs=2,
         baseline_decay=0.9,
-        unrelated_field="ignored",
     )
-    controller = Controller.from_config(
-        cfg, CHOICES, algorithm="reinforce", seed=4
+    controller = Controller(
+        CHOICES, config=config, algorithm="reinforce", seed=4
     )
-    assert controller.lstm_size == 12
-    assert controller.embedding_size == 6
-    assert controller.tanh_constant == 2.5
-    assert controller.ppo_epochs == 2
+    assert controller.config == config
     assert controller.algorithm == "reinforce"
     assert controller.seed == 4
+    assert controller._lstm.cell.units == 12
+    assert controller._embedding.shape[1] == 6
     assert controller._optimizer.learning_rate.numpy() == pytest.approx(0.1)
+    assert Controller(CHOICES).config == ControllerConfig()
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"algorithm": "sgd"}, "algorithm"),
         ({"temperature": 0.0}, "temperature"),
         ({"ppo_clip": 1.5}, "ppo_clip"),
         ({"ppo_epochs": 0}, "ppo_epochs"),
@@ -260,17 +261,22 @@ def test_from_config_reads_same_named_attributes():
 )
 def test_bad_hyperparameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Controller(CHOICES, **TINY, **kwargs)
+        Controller(CHOICES, config=tiny(**kwargs))
+
+
+def test_unknown_algorithm_is_named():
+    with pytest.raises(ValueError, match="algorithm"):
+        Controller(CHOICES, config=tiny(), algorithm="sgd")
 
 
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="num_choices"):
-        Controller((3, 0), **TINY)
+        Controller((3, 0), config=tiny())
     with pytest.raises(ValueError, match="3 choices"):
-        Controller((3,), lambda step, prefix: (True,), **TINY).sample(1)
+        Controller((3,), lambda step, prefix: (True,), tiny()).sample(1)
     with pytest.raises(ValueError, match="no choice"):
-        Controller((2,), lambda step, prefix: (False, False), **TINY).sample(1)
-    controller = Controller(CHOICES, distinct_and_bounded, **TINY)
+        Controller((2,), lambda step, prefix: (False, False), tiny()).sample(1)
+    controller = Controller(CHOICES, distinct_and_bounded, tiny())
     with pytest.raises(ValueError, match="invalid choice 1 at step 1"):
         controller.log_prob([[1, 1, 0]])
     with pytest.raises(ValueError, match="shape"):
@@ -307,7 +313,7 @@ def test_random_policy_is_uniform_over_valid_choices(tmp_path):
 
 
 def test_samples_take_and_concat():
-    samples = Controller(CHOICES, **TINY).sample(5)
+    samples = Controller(CHOICES, config=tiny()).sample(5)
     parts = [samples.take([4, 0]), samples.take([2])]
     joined = Samples.concat(parts)
     assert len(joined) == 3
@@ -318,11 +324,11 @@ def test_samples_take_and_concat():
 
 
 def test_make_policy_picks_by_algorithm():
-    cfg = types.SimpleNamespace(**TINY)
+    cfg = tiny()
     assert isinstance(make_policy("random", CHOICES), RandomPolicy)
     controller = make_policy("reinforce", CHOICES, None, cfg, seed=1)
     assert isinstance(controller, Controller)
-    assert controller.algorithm == "reinforce" and controller.lstm_size == 16
+    assert controller.algorithm == "reinforce" and controller.config == cfg
     with pytest.raises(ValueError, match="Unknown search algorithm"):
         make_policy("evolution", CHOICES)
 
@@ -331,7 +337,7 @@ def test_samples_of_the_nasfpn_space_are_valid_specs():
     from nasfpn_tf.arch.space import SearchSpace
 
     space = SearchSpace()
-    controller = Controller(space.num_choices, space.mask, **TINY)
+    controller = Controller(space.num_choices, space.mask, tiny())
     samples = controller.sample(8)
     for actions in samples.actions.tolist():
         space.to_spec(actions)  # raises on a masked or out-of-range choice

@@ -288,9 +288,9 @@ def test_ground_truth_through_the_real_pipeline_gives_ap_one(tmp_path):
     # Resized to 64: image_info carries the 2/3 scale to undo.
     dataset = pipeline.build_dataset(
         split.file_pattern,
+        pipeline.InputConfig(image_size=64),
         is_training=False,
         batch_size=4,
-        image_size=64,
         drop_remainder=False,
     )
     evaluator = evaluation.CocoEvaluator(split.annotations)

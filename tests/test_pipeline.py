@@ -88,7 +88,9 @@ def test_targets_match_hand_computed_anchors_for_one_box():
     # One 32x32 box centred on P3 cell (row 2, col 3): it equals the P3
     # anchor of scale 2**0 and aspect ratio 1 there.
     box = np.array([4.0, 12.0, 36.0, 44.0])
-    config = pipeline.InputConfig(image_size=64, min_level=3, max_level=6)
+    config = pipeline.InputConfig(
+        image_size=64, min_level=3, max_level=6, anchor_size=4.0
+    )
     parse = pipeline.make_parse_fn(config, is_training=False)
     _, labels = parse(_example(_image(64), [box / 64], [2]))
     ratios = config.aspect_ratios
@@ -123,7 +125,10 @@ def test_targets_match_hand_computed_anchors_for_one_box():
 def test_eager_and_tf_data_agree(records_file):
     kwargs = dict(image_size=64, max_num_instances=4, **LEVELS)
     dataset = pipeline.build_dataset(
-        records_file, is_training=False, batch_size=1, **kwargs
+        records_file,
+        pipeline.InputConfig(**kwargs),
+        is_training=False,
+        batch_size=1,
     )
     parse = pipeline.make_parse_fn(
         pipeline.InputConfig(**kwargs), is_training=False
@@ -142,15 +147,17 @@ def test_eager_and_tf_data_agree(records_file):
 def test_static_shapes(records_file, is_training):
     dataset = pipeline.build_dataset(
         records_file,
+        pipeline.InputConfig(
+            image_size=64,
+            max_num_instances=5,
+            aug_scale_min=0.5,
+            aug_scale_max=1.5,
+            cache=is_training,
+            **LEVELS,
+        ),
         is_training=is_training,
         batch_size=2,
-        image_size=64,
-        max_num_instances=5,
-        aug_scale_min=0.5,
-        aug_scale_max=1.5,
-        cache=is_training,
         seed=0,
-        **LEVELS,
     )
     images, labels = dataset.element_spec
     assert images.shape == (2, 64, 64, 3) and images.dtype == tf.float32
@@ -171,7 +178,10 @@ def test_size_not_a_multiple_is_padded(tmp_path):
     assert pipeline.padded_image_size((320, 480), 7, pad=False) == (320, 480)
     path = _write(tmp_path / "r.tfrecord", [_example(_image(80), [], [])])
     dataset = pipeline.build_dataset(
-        path, is_training=False, batch_size=1, image_size=40, **LEVELS
+        path,
+        pipeline.InputConfig(image_size=40, **LEVELS),
+        is_training=False,
+        batch_size=1,
     )
     images, labels = next(iter(dataset))
     assert images.shape == (1, 64, 64, 3)
@@ -185,7 +195,10 @@ def test_size_not_a_multiple_is_padded(tmp_path):
 def test_image_without_boxes_is_all_background(tmp_path):
     path = _write(tmp_path / "r.tfrecord", [_example(_image(64), [], [])])
     dataset = pipeline.build_dataset(
-        path, is_training=False, batch_size=1, image_size=64, **LEVELS
+        path,
+        pipeline.InputConfig(image_size=64, **LEVELS),
+        is_training=False,
+        batch_size=1,
     )
     _, labels = next(iter(dataset))
     for level in labels["cls_targets"].values():
@@ -208,11 +221,10 @@ def test_corrupt_records_are_skipped_not_fatal(tmp_path, caplog):
     pattern = str(tmp_path / "*.tfrecord")
     dataset = pipeline.build_dataset(
         pattern,
+        pipeline.InputConfig(image_size=64, **LEVELS),
         is_training=False,
         batch_size=1,
         drop_remainder=False,
-        image_size=64,
-        **LEVELS,
     )
     assert len(list(dataset)) == 3 + 2 + 2
     with caplog.at_level(logging.WARNING):
@@ -223,9 +235,12 @@ def test_corrupt_records_are_skipped_not_fatal(tmp_path, caplog):
     assert audit.usable == 7
     assert "corrupt file(s)" in caplog.text and b in caplog.text
     strict = pipeline.build_dataset(
-        c, is_training=False, batch_size=1, image_size=64, skip_errors=False,
-        **LEVELS,
-    )  # fmt: skip
+        c,
+        pipeline.InputConfig(image_size=64, **LEVELS),
+        is_training=False,
+        batch_size=1,
+        skip_errors=False,
+    )
     with pytest.raises(tf.errors.InvalidArgumentError):
         list(strict)
 
@@ -236,11 +251,10 @@ def test_input_context_shards_records_and_splits_the_batch(records_file):
     )
     dataset = pipeline.build_dataset(
         records_file,
+        pipeline.InputConfig(image_size=64, **LEVELS),
         is_training=False,
         batch_size=2,
-        image_size=64,
         input_context=context,
-        **LEVELS,
     )
     ids = [int(labels["groundtruths"]["source_id"][0]) for _, labels in dataset]
     assert ids == [2, 4, 6]  # every second record, one per replica batch
@@ -252,12 +266,16 @@ def test_training_order_is_reproducible_with_a_seed(records_file):
     def first_images():
         dataset = pipeline.build_dataset(
             records_file,
+            pipeline.InputConfig(
+                image_size=64,
+                aug_scale_min=1.0,
+                aug_scale_max=1.0,
+                aug_rand_hflip=False,
+                **LEVELS,
+            ),
             is_training=True,
             batch_size=3,
-            image_size=64,
-            aug_rand_hflip=False,
             seed=3,
-            **LEVELS,
         )
         return [images.numpy() for images, _ in dataset.take(3)]
 
@@ -279,23 +297,27 @@ def test_training_order_is_reproducible_with_a_seed(records_file):
         ({"min_level": 6, "max_level": 5}, "min_level"),
         ({"aug_scale_min": 1.5, "aug_scale_max": 1.0}, "aug_scale_min"),
         ({"dtype": "int8"}, "dtype"),
-        ({"batch_size": 0}, "batch_size"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer"),
         ({"match_threshold": 0.3, "unmatched_threshold": 0.4}, "thresholds"),
     ],
 )
-def test_bad_arguments_name_the_field(records_file, kwargs, match):
-    args = {"is_training": False, "batch_size": 1, "image_size": 64, **kwargs}
+def test_bad_settings_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pipeline.build_dataset(records_file, **args)
+        pipeline.InputConfig(**kwargs)
+
+
+def test_bad_batch_size_is_named(records_file):
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.build_dataset(records_file, is_training=False, batch_size=0)
 
 
 def test_pattern_matching_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="does not match any files"):
         pipeline.build_dataset(
             str(tmp_path / "*.tfrecord"),
+            pipeline.InputConfig(image_size=64),
             is_training=False,
             batch_size=1,
-            image_size=64,
         )
 
 
@@ -306,11 +328,11 @@ def test_synthetic_set_feeds_the_full_pyramid(tmp_path):
     )
     dataset = pipeline.build_dataset(
         outputs["train"].file_pattern,
+        pipeline.InputConfig(
+            image_size=128, aug_scale_min=0.5, aug_scale_max=2.0
+        ),
         is_training=True,
         batch_size=4,
-        image_size=128,
-        aug_scale_min=0.5,
-        aug_scale_max=2.0,
         seed=0,
     )
     for images, labels in dataset.take(3):

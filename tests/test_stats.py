@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from nasfpn_tf.data import stats
+from nasfpn_tf.data import pipeline, stats
 
 SIZE = 128
 
@@ -18,7 +18,7 @@ def _image(*boxes_px, classes=None):
 
 
 def _settings(**changes):
-    return stats.AnchorSettings(image_size=SIZE, anchor_size=1.5, **changes)
+    return pipeline.InputConfig(image_size=SIZE, anchor_size=1.5, **changes)
 
 
 def test_box_equal_to_an_anchor_is_covered_at_its_level():
@@ -74,7 +74,7 @@ def test_class_counts_use_names():
 
 
 def test_anchor_sides_per_level():
-    sides = _settings().anchor_sides()
+    sides = stats.anchor_sides(_settings())
     assert sides[3][0] == 12.0 and sides[7][0] == 1.5 * 128
     assert sides[3][1] == pytest.approx(12 * 2 ** (2 / 3))
 

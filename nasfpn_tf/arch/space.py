@@ -63,7 +63,7 @@ class SearchSpace:
     intermediate_levels: tuple[int, ...] = (4, 5, 6, 7)
     min_level: int = 3
     max_level: int = 7
-    ops: tuple[str, ...] = ("sum", "global_attention")
+    ops: tuple[str, ...] = spec_lib.OPS
 
     def __post_init__(self):
         for name in ("intermediate_levels", "ops"):
@@ -107,7 +107,7 @@ class SearchSpace:
             ):
                 raise SpaceError(
                     "intermediate_levels: expected levels in "
-                    f"{self.min_level}..{self.max_level}, got {level!r}"
+                    f"{self.min_level}..{self.max_level}, got level {level!r}"
                 )
         if len(set(levels)) != len(levels):
             raise SpaceError(

@@ -134,6 +134,15 @@ class NeckSpec:
     def num_inputs(self) -> int:
         return self.max_level - self.min_level + 1
 
+    def check_levels(self, min_level: int, max_level: int) -> None:
+        """Raises `SpecError` unless the spec covers exactly the model's
+        levels ``min_level .. max_level`` (``model.min_level/max_level``)."""
+        if (self.min_level, self.max_level) != (min_level, max_level):
+            raise SpecError(
+                f"covers levels {self.min_level}..{self.max_level} but "
+                f"model.min_level..max_level is {min_level}..{max_level}"
+            )
+
     @property
     def num_nodes(self) -> int:
         return self.num_inputs + len(self.cells)

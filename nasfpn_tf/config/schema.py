@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from nasfpn_tf.arch import space as space_lib
+from nasfpn_tf.arch import spec as spec_lib
 from nasfpn_tf.errors import UserError
 
 BACKBONES = ("resnet10", "resnet18", "resnet50", "resnet101", "mobilenetv2")
@@ -24,7 +26,6 @@ SCHEDULES = ("cosine", "step")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 SEARCH_ALGORITHMS = ("ppo", "reinforce", "random")
-MERGE_OPS = ("sum", "global_attention")
 
 # Every feature level must survive the backbone's stride-8 stem and first
 # stage, so an input side must be a multiple of 2**3. Deeper levels are
@@ -220,7 +221,8 @@ class ModelConfig:
         num_classes: classes including background, as Model Garden counts
             them (class 0 is background).
         min_level: finest pyramid level (stride 2**min_level).
-        max_level: coarsest pyramid level.
+        max_level: coarsest pyramid level; both within a spec's bounds
+            (`arch.spec.MIN_LEVEL_BOUND` .. `MAX_LEVEL_BOUND`).
         anytime: attach a head after every neck repeat (anytime detection,
             paper Sec. 3), not only after the last.
     """
@@ -247,7 +249,16 @@ class ModelConfig:
                 "model.num_classes counts background too and must be >= 2; "
                 f"got {self.num_classes}."
             )
-        _positive("model.min_level", self.min_level)
+        for name in ("min_level", "max_level"):
+            if not (
+                spec_lib.MIN_LEVEL_BOUND
+                <= getattr(self, name)
+                <= spec_lib.MAX_LEVEL_BOUND
+            ):
+                raise ConfigError(
+                    f"model.{name} must be in {spec_lib.MIN_LEVEL_BOUND}.."
+                    f"{spec_lib.MAX_LEVEL_BOUND}; got {getattr(self, name)}."
+                )
         if self.min_level >= self.max_level:
             raise ConfigError(
                 f"model.min_level ({self.min_level}) must be below "
@@ -483,36 +494,27 @@ class RuntimeConfig:
 # search
 
 
+_SPACE = space_lib.SearchSpace()
+
+
 @dataclasses.dataclass(frozen=True)
 class SpaceConfig:
-    """The NAS-FPN search space (paper Sec. 3).
+    """The NAS-FPN search space (paper Sec. 3): `arch.space.SearchSpace`
+    without the levels, which are the model's.
+
+    Its defaults are the space's, and the space checks the values (in
+    `ExperimentConfig`, which knows the levels).
 
     Attributes:
         num_intermediate: cells whose output is not a pyramid level; the
             other max_level - min_level + 1 cells emit the levels.
         intermediate_levels: levels an intermediate cell may output.
-        ops: binary merge ops a cell may choose.
+        ops: binary merge ops a cell may choose (of `arch.spec.OPS`).
     """
 
-    num_intermediate: int = 2
-    intermediate_levels: tuple[int, ...] = (4, 5, 6, 7)
-    ops: tuple[str, ...] = MERGE_OPS
-
-    def __post_init__(self):
-        _non_negative("search.space.num_intermediate", self.num_intermediate)
-        levels = self.intermediate_levels
-        if not levels or len(set(levels)) != len(levels):
-            raise ConfigError(
-                "search.space.intermediate_levels must be non-empty and "
-                f"without repeats; got {list(levels)}."
-            )
-        if not self.ops or len(set(self.ops)) != len(self.ops):
-            raise ConfigError(
-                "search.space.ops must be non-empty and without repeats; "
-                f"got {list(self.ops)}."
-            )
-        for op in self.ops:
-            _choice("search.space.ops[*]", op, MERGE_OPS)
+    num_intermediate: int = _SPACE.num_intermediate
+    intermediate_levels: tuple[int, ...] = _SPACE.intermediate_levels
+    ops: tuple[str, ...] = _SPACE.ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -527,7 +529,7 @@ class ControllerConfig:
             None keeps them.
         entropy_weight: entropy bonus in the policy loss.
         learning_rate: Adam learning rate of the controller.
-        ppo_clip: PPO ratio clipping epsilon.
+        ppo_clip: PPO ratio clipping epsilon, in (0, 1).
         ppo_epochs: passes over each batch of samples (PPO only).
         baseline_decay: exponential moving average decay of the reward
             baseline.
@@ -551,7 +553,11 @@ class ControllerConfig:
             _positive("search.controller.tanh_constant", self.tanh_constant)
         _non_negative("search.controller.entropy_weight", self.entropy_weight)
         _positive("search.controller.learning_rate", self.learning_rate)
-        _positive("search.controller.ppo_clip", self.ppo_clip)
+        if not 0 < self.ppo_clip < 1:
+            raise ConfigError(
+                "search.controller.ppo_clip must be in (0, 1); got "
+                f"{self.ppo_clip}."
+            )
         _positive("search.controller.ppo_epochs", self.ppo_epochs)
         if not 0 <= self.baseline_decay < 1:
             raise ConfigError(
@@ -688,8 +694,7 @@ class FidelityConfig:
         _positive("fidelity.bootstrap_samples", self.bootstrap_samples)
         if not 0 < self.confidence < 1:
             raise ConfigError(
-                f"fidelity.confidence must be in (0, 1); got "
-                f"{self.confidence}."
+                f"fidelity.confidence must be in (0, 1); got {self.confidence}."
             )
 
 
@@ -707,9 +712,7 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
-    fidelity: FidelityConfig = dataclasses.field(
-        default_factory=FidelityConfig
-    )
+    fidelity: FidelityConfig = dataclasses.field(default_factory=FidelityConfig)
 
     def __post_init__(self):
         model, data = self.model, self.data
@@ -731,13 +734,14 @@ class ExperimentConfig:
                 f"data.synthetic.num_classes ({data.synthetic.num_classes}) "
                 "by at least one: it also counts background."
             )
-        for level in self.search.space.intermediate_levels:
-            if not model.min_level <= level <= model.max_level:
-                raise ConfigError(
-                    f"search.space.intermediate_levels has level {level}, "
-                    f"outside model.min_level..model.max_level "
-                    f"({model.min_level}..{model.max_level})."
-                )
+        try:
+            space_lib.SearchSpace.from_config(
+                self.search.space,
+                min_level=model.min_level,
+                max_level=model.max_level,
+            )
+        except space_lib.SpaceError as error:
+            raise ConfigError(f"search.space.{error}.") from None
         for boundary in self.train.step_boundaries:
             if boundary >= self.train.steps:
                 raise ConfigError(

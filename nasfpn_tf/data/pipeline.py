@@ -38,12 +38,21 @@ from official.core import input_reader
 from official.vision.dataloaders import retinanet_input, tf_example_decoder
 from official.vision.ops import preprocess_ops
 
+from nasfpn_tf import config as config_lib
 from nasfpn_tf.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
-DEFAULT_SHUFFLE_BUFFER = 1024
+# Pipeline image dtype of each mixed precision policy (Model Garden's
+# parser casts the image; the model's first layer takes that dtype).
+IMAGE_DTYPES = {
+    "float32": "float32",
+    "mixed_bfloat16": "bfloat16",
+    "mixed_float16": "float16",
+}
 # Files read in parallel; more only costs memory on the hosts.
 MAX_PARALLEL_FILES = 16
+# The experiment config's defaults are the pipeline's (see `InputConfig`).
+_DEFAULT = config_lib.ExperimentConfig()
 
 
 class UnusableDataError(UserError, ValueError):
@@ -52,37 +61,77 @@ class UnusableDataError(UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """What turns one serialized example into (image, labels).
+    """What turns serialized examples into (image, labels) and how they
+    are read: the experiment config's input settings in one value.
+
+    `from_experiment` derives it from an `ExperimentConfig`; the defaults
+    are those of the default experiment (`configs/tiny.yaml`), so the
+    library and the command line read data alike.
 
     Attributes:
-      image_size: target (height, width) in pixels, or one int for a square.
+      image_size: target (height, width) in pixels, or one int for a
+        square (``model.image_size``).
       min_level, max_level: pyramid levels that get anchors.
-      num_scales: anchor scales per octave.
+      num_scales: anchor scales per octave (``model.anchor``, as the rest
+        of the anchor settings).
       aspect_ratios: anchor width/height ratios.
       anchor_size: anchor side as a multiple of the level's stride.
-      max_num_instances: boxes kept (and padded to) in eval ground truth.
-      aug_scale_min, aug_scale_max: random scale jitter range (training).
-      aug_rand_hflip: random horizontal flip (training).
       match_threshold, unmatched_threshold: IoU above which an anchor is
         positive and below which it is negative (ignored in between).
+      max_num_instances: boxes kept (and padded to) in eval ground truth
+        (``data.max_instances``).
+      aug_scale_min, aug_scale_max: random scale jitter range (training
+        only: Model Garden's evaluation parser neither jitters nor flips).
+      aug_rand_hflip: random horizontal flip (training).
+      shuffle_buffer: records in the shuffle buffer (training).
+      cache: keep the serialized records in memory after the first pass.
+      dtype: image dtype, ``"bfloat16"`` on TPU (``IMAGE_DTYPES`` of
+        ``train.mixed_precision``).
       pad: pad to a multiple of 2**max_level (see the module docstring).
-      dtype: image dtype, ``"bfloat16"`` on TPU.
+        Not a config key: export and prediction always pad, so a model
+        trained unpadded would not see at serving what it trained on.
     """
 
-    image_size: int | tuple[int, int]
-    min_level: int = 3
-    max_level: int = 7
-    num_scales: int = 3
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    anchor_size: float = 4.0
-    max_num_instances: int = 100
-    aug_scale_min: float = 1.0
-    aug_scale_max: float = 1.0
-    aug_rand_hflip: bool = True
-    match_threshold: float = 0.5
-    unmatched_threshold: float = 0.5
+    image_size: int | tuple[int, int] = _DEFAULT.model.image_size
+    min_level: int = _DEFAULT.model.min_level
+    max_level: int = _DEFAULT.model.max_level
+    num_scales: int = _DEFAULT.model.anchor.num_scales
+    aspect_ratios: tuple[float, ...] = _DEFAULT.model.anchor.aspect_ratios
+    anchor_size: float = _DEFAULT.model.anchor.anchor_size
+    match_threshold: float = _DEFAULT.model.anchor.match_threshold
+    unmatched_threshold: float = _DEFAULT.model.anchor.unmatched_threshold
+    max_num_instances: int = _DEFAULT.data.max_instances
+    aug_scale_min: float = _DEFAULT.data.aug_scale_min
+    aug_scale_max: float = _DEFAULT.data.aug_scale_max
+    aug_rand_hflip: bool = _DEFAULT.data.aug_rand_hflip
+    shuffle_buffer: int = _DEFAULT.data.shuffle_buffer
+    cache: bool = _DEFAULT.data.cache
+    dtype: str = IMAGE_DTYPES[_DEFAULT.train.mixed_precision]
     pad: bool = True
-    dtype: str = "float32"
+
+    @classmethod
+    def from_experiment(
+        cls, config: config_lib.ExperimentConfig
+    ) -> InputConfig:
+        """The input settings of an experiment config."""
+        model, anchor, data = config.model, config.model.anchor, config.data
+        return cls(
+            image_size=model.image_size,
+            min_level=model.min_level,
+            max_level=model.max_level,
+            num_scales=anchor.num_scales,
+            aspect_ratios=tuple(anchor.aspect_ratios),
+            anchor_size=anchor.anchor_size,
+            match_threshold=anchor.match_threshold,
+            unmatched_threshold=anchor.unmatched_threshold,
+            max_num_instances=data.max_instances,
+            aug_scale_min=data.aug_scale_min,
+            aug_scale_max=data.aug_scale_max,
+            aug_rand_hflip=data.aug_rand_hflip,
+            shuffle_buffer=data.shuffle_buffer,
+            cache=data.cache,
+            dtype=IMAGE_DTYPES[config.train.mixed_precision],
+        )
 
     def __post_init__(self):
         size = self.image_size
@@ -127,6 +176,10 @@ class InputConfig:
             raise ValueError(
                 f"thresholds: expected 0 <= unmatched <= match <= 1, got "
                 f"{self.unmatched_threshold}, {self.match_threshold}"
+            )
+        if self.shuffle_buffer < 1:
+            raise ValueError(
+                f"shuffle_buffer: expected >= 1, got {self.shuffle_buffer}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(
@@ -211,25 +264,10 @@ def make_parse_fn(
 
 def build_dataset(
     file_pattern: str | Sequence[str],
+    config: InputConfig | None = None,
     *,
     is_training: bool,
     batch_size: int,
-    image_size: int | tuple[int, int],
-    min_level: int = 3,
-    max_level: int = 7,
-    num_scales: int = 3,
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    anchor_size: float = 4.0,
-    max_num_instances: int = 100,
-    aug_scale_min: float = 1.0,
-    aug_scale_max: float = 1.0,
-    aug_rand_hflip: bool = True,
-    match_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
-    pad: bool = True,
-    dtype: str = "float32",
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-    cache: bool = False,
     seed: int | None = None,
     drop_remainder: bool = True,
     skip_errors: bool = True,
@@ -247,12 +285,11 @@ def build_dataset(
 
     Args:
       file_pattern: TFRecord path(s), globs or comma-separated lists.
+      config: sizes, anchors, augmentation, shuffle buffer, cache and
+        dtype; None takes ``InputConfig()``'s defaults.
       is_training: training or evaluation behaviour.
       batch_size: global batch size; split over replicas by
         ``input_context``.
-      image_size ... dtype: see ``InputConfig``.
-      shuffle_buffer: records in the shuffle buffer (training).
-      cache: keep the serialized records in memory after the first pass.
       seed: shuffle seed; also makes the element order deterministic
         (the parser's random flip and scale come from stateful ops in a
         parallel map, so which image gets which draw may still vary).
@@ -269,29 +306,10 @@ def build_dataset(
     Raises:
       ValueError: a bad argument, or a pattern that matches no file.
     """
-    config = InputConfig(
-        image_size=image_size,
-        min_level=min_level,
-        max_level=max_level,
-        num_scales=num_scales,
-        aspect_ratios=tuple(aspect_ratios),
-        anchor_size=anchor_size,
-        max_num_instances=max_num_instances,
-        aug_scale_min=aug_scale_min,
-        aug_scale_max=aug_scale_max,
-        aug_rand_hflip=aug_rand_hflip,
-        match_threshold=match_threshold,
-        unmatched_threshold=unmatched_threshold,
-        pad=pad,
-        dtype=dtype,
-    )
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-    if shuffle_buffer < 1:
-        raise ValueError(f"shuffle_buffer: expected >= 1, got {shuffle_buffer}")
-    per_replica_batch = batch_size
-    if input_context is not None:
-        per_replica_batch = input_context.get_per_replica_batch_size(batch_size)
+    config = config if config is not None else InputConfig()
+    per_replica_batch = _per_replica_batch(batch_size, input_context)
+    # Without a seed, training order may follow whichever file is ready.
+    deterministic = not is_training or seed is not None
     records = read_records(
         file_pattern,
         is_training=is_training,
@@ -299,26 +317,67 @@ def build_dataset(
         skip_errors=skip_errors,
         input_context=input_context,
     )
-    if cache:
+    records = _cache_and_shuffle(records, config, is_training, seed)
+    examples = _parse(records, config, is_training, skip_errors)
+    return _batch(examples, per_replica_batch, drop_remainder, deterministic)
+
+
+def _per_replica_batch(
+    batch_size: int, input_context: tf.distribute.InputContext | None
+) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if input_context is None:
+        return batch_size
+    return input_context.get_per_replica_batch_size(batch_size)
+
+
+def _cache_and_shuffle(
+    records: tf.data.Dataset,
+    config: InputConfig,
+    is_training: bool,
+    seed: int | None,
+) -> tf.data.Dataset:
+    """Caches the serialized records, not parsed ones, so augmentation
+    stays fresh every epoch; training shuffles them."""
+    if config.cache:
         records = records.cache()
     if is_training:
-        records = records.shuffle(shuffle_buffer, seed=seed)
-    dataset = records.map(
+        records = records.shuffle(config.shuffle_buffer, seed=seed)
+    return records
+
+
+def _parse(
+    records: tf.data.Dataset,
+    config: InputConfig,
+    is_training: bool,
+    skip_errors: bool,
+) -> tf.data.Dataset:
+    """(image, labels) per record; training repeats."""
+    examples = records.map(
         make_parse_fn(config, is_training),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     if skip_errors:
-        dataset = dataset.ignore_errors(log_warning=True)
+        examples = examples.ignore_errors(log_warning=True)
     if is_training:
         # Repeat after skipping: an epoch that yields nothing ends the
         # repetition (tf.data's rule), so a split without one usable
         # example ends the dataset instead of looping forever.
-        dataset = dataset.repeat()
-    dataset = dataset.batch(per_replica_batch, drop_remainder=drop_remainder)
+        examples = examples.repeat()
+    return examples
+
+
+def _batch(
+    examples: tf.data.Dataset,
+    batch_size: int,
+    drop_remainder: bool,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    batches = examples.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
-    # Without a seed, training order may follow whichever file is ready.
-    options.deterministic = not is_training or seed is not None
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    options.deterministic = deterministic
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def read_records(

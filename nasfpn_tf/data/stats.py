@@ -33,9 +33,12 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nasfpn_tf.data.pipeline import InputConfig
 
 # Below this share of covered boxes a warning says what to change.
 COVERAGE_WARNING = 0.9
@@ -44,54 +47,17 @@ SIDE_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 IOU_QUANTILES = (0.1, 0.5, 0.9)
 
 
-@dataclasses.dataclass(frozen=True)
-class AnchorSettings:
-    """What decides anchors and their labels (``model.anchor`` and levels).
-
-    Attributes:
-        image_size: model input side before padding.
-        min_level, max_level: pyramid levels with anchors.
-        num_scales, aspect_ratios, anchor_size: as ``model.anchor``.
-        match_threshold, unmatched_threshold: the matcher's IoU bounds.
-        pad: pad the input to a multiple of ``2**max_level`` (the
-            pipeline's default).
-    """
-
-    image_size: int
-    min_level: int = 3
-    max_level: int = 7
-    num_scales: int = 3
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    anchor_size: float = 4.0
-    match_threshold: float = 0.5
-    unmatched_threshold: float = 0.5
-    pad: bool = True
-
-    @classmethod
-    def from_config(cls, config) -> AnchorSettings:
-        model = config.model
-        return cls(
-            image_size=model.image_size,
-            min_level=model.min_level,
-            max_level=model.max_level,
-            num_scales=model.anchor.num_scales,
-            aspect_ratios=tuple(model.anchor.aspect_ratios),
-            anchor_size=model.anchor.anchor_size,
-            match_threshold=model.anchor.match_threshold,
-            unmatched_threshold=model.anchor.unmatched_threshold,
+def anchor_sides(settings: InputConfig) -> dict[int, tuple[float, float]]:
+    """Level -> (smallest, largest) square-equivalent anchor side."""
+    return {
+        level: (
+            settings.anchor_size * 2**level,
+            settings.anchor_size
+            * 2**level
+            * 2 ** ((settings.num_scales - 1) / settings.num_scales),
         )
-
-    def anchor_sides(self) -> dict[int, tuple[float, float]]:
-        """Level -> (smallest, largest) square-equivalent anchor side."""
-        return {
-            level: (
-                self.anchor_size * 2**level,
-                self.anchor_size
-                * 2**level
-                * 2 ** ((self.num_scales - 1) / self.num_scales),
-            )
-            for level in range(self.min_level, self.max_level + 1)
-        }
+        for level in range(settings.min_level, settings.max_level + 1)
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +79,7 @@ class ImageBoxes:
 class AnchorMatcher:
     """Model Garden's anchors and matcher for one input size."""
 
-    def __init__(self, settings: AnchorSettings):
+    def __init__(self, settings: InputConfig):
         import tensorflow as tf
         from official.vision.ops import anchor as anchor_lib
 
@@ -147,7 +113,8 @@ class AnchorMatcher:
 
     def scale(self, image: ImageBoxes) -> np.ndarray:
         """[n, 4] boxes in input pixels, scaled as the eval parser does."""
-        factor = self.settings.image_size / max(image.height, image.width)
+        height, width = self.settings.image_size
+        factor = min(height / image.height, width / image.width)
         size = np.array(
             [image.height, image.width, image.height, image.width], np.float32
         )
@@ -183,7 +150,7 @@ class AnchorMatcher:
 
 def compute(
     images: Iterable[ImageBoxes],
-    settings: AnchorSettings,
+    settings: InputConfig,
     class_names: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """Statistics of a split's boxes under `settings`.
@@ -240,7 +207,7 @@ def compute(
         "per_level": {},
         "side_buckets": {},
     }
-    for level, (low, high) in settings.anchor_sides().items():
+    for level, (low, high) in anchor_sides(settings).items():
         mask = levels == level
         result["per_level"][f"P{level}"] = {
             "boxes": int(mask.sum()),
@@ -263,7 +230,7 @@ def compute(
 
 def warnings(
     result: Mapping[str, Any],
-    settings: AnchorSettings,
+    settings: InputConfig,
     sides: np.ndarray,
     at_threshold: np.ndarray,
 ) -> list[str]:
@@ -450,7 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     images, names = read_split(data.file_pattern)
-    result = compute(images, AnchorSettings.from_config(config), names)
+    from nasfpn_tf.data import pipeline
+
+    settings = pipeline.InputConfig.from_experiment(config)
+    result = compute(images, settings, names)
     result["split"] = args.split
     result["file_pattern"] = data.file_pattern
     if args.json:

@@ -43,7 +43,7 @@ from official.vision.modeling.layers import detection_generator
 from official.vision.ops import anchor
 
 from nasfpn_tf.arch.known import NASFPN_SPEC
-from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.arch.spec import NeckSpec, SpecError
 from nasfpn_tf.modeling.neck import anytime_key, build_neck, level_key
 
 RESNET_DEPTHS = {
@@ -95,13 +95,10 @@ def spec_for(config: Any) -> NeckSpec:
 
 
 def _check_spec_levels(spec: NeckSpec, model_config: Any, name: str) -> None:
-    levels = (spec.min_level, spec.max_level)
-    wanted = (model_config.min_level, model_config.max_level)
-    if levels != wanted:
-        raise ValueError(
-            f"neck spec ({name}) covers levels {levels[0]}..{levels[1]} but "
-            f"model.min_level..max_level is {wanted[0]}..{wanted[1]}"
-        )
+    try:
+        spec.check_levels(model_config.min_level, model_config.max_level)
+    except SpecError as error:
+        raise SpecError(f"neck spec ({name}) {error}") from None
 
 
 def l2_regularizer(

@@ -3,11 +3,14 @@
 NAS-FPN (Ghiasi et al., CVPR 2019, arXiv:1904.07392, Sec. 3) samples
 architectures with a recurrent controller trained by Proximal Policy
 Optimization (Schulman et al., 2017, arXiv:1707.06347), as in Zoph et al.
-(CVPR 2018, arXiv:1707.07012), whose settings are the defaults here: a
-one-layer LSTM of 100 units initialised uniformly in [-0.1, 0.1], learning
-rate 3.5e-4, entropy weight 1e-5 and an exponential moving average of past
-rewards with decay 0.95 as the baseline. Temperature and tanh-constant
-logit squashing follow ENAS (Pham et al., ICML 2018, arXiv:1802.03268).
+(CVPR 2018, arXiv:1707.07012): a one-layer LSTM initialised uniformly in
+[-0.1, 0.1] and an exponential moving average of past rewards as the
+baseline. Its hyperparameters are `config.ControllerConfig`, the
+`search.controller` section, whose defaults serve the library and the
+command line alike (Zoph et al. used learning rate 3.5e-4 and entropy weight
+1e-5; the defaults learn faster on the small searches a CPU affords).
+Temperature and tanh-constant logit squashing follow ENAS (Pham et al., ICML
+2018, arXiv:1802.03268).
 
 A policy sees only the search space's choice counts and its validity masks
 (``space.num_choices``, ``space.mask``) and the rewards it is given; it knows
@@ -18,7 +21,6 @@ valid choices, the random-search baseline.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from nasfpn_tf.config import ControllerConfig
 from nasfpn_tf.search.policy import (
     MaskFn,
     PolicyBase,
@@ -38,19 +41,6 @@ from nasfpn_tf.search.policy import (
 ALGORITHMS = ("ppo", "reinforce")
 # Zoph et al. (2018) initialise every controller weight in this range.
 INIT_SCALE = 0.1
-# (hyperparameter, is it valid, what valid means), checked at construction.
-_HYPERPARAMETER_RANGES = (
-    ("lstm_size", lambda v: v >= 1, ">= 1"),
-    ("embedding_size", lambda v: v >= 1, ">= 1"),
-    ("temperature", lambda v: v > 0, "> 0"),
-    ("tanh_constant", lambda v: v is None or v > 0, "> 0 or None"),
-    ("entropy_weight", lambda v: v >= 0, ">= 0"),
-    ("learning_rate", lambda v: v > 0, "> 0"),
-    ("algorithm", lambda v: v in ALGORITHMS, f"one of {ALGORITHMS}"),
-    ("ppo_clip", lambda v: 0 < v < 1, "in (0, 1)"),
-    ("ppo_epochs", lambda v: v >= 1, ">= 1"),
-    ("baseline_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
-)
 # An LSTM state is a [hidden, cell] pair.
 _LSTMState = list[tf.Tensor]
 
@@ -69,16 +59,11 @@ class Controller(PolicyBase):
         num_choices: choices per step, e.g. `space.num_choices`.
         mask_fn: `(step, prefix_actions) -> [num_choices[step]] bools`, e.g.
             `space.mask`; None allows every choice.
-        lstm_size: LSTM units.
-        embedding_size: width of the choice embeddings.
-        temperature: logits are divided by it (> 0).
-        tanh_constant: if set, logits become `tanh_constant * tanh(logits)`.
-        entropy_weight: weight of the entropy bonus in the loss.
-        learning_rate: Adam learning rate.
+        config: the hyperparameters (LSTM and embedding sizes, temperature,
+            tanh constant, entropy weight, Adam learning rate, PPO clip and
+            epochs, baseline decay), checked by `ControllerConfig`; None
+            takes its defaults.
         algorithm: "ppo" or "reinforce".
-        ppo_clip: PPO's ratio clip epsilon.
-        ppo_epochs: gradient steps per PPO update over the same batch.
-        baseline_decay: decay of the reward moving average.
         seed: seeds weight initialisation and sampling.
     """
 
@@ -86,37 +71,18 @@ class Controller(PolicyBase):
         self,
         num_choices: Sequence[int],
         mask_fn: MaskFn | None = None,
+        config: ControllerConfig | None = None,
         *,
-        lstm_size: int = 100,
-        embedding_size: int = 64,
-        temperature: float = 1.0,
-        tanh_constant: float | None = None,
-        entropy_weight: float = 1e-5,
-        learning_rate: float = 3.5e-4,
         algorithm: str = "ppo",
-        ppo_clip: float = 0.2,
-        ppo_epochs: int = 4,
-        baseline_decay: float = 0.95,
         seed: int = 0,
     ):
         super().__init__(num_choices, mask_fn, seed, name="controller")
-        self.lstm_size = int(lstm_size)
-        self.embedding_size = int(embedding_size)
-        self.temperature = float(temperature)
-        self.tanh_constant = (
-            None if tanh_constant is None else float(tanh_constant)
-        )
-        self.entropy_weight = float(entropy_weight)
-        self.learning_rate = float(learning_rate)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}."
+            )
+        self.config = config if config is not None else ControllerConfig()
         self.algorithm = algorithm
-        self.ppo_clip = float(ppo_clip)
-        self.ppo_epochs = int(ppo_epochs)
-        self.baseline_decay = float(baseline_decay)
-        for key, valid, expected in _HYPERPARAMETER_RANGES:
-            if not valid(getattr(self, key)):
-                raise ValueError(
-                    f"{key} must be {expected}, got {getattr(self, key)!r}."
-                )
 
         # One table, offset per step: row 0 is the start token, then the
         # choices of step 0, step 1, ... (each step's previous choice).
@@ -124,7 +90,7 @@ class Controller(PolicyBase):
         rows = 1 + sum(self.num_choices[:-1])
         self._embedding = tf.Variable(
             tf.random.stateless_uniform(
-                [rows, self.embedding_size],
+                [rows, self.config.embedding_size],
                 [self.seed, 0],
                 -INIT_SCALE,
                 INIT_SCALE,
@@ -138,7 +104,7 @@ class Controller(PolicyBase):
         # cuDNN variant that a controller this small never needs.
         self._lstm = tf_keras.layers.RNN(
             tf_keras.layers.LSTMCell(
-                self.lstm_size,
+                self.config.lstm_size,
                 kernel_initializer=tf_keras.initializers.RandomUniform(
                     -INIT_SCALE, INIT_SCALE, seed=self.seed
                 ),
@@ -153,11 +119,13 @@ class Controller(PolicyBase):
             dtype="float32",
             name="lstm",
         )
-        self._lstm.build(tf.TensorShape([None, None, self.embedding_size]))
+        self._lstm.build(
+            tf.TensorShape([None, None, self.config.embedding_size])
+        )
         # One projection per step, stacked and padded to the widest step so
         # all steps score in one batched matmul; a padded column is always
         # masked, so it gets no gradient and stays zero.
-        shape = [self.num_steps, self.lstm_size, self.max_choices]
+        shape = [self.num_steps, self.config.lstm_size, self.max_choices]
         self._kernel = tf.Variable(tf.zeros(shape), name="kernel")
         self._bias = tf.Variable(tf.zeros(shape[::2]), name="bias")
         self._weights = [
@@ -169,7 +137,7 @@ class Controller(PolicyBase):
         # XLA off: compiling pays for big models, not this one, and would add
         # start-up time to every search and resume.
         self._optimizer = tf_keras.optimizers.Adam(
-            self.learning_rate, jit_compile=False
+            self.config.learning_rate, jit_compile=False
         )
         # Built now, so a restore fills the slots at once instead of waiting
         # for the first update.
@@ -188,31 +156,6 @@ class Controller(PolicyBase):
             input_signature=signature + [tf.TensorSpec([None], tf.float32)] * 2,
         )
 
-    @classmethod
-    def from_config(
-        cls,
-        cfg: Any,
-        num_choices: Sequence[int],
-        mask_fn: MaskFn | None = None,
-        **overrides: Any,
-    ) -> Controller:
-        """Builds a controller from the same-named attributes of `cfg`.
-
-        Args:
-            cfg: any object (e.g. the search config's controller section);
-                attributes named like constructor keywords are used, others
-                ignored, missing ones keep their defaults.
-            num_choices: choices per step.
-            mask_fn: validity masks, as in the constructor.
-            **overrides: keywords that win over `cfg` (e.g. `algorithm`,
-                `seed`, which live in other config sections).
-        """
-        kwargs = {
-            key: getattr(cfg, key) for key in _CONFIG_KEYS if hasattr(cfg, key)
-        }
-        kwargs.update(overrides)
-        return cls(num_choices, mask_fn, **kwargs)
-
     @property
     def baseline(self) -> float:
         """Moving average of past rewards (0.0 before the first update)."""
@@ -229,13 +172,13 @@ class Controller(PolicyBase):
     # -- the policy network ---------------------------------------------------
 
     def _initial_state(self, n: int) -> _LSTMState:
-        zeros = tf.zeros([n, self.lstm_size])
+        zeros = tf.zeros([n, self.config.lstm_size])
         return [zeros, zeros]
 
     def _squash(self, logits: tf.Tensor) -> tf.Tensor:
-        logits = logits / self.temperature
-        if self.tanh_constant is not None:
-            logits = self.tanh_constant * tf.tanh(logits)
+        logits = logits / self.config.temperature
+        if self.config.tanh_constant is not None:
+            logits = self.config.tanh_constant * tf.tanh(logits)
         return logits
 
     def _step_logits(
@@ -308,17 +251,19 @@ class Controller(PolicyBase):
             ratio = tf.exp(log_probs - old_log_probs)
             if self.algorithm == "ppo":
                 clipped = tf.clip_by_value(
-                    ratio, 1.0 - self.ppo_clip, 1.0 + self.ppo_clip
+                    ratio,
+                    1.0 - self.config.ppo_clip,
+                    1.0 + self.config.ppo_clip,
                 )
                 objective = tf.minimum(ratio * advantages, clipped * advantages)
             else:
                 objective = log_probs * advantages
             policy_loss = -tf.reduce_mean(objective)
             entropy = tf.reduce_mean(entropies)
-            loss = policy_loss - self.entropy_weight * entropy
+            loss = policy_loss - self.config.entropy_weight * entropy
         grads = tape.gradient(loss, self._weights)
         self._optimizer.apply_gradients(zip(grads, self._weights))
-        outside = tf.abs(ratio - 1.0) > self.ppo_clip
+        outside = tf.abs(ratio - 1.0) > self.config.ppo_clip
         return {
             "loss": loss,
             "policy_loss": policy_loss,
@@ -372,11 +317,11 @@ class Controller(PolicyBase):
 
         baseline = self.baseline if self.num_updates else rewards.mean()
         advantages = (rewards - baseline).astype(np.float32)
-        epochs = self.ppo_epochs if self.algorithm == "ppo" else 1
+        epochs = self.config.ppo_epochs if self.algorithm == "ppo" else 1
         for _ in range(epochs):
             stats = self._train_fn(actions, masks, old_log_probs, advantages)
         for reward in rewards:
-            decay = self.baseline_decay
+            decay = self.config.baseline_decay
             baseline = decay * baseline + (1.0 - decay) * reward
         self._baseline.assign(baseline)
         self._updates.assign_add(1)
@@ -401,19 +346,12 @@ class Controller(PolicyBase):
 
 Policy = Controller | RandomPolicy
 
-# The keywords `Controller.from_config` reads from a config object.
-_CONFIG_KEYS = tuple(
-    p.name
-    for p in inspect.signature(Controller).parameters.values()
-    if p.kind is p.KEYWORD_ONLY
-)
-
 
 def make_policy(
     algorithm: str,
     num_choices: Sequence[int],
     mask_fn: MaskFn | None = None,
-    controller_config: Any = None,
+    controller_config: ControllerConfig | None = None,
     *,
     seed: int = 0,
 ) -> Policy:
@@ -423,8 +361,8 @@ def make_policy(
         algorithm: "ppo", "reinforce" or "random".
         num_choices: choices per step.
         mask_fn: validity masks.
-        controller_config: object with `Controller` keyword attributes
-            (ignored for "random").
+        controller_config: the controller's hyperparameters; None takes
+            the defaults (ignored for "random").
         seed: seeds the policy.
     """
     if algorithm == "random":
@@ -434,6 +372,6 @@ def make_policy(
             f"Unknown search algorithm {algorithm!r}; expected one of "
             f"{ALGORITHMS + ('random',)}."
         )
-    return Controller.from_config(
-        controller_config, num_choices, mask_fn, algorithm=algorithm, seed=seed
+    return Controller(
+        num_choices, mask_fn, controller_config, algorithm=algorithm, seed=seed
     )

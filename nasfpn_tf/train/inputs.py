@@ -26,13 +26,6 @@ from nasfpn_tf.data import pipeline, synthetic
 
 DATA_DIR_ENV = "NASFPN_TF_DATA_DIR"
 SPLITS = ("train", "heldout", "val")
-# Pipeline image dtype of each mixed precision policy (Model Garden's
-# parser casts the image; the model's first layer takes that dtype).
-IMAGE_DTYPES = {
-    "float32": "float32",
-    "mixed_bfloat16": "bfloat16",
-    "mixed_float16": "float16",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,14 +184,15 @@ def dataset_fn(
     reads its shard of the files at the per-replica batch size.
 
     Args:
-        config: the run's config (model sizes, anchors, augmentation).
+        config: the run's config (`pipeline.InputConfig.from_experiment`
+            takes model sizes, anchors, augmentation and reading from it).
         file_pattern: TFRecord glob of the split.
         is_training: shuffle, repeat and augment; else one ordered pass
             with ground truth in the labels.
         seed: shuffle seed (training).
         drop_remainder: drop a final partial batch (static shapes).
     """
-    model, data = config.model, config.data
+    input_config = pipeline.InputConfig.from_experiment(config)
     batch_size = (
         config.train.batch_size if is_training else config.eval.batch_size
     )
@@ -206,23 +200,9 @@ def dataset_fn(
     def make(input_context=None) -> tf.data.Dataset:
         return pipeline.build_dataset(
             file_pattern,
+            input_config,
             is_training=is_training,
             batch_size=batch_size,
-            image_size=model.image_size,
-            min_level=model.min_level,
-            max_level=model.max_level,
-            num_scales=model.anchor.num_scales,
-            aspect_ratios=model.anchor.aspect_ratios,
-            anchor_size=model.anchor.anchor_size,
-            match_threshold=model.anchor.match_threshold,
-            unmatched_threshold=model.anchor.unmatched_threshold,
-            max_num_instances=data.max_instances,
-            aug_scale_min=data.aug_scale_min if is_training else 1.0,
-            aug_scale_max=data.aug_scale_max if is_training else 1.0,
-            aug_rand_hflip=data.aug_rand_hflip and is_training,
-            dtype=IMAGE_DTYPES[config.train.mixed_precision],
-            shuffle_buffer=data.shuffle_buffer,
-            cache=data.cache,
             seed=seed,
             drop_remainder=drop_remainder,
             input_context=input_context,
