@@ -147,31 +147,57 @@ class _Session:
         self.model_dir = model_dir
         self.eval_split = eval_split
         self.training = mode != "eval"
-        evaluating = mode != "train"
+        self.evaluating = mode != "train"
         self.strategy = strategy or strategy_lib.make_strategy(config.runtime)
         config_lib.check_batch(config, self.strategy.num_replicas_in_sync)
         # Workers other than a multi-worker run's chief train alike but
         # keep their files out of model_dir.
         self.chief = strategy_lib.is_chief(self.strategy)
-        tf.io.gfile.makedirs(model_dir)
-        if self.training and self.chief:
-            config_lib.save(config, model_dir)
-            if spec is not None:
-                spec.save(os.path.join(model_dir, SPEC_FILENAME))
-
+        self._write_run_files(spec)
         # The data is checked before the model is built: a typo in a
         # path costs seconds, not a model build.
+        self._check_data()
+        self._build_trainer(spec)
+        self._make_checkpoint_manager()
+        self.progress = progress.Progress(
+            model_dir,
+            total_steps=config.train.steps,
+            global_batch=config.train.batch_size,
+            log_every=config.train.log_every,
+            summary_every=config.train.summary_every,
+            learning_rate=self.learning_rate,
+            write=self.chief,
+        )
+        self._make_controller()  # restores the latest checkpoint, if any
+        self.start_step = self.step
+        if self.evaluating:
+            self._attach_eval_dataset()
+
+    def _write_run_files(self, spec: NeckSpec | None) -> None:
+        """config.yaml (and spec.json) of a training run, by the chief."""
+        tf.io.gfile.makedirs(self.model_dir)
+        if self.training and self.chief:
+            config_lib.save(self.config, self.model_dir)
+            if spec is not None:
+                spec.save(os.path.join(self.model_dir, SPEC_FILENAME))
+
+    def _check_data(self) -> None:
+        """Resolves and checks the splits this session reads."""
         self.train_data = None
         if self.training:
-            self.train_data = inputs.resolve_split(config, "train")
+            self.train_data = inputs.resolve_split(self.config, "train")
             inputs.check_split("train", self.train_data)
         self.eval_data = None
-        if evaluating:
-            self.eval_data = inputs.resolve_split(config, eval_split)
-            inputs.check_split(eval_split, self.eval_data)
-            inputs.log_split(eval_split, self.eval_data)
+        if self.evaluating:
+            split = self.eval_split
+            self.eval_data = inputs.resolve_split(self.config, split)
+            inputs.check_split(split, self.eval_data)
+            inputs.log_split(split, self.eval_data)
 
-        train = config.train
+    def _build_trainer(self, spec: NeckSpec | None) -> None:
+        """The detector, learning rate, optimizer (with its slots) and
+        the orbit trainer, under the precision policy and strategy."""
+        config, train = self.config, self.config.train
         with precision_policy(train.mixed_precision), self.strategy.scope():
             tf_keras.utils.set_random_seed(config.runtime.seed)
             kwargs = {} if spec is None else {"spec": spec}
@@ -187,21 +213,30 @@ class _Session:
             self.strategy,
             model,
             optimizer,
-            annotation_file=self.eval_data.annotations if evaluating else "",
+            annotation_file=(
+                self.eval_data.annotations if self.evaluating else ""
+            ),
         )
+
+    def _make_checkpoint_manager(self) -> None:
+        """The checkpoint manager: the chief's writes to model_dir; another
+        worker restores the chief's latest and writes to a temporary
+        folder. Sets `resumed`."""
+        train = self.config.train
+        model = self.trainer.model
         init_fn = None
         if self.training and train.init_checkpoint:
             init_fn = checkpoints.backbone_initializer(
                 model, train.init_checkpoint
             )
-        write_dir = model_dir
+        write_dir = self.model_dir
         restored_step = None
         if not self.chief:
             # Every worker saves (variables are read collectively), only
             # the chief's copy counts; all resume from the chief's.
             write_dir = tempfile.mkdtemp(prefix="nasfpn_tf_worker_")
             latest = tf.train.latest_checkpoint(
-                checkpoints.checkpoint_dir(model_dir)
+                checkpoints.checkpoint_dir(self.model_dir)
             )
             if latest:
                 with self.strategy.scope():
@@ -226,21 +261,14 @@ class _Session:
             if self.chief
             else restored_step is not None
         )
-        self.progress = progress.Progress(
-            model_dir,
-            total_steps=train.steps,
-            global_batch=train.batch_size,
-            log_every=train.log_every,
-            summary_every=train.summary_every,
-            learning_rate=self.learning_rate,
-            write=self.chief,
-        )
-        # Restores the latest checkpoint, if any.
+
+    def _make_controller(self) -> None:
+        """orbit's Controller, which restores the latest checkpoint."""
         with progress.library_lines_to_log():
             self.controller = orbit.Controller(
                 global_step=self.trainer.global_step,
                 trainer=self.trainer if self.training else None,
-                evaluator=self.trainer if evaluating else None,
+                evaluator=self.trainer if self.evaluating else None,
                 strategy=self.strategy,
                 train_actions=[self._after_train_loop]
                 if self.training
@@ -249,23 +277,25 @@ class _Session:
                 checkpoint_manager=self.manager,
                 summary_dir=None,  # `progress` writes the train summaries
                 eval_summary_dir=(
-                    os.path.join(model_dir, EVAL_SUBDIR) if self.chief else None
+                    os.path.join(self.model_dir, EVAL_SUBDIR)
+                    if self.chief
+                    else None
                 ),
             )
-        self.start_step = self.step
-        if evaluating:
-            self.trainer.eval_dataset = orbit.utils.make_distributed_dataset(
-                self.strategy,
-                inputs.dataset_fn(
-                    config,
-                    self.eval_data.file_pattern,
-                    is_training=False,
-                    # Static shapes on TPU; elsewhere every image counts.
-                    drop_remainder=isinstance(
-                        self.strategy, tf.distribute.TPUStrategy
-                    ),
+
+    def _attach_eval_dataset(self) -> None:
+        self.trainer.eval_dataset = orbit.utils.make_distributed_dataset(
+            self.strategy,
+            inputs.dataset_fn(
+                self.config,
+                self.eval_data.file_pattern,
+                is_training=False,
+                # Static shapes on TPU; elsewhere every image counts.
+                drop_remainder=isinstance(
+                    self.strategy, tf.distribute.TPUStrategy
                 ),
-            )
+            ),
+        )
 
     @property
     def step(self) -> int:
