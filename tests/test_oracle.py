@@ -12,7 +12,7 @@ from nasfpn_tf.search import controller
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
-from nasfpn_tf.search import tuner as tuner_lib
+from nasfpn_tf.search import results as results_lib
 
 # 3 cells over levels 3..4: 12 decisions, small enough to repeat itself.
 SPACE = SearchSpace(
@@ -133,7 +133,7 @@ def _build(tmp_path, policy, proxy, num_samples, per_update, **kwargs):
         **kwargs,
     )
     oracle.restore()
-    tuner = tuner_lib.SearchTuner(oracle, SPACE, search_dir, lambda: proxy)
+    tuner = oracle_lib.SearchTuner(oracle, SPACE, search_dir, lambda: proxy)
     return oracle, tuner, seen
 
 
@@ -263,7 +263,7 @@ def _finish(oracle, trial, proxy):
     spec = SPACE.to_spec(actions)
     sample = int(trial.trial_id)
     result = proxy.reward(spec, str(oracle.search_dir.root))
-    oracle_lib.write_result(
+    results_lib.write_result(
         oracle.search_dir, sample, spec.canonical_key(), result, "tuner9"
     )
     trial.status = oracle_lib.COMPLETED
