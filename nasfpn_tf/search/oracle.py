@@ -55,13 +55,21 @@ from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search.results import SearchStorageError
+from nasfpn_tf.search.resume import SearchStateError
+from nasfpn_tf.search.scheduler import SearchAborted
 
-# Raised through the adapter; `main.USER_ERRORS` finds them here.
-from nasfpn_tf.search.scheduler import (
-    SearchAborted,
-    SearchStateError,
-    SearchStorageError,
-)
+# The search's errors surface through this module, where `main.USER_ERRORS`
+# looks them up.
+__all__ = [
+    "ControllerOracle",
+    "SearchAborted",
+    "SearchStateError",
+    "SearchStorageError",
+    "SearchTuner",
+    "role",
+    "serve",
+]
 
 REWARD = "reward"
 RUNNING = trial_lib.TrialStatus.RUNNING

@@ -21,6 +21,15 @@ from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 
 
+class SearchStorageError(RuntimeError):
+    """The search directory cannot be written (full disk, no permission).
+
+    It stops the search instead of counting the child as failed: every
+    child would fail alike, and penalty rewards for a full disk would
+    mislead the controller.
+    """
+
+
 def write_result(
     search_dir: history_lib.SearchDir,
     sample: int,

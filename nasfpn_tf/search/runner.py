@@ -40,6 +40,7 @@ from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import plots
 from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import scheduler as scheduler_lib
 from nasfpn_tf.search.scheduler import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
@@ -145,9 +146,9 @@ def search(
     Raises:
         scheduler.SearchAborted: `max_consecutive_failures` children failed
             in a row (the results so far are written first).
-        scheduler.SearchStateError: the directory holds a search run with
+        resume.SearchStateError: the directory holds a search run with
             another batch size, algorithm, seed or space.
-        scheduler.SearchStorageError: the directory cannot be written (a
+        results.SearchStorageError: the directory cannot be written (a
             full disk, no permission); what was recorded stays intact.
         config_lib.ConfigError: a data path the children read matches no
             file.
@@ -221,7 +222,7 @@ def search(
         cause = proxy_lib.storage_error_of(error)
         if cause is None:
             raise
-        raise scheduler_lib.SearchStorageError(
+        raise results_lib.SearchStorageError(
             f"The search stopped: {search_dir.root} cannot be written "
             f"({proxy_lib.describe_error(cause)}). The {len(oracle.records)} "
             f"samples in {search_dir.history_path} are intact; free space "

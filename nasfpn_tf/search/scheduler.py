@@ -51,7 +51,6 @@ import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from nasfpn_tf.arch.space import SearchSpace
@@ -59,6 +58,7 @@ from nasfpn_tf.search import batch as batch_lib
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import resume
 
 RUN = "run"
 WAIT = "wait"
@@ -69,21 +69,8 @@ DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
 OnSample = Callable[[history_lib.SampleRecord], None]
 
 
-class SearchStateError(RuntimeError):
-    """The history or checkpoint disagrees with the config or each other."""
-
-
 class SearchAborted(RuntimeError):
     """The search stopped itself (too many children failed in a row)."""
-
-
-class SearchStorageError(RuntimeError):
-    """The search directory cannot be written (full disk, no permission).
-
-    It stops the search instead of counting the child as failed: every
-    child would fail alike, and penalty rewards for a full disk would
-    mislead the controller.
-    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,81 +187,33 @@ class Scheduler:
         """Loads history and checkpoint and replays up to the next child.
 
         Raises:
-            SearchStateError: history and checkpoint disagree with the
-                config (other batch size, fewer samples, another algorithm)
-                or with each other.
+            resume.SearchStateError: history and checkpoint disagree with
+                the config (other batch size, fewer samples, another
+                algorithm) or with each other.
         """
         self.history = history_lib.History.open(self.search_dir.history_path)
         records = self.history.records
         for record in records:
-            self._check_record(record)
-        self.updates = self._restore_policy()
+            resume.check_record(
+                record,
+                self.num_samples,
+                self.samples_per_update,
+                self.search_dir.history_path,
+            )
+        self.updates = resume.restore_policy(
+            self.search_dir, self.policy, self.algorithm
+        )
         self._finished = {r.sample: r for r in records}
         self.cache = history_lib.RewardCache(records)
-        self._check_updates()
+        resume.check_updates(
+            self.updates,
+            self.num_samples,
+            self.samples_per_update,
+            set(self._finished),
+            self.search_dir,
+        )
         self._batch = None
         self._advance()
-
-    def _restore_policy(self) -> int:
-        """Loads the latest checkpoint; returns the updates it holds."""
-        try:
-            latest = self.search_dir.latest_policy(self.algorithm)
-        except history_lib.HistoryError as error:
-            raise SearchStateError(str(error)) from None
-        updates = 0
-        if latest is not None:
-            updates, prefix = latest
-            try:
-                self.policy.restore(prefix)
-            except (AssertionError, ValueError, tf.errors.OpError) as e:
-                raise SearchStateError(
-                    f"{prefix} does not fit the controller this config "
-                    f"builds (search.controller or space changed?): {e}"
-                ) from None
-        learned = getattr(self.policy, "num_updates", updates)
-        if learned != updates:
-            raise SearchStateError(
-                f"{self.search_dir.controller_dir}: the checkpoint holds "
-                f"a controller after {learned} updates, its pointer says "
-                f"{updates}"
-            )
-        return updates
-
-    def _check_updates(self) -> None:
-        """Every sample the checkpoint learned from must be in the history."""
-        where = self.search_dir.controller_dir
-        if self.updates > self.num_batches:
-            raise SearchStateError(
-                f"{where} holds the controller after {self.updates} updates, "
-                f"more than the {self.num_batches} batches of this search; "
-                "search.num_samples or samples_per_update was lowered; use "
-                "a new model_dir"
-            )
-        used = min(self.updates * self.samples_per_update, self.num_samples)
-        missing = [s for s in range(used) if s not in self._finished]
-        if missing:
-            raise SearchStateError(
-                f"{where} holds the controller after {self.updates} updates, "
-                f"but {self.search_dir.history_path} lacks samples "
-                f"{missing[:5]} those updates learned from (a finished "
-                "search whose last batch was short cannot be extended by "
-                "raising search.num_samples; use a new model_dir)"
-            )
-
-    def _check_record(self, record: history_lib.SampleRecord) -> None:
-        where = f"{self.search_dir.history_path}: sample {record.sample}"
-        if record.sample >= self.num_samples:
-            raise SearchStateError(
-                f"{where} is beyond search.num_samples ({self.num_samples}); "
-                "raise num_samples or use a new model_dir"
-            )
-        if record.step != record.sample // self.samples_per_update:
-            raise SearchStateError(
-                f"{where} belongs to step {record.step}, not "
-                f"{record.sample // self.samples_per_update} as "
-                f"search.samples_per_update={self.samples_per_update} "
-                "gives; the search was run with another batch size"
-            )
 
     @property
     def finished(self) -> bool:
@@ -417,14 +356,9 @@ class Scheduler:
             record = self._finished.get(start + pos)
             if record is None:
                 continue
-            actions = list(self._batch.actions(pos))
-            if list(record.actions) != actions:
-                raise SearchStateError(
-                    f"{self.search_dir.history_path}: sample {start + pos} "
-                    f"has actions {list(record.actions)}, but the restored "
-                    f"controller samples {actions}; the history was written "
-                    "with another config, seed or controller checkpoint"
-                )
+            resume.check_replay(
+                record, self._batch.actions(pos), self.search_dir.history_path
+            )
             self._batch.rewards[pos] = record.reward
             self._batch.replayed[pos] = True
 
