@@ -40,8 +40,8 @@ from benchmarks.search_vs_random import base_config, parse_algorithms
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
-from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import runner
 
 PROXIES = ("train", "sleep")
@@ -53,7 +53,7 @@ PARTS = (
     ("checkpoint", history_lib.SearchDir, "save_policy"),
     ("history", history_lib.History, "append"),
     ("results", history_lib.SearchDir, "write_results"),
-    ("result_files", oracle_lib, "write_result"),
+    ("result_files", results_lib, "write_result"),
     ("report", runner.Reporter, "on_sample"),
     ("report", runner.Reporter, "on_update"),
     ("final_report", runner.Reporter, "finish"),

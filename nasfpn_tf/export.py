@@ -56,8 +56,8 @@ from absl import logging
 from official.core import export_base as core_export_base
 from official.vision.ops import box_ops, preprocess_ops
 from official.vision.serving import export_base
-from tf_keras.src.saving.legacy.saved_model import utils as keras_saving
 
+from nasfpn_tf import compat
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.data import pipeline
@@ -187,7 +187,7 @@ class DetectionExportModule(export_base.ExportModule):
         image = preprocess_ops.normalize_image(image)
         image, image_info = preprocess_ops.resize_and_crop_image(
             image,
-            self._input_image_size,
+            compat.export_image_size(self),
             padded_size=self._padded_size,
             aug_scale_min=1.0,
             aug_scale_max=1.0,
@@ -274,13 +274,15 @@ class DetectionExportModule(export_base.ExportModule):
 
     def serve_image_bytes(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         """Encoded image strings [N] -> detections (see `detect`)."""
-        images, image_info = self._preprocess_batch(inputs, self._decode_image)
+        images, image_info = self._preprocess_batch(
+            inputs, compat.export_image_decoder(self)
+        )
         return self.detect(images, image_info)
 
     def serve_tf_examples(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         """Serialized tf.Example strings [N] -> detections."""
         images, image_info = self._preprocess_batch(
-            inputs, self._decode_tf_example
+            inputs, compat.export_example_decoder(self)
         )
         return self.detect(images, image_info)
 
@@ -398,7 +400,7 @@ def save(
     # Serving needs only the signatures: without Keras' per-layer call
     # traces the export takes half the time and a third less disk, and
     # loads faster.
-    with keras_saving.keras_option_scope(save_traces=False):
+    with compat.keras_option_scope(save_traces=False):
         tf.saved_model.save(root, temp_dir, signatures=signatures)
     extra = os.path.join(temp_dir, EXTRA_ASSETS_DIR)
     tf.io.gfile.makedirs(extra)

@@ -33,6 +33,7 @@ from nasfpn_tf.arch import known
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import runner
 from nasfpn_tf.train.loops import NonFiniteLossError
 
@@ -540,7 +541,7 @@ def test_a_silent_tuner_loses_its_child_to_the_next_then_it_fails(tmp_path):
     assert oracle.reclaim_lost_trials(silent_for=0.04) == []
     time.sleep(0.05)
     assert oracle.reclaim_lost_trials(silent_for=0.04) == ["000000"]
-    assert "t0" not in oracle.ongoing_trials
+    assert "t0" not in oracle.scheduler.running
     again = oracle.create_trial("t1")
     assert again.trial_id == "000000"  # the same child, the same directory
     other = oracle.create_trial("t2")
@@ -559,11 +560,9 @@ def test_a_silent_tuner_loses_its_child_to_the_next_then_it_fails(tmp_path):
 def test_a_lost_worker_that_stored_its_result_is_not_retrained(tmp_path):
     oracle = _oracle(tmp_path, max_retries=3)
     trial = oracle.create_trial("t0")
-    spec = oracle._batch.specs[0]
+    key = oracle.scheduler.spec_key(0)
     result = proxy_lib.ProxyResult(0.25, "ok", {"AP": 0.25}, 1.0)
-    oracle_lib.write_result(
-        oracle.search_dir, 0, spec.canonical_key(), result, "t0"
-    )
+    results_lib.write_result(oracle.search_dir, 0, key, result, "t0")
     time.sleep(0.05)  # died after storing, before reporting
     assert oracle.reclaim_lost_trials(silent_for=0.01) == [trial.trial_id]
     (record,) = oracle.records

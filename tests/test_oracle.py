@@ -1,114 +1,24 @@
 """Tests of ControllerOracle: batches, cache, failures, restore."""
 
 import os
-import random
 
-import numpy as np
 import pytest
 import tensorflow as tf
+from search_helpers import (
+    PENALTY,
+    SPACE,
+    FormulaProxy,
+    ScriptedPolicy,
+    formula,
+)
+from search_helpers import distinct_rows as _distinct_rows
+from search_helpers import key as _key
+from search_helpers import twin as _twin
 
-from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.search import controller
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
-from nasfpn_tf.search import proxy as proxy_lib
-from nasfpn_tf.search import tuner as tuner_lib
-
-# 3 cells over levels 3..4: 12 decisions, small enough to repeat itself.
-SPACE = SearchSpace(
-    num_intermediate=1, intermediate_levels=(4,), min_level=3, max_level=4
-)
-PENALTY = -1.0
-
-
-def formula(key):
-    """The fake proxy's reward: a pure function of the canonical hash."""
-    return int(key[:8], 16) / 16**8
-
-
-class FormulaProxy:
-    """Rates a spec by `formula`; specs whose hash is in `fail` fail, and
-    those in `crash` raise from `reward` (a bug, not a failed child)."""
-
-    def __init__(self, fail=(), crash=()):
-        self.fail, self.crash = set(fail), set(crash)
-        self.calls = []
-
-    def reward(self, spec, work_dir):
-        key = spec.canonical_key()
-        self.calls.append(key)
-        assert os.path.isdir(work_dir)
-        if key in self.crash:
-            raise ValueError(f"bug while rating {key}")
-        if key in self.fail:
-            return proxy_lib.ProxyResult(
-                PENALTY, "failed", error="NonFiniteLossError: nan"
-            )
-        reward = formula(key)
-        return proxy_lib.ProxyResult(reward, "ok", {"AP": reward}, 0.01)
-
-
-class ScriptedPolicy(tf.Module):
-    """Samples the given action rows in order; records its updates."""
-
-    def __init__(self, rows):
-        super().__init__()
-        self.rows = np.asarray(rows, dtype=np.int32)
-        self.position = tf.Variable(0, dtype=tf.int64)
-        self.learned = tf.Variable(0, dtype=tf.int64)
-        self.updates = []
-
-    @property
-    def num_updates(self):
-        return int(self.learned.numpy())
-
-    def sample(self, n):
-        start = int(self.position.numpy())
-        actions = self.rows[start : start + n]
-        assert len(actions) == n, "script exhausted"
-        self.position.assign_add(n)
-        zeros = np.zeros([n], np.float32)
-        masks = np.ones(actions.shape + (1,), dtype=bool)
-        return controller.Samples(actions, zeros, zeros, masks)
-
-    def update(self, samples, rewards):
-        self.updates.append((samples.actions.tolist(), list(rewards)))
-        self.learned.assign_add(1)
-        return {"loss": float(np.mean(rewards))}
-
-    def _checkpoint(self):
-        return tf.train.Checkpoint(position=self.position, learned=self.learned)
-
-    def save(self, path):
-        return self._checkpoint().write(path)
-
-    def restore(self, path):
-        self._checkpoint().read(path).assert_consumed()
-
-
-def _distinct_rows(n, seed=0):
-    rng, rows, keys = random.Random(seed), [], set()
-    while len(rows) < n:
-        actions = SPACE.random_actions(rng)
-        key = SPACE.to_spec(actions).canonical_key()
-        if key not in keys:
-            keys.add(key)
-            rows.append(actions)
-    return rows
-
-
-def _twin(actions):
-    """Same computation, other actions: cell 0 as a sum of swapped inputs."""
-    twin = list(actions)
-    twin[0], twin[1] = twin[1], twin[0]
-    twin[3] = SPACE.ops.index("sum")
-    original = list(actions)
-    original[3] = twin[3]
-    return original, twin
-
-
-def _key(actions):
-    return SPACE.to_spec(actions).canonical_key()
+from nasfpn_tf.search import results as results_lib
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +43,7 @@ def _build(tmp_path, policy, proxy, num_samples, per_update, **kwargs):
         **kwargs,
     )
     oracle.restore()
-    tuner = tuner_lib.SearchTuner(oracle, SPACE, search_dir, lambda: proxy)
+    tuner = oracle_lib.SearchTuner(oracle, SPACE, search_dir, lambda: proxy)
     return oracle, tuner, seen
 
 
@@ -263,7 +173,7 @@ def _finish(oracle, trial, proxy):
     spec = SPACE.to_spec(actions)
     sample = int(trial.trial_id)
     result = proxy.reward(spec, str(oracle.search_dir.root))
-    oracle_lib.write_result(
+    results_lib.write_result(
         oracle.search_dir, sample, spec.canonical_key(), result, "tuner9"
     )
     trial.status = oracle_lib.COMPLETED

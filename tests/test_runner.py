@@ -17,7 +17,6 @@ from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import runner
-from nasfpn_tf.search import tuner as tuner_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 8
@@ -284,7 +283,7 @@ def test_oracle_address_comes_from_config(monkeypatch):
     runner._export_oracle_address(config)
     assert os.environ["KERASTUNER_ORACLE_IP"] == "10.0.0.2"
     assert os.environ["KERASTUNER_ORACLE_PORT"] == "8123"
-    assert tuner_lib.role() == "worker"
+    assert oracle_lib.role() == "worker"
 
 
 def test_block_specs_text_is_model_gardens_list():

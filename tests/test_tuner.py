@@ -1,4 +1,5 @@
-"""Tests of SearchTuner: trials, stored results, chief and workers."""
+"""Tests of SearchTuner (search/oracle.py): trials, stored results, chief
+and workers."""
 
 import os
 import subprocess
@@ -12,7 +13,7 @@ from nasfpn_tf.search import controller
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
-from nasfpn_tf.search import tuner as tuner_lib
+from nasfpn_tf.search import results as results_lib
 
 SPACE = SearchSpace(
     num_intermediate=1, intermediate_levels=(4,), min_level=3, max_level=4
@@ -57,7 +58,7 @@ def _tuner(tmp_path, proxy, num_samples=2):
         algorithm="random",
     )
     oracle.restore()
-    return oracle, tuner_lib.SearchTuner(
+    return oracle, oracle_lib.SearchTuner(
         oracle, SPACE, search_dir, lambda: proxy
     )
 
@@ -84,7 +85,7 @@ def test_a_stored_result_of_another_spec_is_not_reused(tmp_path):
     oracle, tuner = _tuner(tmp_path, proxy)
     trial = oracle.create_trial("tuner0")
     result = proxy_lib.ProxyResult(0.5, "ok")
-    oracle_lib.write_result(oracle.search_dir, 0, "another-hash", result, "x")
+    results_lib.write_result(oracle.search_dir, 0, "another-hash", result, "x")
     tuner.run_trial(trial)
     assert len(proxy.calls) == 1
 
@@ -100,7 +101,7 @@ def test_the_proxy_is_made_only_when_a_child_trains(tmp_path):
         samples_per_update=1,
     )
     oracle.restore()
-    tuner = tuner_lib.SearchTuner(
+    tuner = oracle_lib.SearchTuner(
         oracle, SPACE, search_dir, lambda: made.append(1) or CountingProxy()
     )
     assert made == []
@@ -109,19 +110,19 @@ def test_the_proxy_is_made_only_when_a_child_trains(tmp_path):
 
 
 def test_role_follows_keras_tuner_environment(monkeypatch):
-    assert tuner_lib.role() == "single"
+    assert oracle_lib.role() == "single"
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
-    assert tuner_lib.role() == "single"  # no oracle address: not distributed
+    assert oracle_lib.role() == "single"  # no oracle address: not distributed
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     with pytest.raises(RuntimeError, match="KERASTUNER_ORACLE_PORT"):
-        tuner_lib.role()
+        oracle_lib.role()
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
-    assert tuner_lib.role() == "chief"
+    assert oracle_lib.role() == "chief"
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
-    assert tuner_lib.role() == "worker"
+    assert oracle_lib.role() == "worker"
     # An empty id is a worker to KerasTuner, which wraps its oracle: so here.
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "")
-    assert tuner_lib.role() == "worker"
+    assert oracle_lib.role() == "worker"
 
 
 _PROCESS_SCRIPT = textwrap.dedent(

@@ -42,6 +42,7 @@ from official.vision.modeling.heads import dense_prediction_heads
 from official.vision.modeling.layers import detection_generator
 from official.vision.ops import anchor
 
+from nasfpn_tf import compat
 from nasfpn_tf.arch.known import NASFPN_SPEC
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
 from nasfpn_tf.modeling.neck import anytime_key, build_neck, level_key
@@ -369,7 +370,7 @@ class DetectorModel(retinanet_model.RetinaNetModel):
         )
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
-        self._config_dict.update(anytime=anytime, repeats=repeats)
+        compat.retinanet_config(self).update(anytime=anytime, repeats=repeats)
         self._levels = [level_key(lv) for lv in range(min_level, max_level + 1)]
         self._backbone_levels = sorted(backbone.output_specs, key=int)
         # Early exits: the neck truncated after each earlier repeat. They
@@ -402,11 +403,11 @@ class DetectorModel(retinanet_model.RetinaNetModel):
 
     @property
     def anytime(self) -> bool:
-        return self._config_dict["anytime"]
+        return compat.retinanet_config(self)["anytime"]
 
     @property
     def repeats(self) -> int:
-        return self._config_dict["repeats"]
+        return compat.retinanet_config(self)["repeats"]
 
     def _exit_index(self, exit_repeat: int | None) -> int | None:
         """Validates ``exit_repeat``; None means the final pyramid."""
@@ -519,7 +520,7 @@ class DetectorModel(retinanet_model.RetinaNetModel):
                     "images need a static height and width to generate "
                     "anchors; pass anchor_boxes otherwise"
                 )
-            cfg = self._config_dict
+            cfg = compat.retinanet_config(self)
             grid = anchor.Anchor(
                 min_level=cfg["min_level"],
                 max_level=cfg["max_level"],

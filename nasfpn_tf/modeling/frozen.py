@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.python.framework import convert_to_constants
+
+from nasfpn_tf import compat
 
 
 class FrozenFunction:
@@ -85,5 +86,5 @@ def freeze(
                 "freeze: every output must be a tensor; got "
                 f"{type(value).__name__} {value!r}"
             )
-    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+    frozen = compat.convert_variables_to_constants(concrete)
     return FrozenFunction(frozen, outputs)

@@ -1,145 +1,98 @@
-"""KerasTuner's Oracle for the search: it asks the controller for specs.
+"""KerasTuner adapter: the search's one contact with KerasTuner.
 
-NAS-FPN (Ghiasi et al., CVPR 2019, arXiv:1904.07392, Sec. 3) trains an RNN
-controller with PPO on the rewards of sampled child architectures, the
-children being trained by many workers at once. KerasTuner (keras_tuner
-1.4.8) is the engine here: `ControllerOracle` is its Oracle, so a chief
-process can serve it to worker processes over gRPC, and
-`tuner.SearchTuner` is its Tuner, whose trials are children rated by a
-proxy. KerasTuner imports Keras 3 as `keras`; nothing here builds a Keras
-model, and the project's layers stay `tf_keras`.
+NAS-FPN (Ghiasi et al., CVPR 2019, arXiv:1904.07392, Sec. 3) trains many
+children at once. KerasTuner (keras_tuner, the range pinned in
+pyproject.toml) is the distributed engine here: every process runs the
+same command, the one whose `KERASTUNER_TUNER_ID` contains "chief" serves
+`ControllerOracle` over gRPC at `KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT`,
+and each other process is a `SearchTuner` that asks it for trials, trains
+them with the proxy (one worker per accelerator host) and reports the
+rewards. Without those variables one process does both. KerasTuner imports
+Keras 3 as `keras`; nothing here builds a Keras model, and the project's
+layers stay `tf_keras`.
 
-Hyperparameters. Each decision of the search space is one `hp.Int` named
-after the step (`cell2.input1`) ranging over its choices, so a trial's
-values are the actions and a worker rebuilds the spec with
-`space.to_spec`. KerasTuner's own sampling is not used: the values come
-from the policy.
+What the search decides lives elsewhere: `scheduler.Scheduler` hands out
+samples and learns from their rewards, `results.py` rates a child and
+stores its result. This module only translates: a trial is a sample (its
+id the zero-padded sample index, stable across restarts), its
+hyperparameters are the sample's actions (one `hp.Int` per decision, named
+after the step, `cell2.input1`), and KerasTuner's own sampling, ranking
+and `oracle.json`/`trial.json` files are unused.
 
-Batches. The policy samples `samples_per_update` action sequences at once
-for controller step u; their trials are handed out in order, to as many
-tuners as ask. When every sample of the batch has a reward the policy is
-updated (PPO or REINFORCE; random search learns nothing), checkpointed,
-and the next batch is sampled. A tuner that asks while the batch's last
-children are still training is told to wait (IDLE).
-
-Rewards. A child's result is stored as `result.json` in its trial
-directory before the oracle hears of it; the oracle appends one record to
-`history.jsonl` per sample. A sample whose canonical hash already has a
-reward (and `reuse_rewards`) is recorded as cached with that reward and is
-not trained again; a repeat within a batch waits for the first to finish.
-A child that fails earns the penalty reward; a run of
-`max_consecutive_failures` failures stops the search, as it points at a
-broken set-up rather than at bad architectures.
-
-Lost workers. A worker sends a heartbeat (`get_trial`) while it trains a
-child; the chief takes back the child of a worker silent for longer than
-`search.worker_timeout` (killed, preempted, its host gone) and hands it to
-the next tuner that asks, which resumes from the child's checkpoints,
-`max_retries` times; after that the child is recorded as failed. A result
-the lost worker stored before dying is used as it is.
-
-Resuming. `history.jsonl` and the controller checkpoint are the source of
-truth, not KerasTuner's `oracle.json` and `trial.json`, which are written
-in place (a kill mid-write leaves a file that cannot be reloaded) and whose
-reload re-queues running trials under new trial ids. Trial ids are sample
-indices, so a child keeps its directory across restarts. `restore` loads the
-checkpoint of the last completed update, samples the current batch again
-(sampling is deterministic given the policy's RNG state, so it is the same
-batch) and replays the finished samples of that batch from the history; a
-trial interrupted after its result was stored is not trained again.
+KerasTuner APIs used (each checked by tests/test_keras_tuner_compat.py):
+the public `Oracle` (constructor arguments; `create_trial`,
+`update_trial`, `end_trial`, `get_trial`, `populate_space`, `save`,
+`reload` overridden as its documentation allows; `get_space`),
+`Objective`, `HyperParameters`, `engine.trial.Trial`/`TrialStatus`,
+`engine.base_tuner.BaseTuner` (constructor, `tuner_id`, `run_trial`,
+`on_search_begin`/`on_trial_begin`/`on_trial_end`/`on_search_end`, its
+swap of the oracle for a gRPC client in a worker); and two private ones,
+listed in `nasfpn_tf/compat.py`: `keras_tuner.src.distribute.utils` (who is
+chief) and the gRPC servicer (`keras_tuner.src.protos`,
+`keras_tuner.src.distribute.oracle_chief.OracleServicer`).
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import math
+import contextlib
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from typing import Any
 
 import keras_tuner as kt
-import numpy as np
-import tensorflow as tf
 from absl import logging
+from keras_tuner.engine import base_tuner
 from keras_tuner.engine import trial as trial_lib
+from keras_tuner.src.distribute import utils as distribute_utils
 
 from nasfpn_tf.arch.space import SearchSpace
-from nasfpn_tf.arch.spec import NeckSpec
-from nasfpn_tf.errors import UserError
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search.results import SearchStorageError
+from nasfpn_tf.search.resume import SearchStateError
+from nasfpn_tf.search.scheduler import SearchAborted
+
+# The search's errors, re-exported: callers of the engine catch them here.
+__all__ = [
+    "ControllerOracle",
+    "SearchAborted",
+    "SearchStateError",
+    "SearchStorageError",
+    "SearchTuner",
+    "role",
+    "serve",
+]
 
 REWARD = "reward"
 RUNNING = trial_lib.TrialStatus.RUNNING
 IDLE = trial_lib.TrialStatus.IDLE
 STOPPED = trial_lib.TrialStatus.STOPPED
 COMPLETED = trial_lib.TrialStatus.COMPLETED
-# Consecutive failed children that stop the search (0: never stop).
-DEFAULT_MAX_CONSECUTIVE_FAILURES = 10
+# What KerasTuner's own tuner marks a trial that raised.
+INVALID = trial_lib.TrialStatus.INVALID
+ENV_TUNER_ID = "KERASTUNER_TUNER_ID"
+ENV_ORACLE_IP = "KERASTUNER_ORACLE_IP"
+ENV_ORACLE_PORT = "KERASTUNER_ORACLE_PORT"
+# A tuner told to wait asks again after this long.
+IDLE_WAIT_SECONDS = 1.0
+# The chief checks this often whether the search is over.
+SERVER_POLL_SECONDS = 0.2
+# Once the search is over, the chief keeps answering STOPPED this long for
+# tuners that have not asked yet (they ask every IDLE_WAIT_SECONDS).
+CHIEF_LINGER_SECONDS = 5 * IDLE_WAIT_SECONDS
+SERVER_STOP_GRACE_SECONDS = 1.0
+# Heartbeats a worker sends per `search.worker_timeout`: a few may be late
+# (a long trace holding the GIL) before the chief counts the worker lost.
+HEARTBEATS_PER_TIMEOUT = 4
 
-OnSample = Callable[[history_lib.SampleRecord], None]
-
-
-class SearchStateError(UserError, RuntimeError):
-    """The history or checkpoint disagrees with the config or each other."""
-
-
-class SearchAborted(UserError, RuntimeError):
-    """The search stopped itself (too many children failed in a row)."""
-
-
-class SearchStorageError(UserError, kt.errors.FatalError):
-    """The search directory cannot be written (full disk, no permission).
-
-    A KerasTuner FatalError, so the tuner stops instead of counting the
-    child as failed: every child would fail alike, and penalty rewards
-    for a full disk would mislead the controller.
-    """
-
-
-@dataclasses.dataclass(frozen=True)
-class UpdateInfo:
-    """One completed controller step.
-
-    Attributes:
-        step: the controller step (batch) just learned from.
-        rewards: [batch] rewards in sample order.
-        stats: the policy's update statistics (empty for random search).
-        updates: updates done so far, this one included.
-        replayed: True when every reward came from the history of an
-            earlier run (the update is being redone after a restart).
-    """
-
-    step: int
-    rewards: tuple[float, ...]
-    stats: Mapping[str, float]
-    updates: int
-    replayed: bool
-
-
-@dataclasses.dataclass
-class _Batch:
-    """The samples of one controller step and what is known of them."""
-
-    step: int
-    start: int
-    samples: controller_lib.Samples
-    specs: list[NeckSpec]
-    hashes: list[str]
-    rewards: list[float | None]
-    replayed: list[bool]
-    handed: set[int] = dataclasses.field(default_factory=set)
-
-    @property
-    def size(self) -> int:
-        return len(self.specs)
-
-    @property
-    def done(self) -> bool:
-        return all(r is not None for r in self.rewards)
+ProxyFactory = Callable[[], proxy_lib.Proxy]
 
 
 def hyperparameters(space: SearchSpace) -> kt.HyperParameters:
@@ -155,8 +108,26 @@ def actions_of(trial: trial_lib.Trial, space: SearchSpace) -> list[int]:
     return [int(trial.hyperparameters.get(n)) for n in space.step_names]
 
 
+def role() -> str:
+    """This process's part: "single", "chief" (serves the oracle) or
+    "worker" (trains children), by the rule `BaseTuner` itself follows
+    when it wraps the oracle in a gRPC client.
+
+    Raises:
+        RuntimeError: KERASTUNER_ORACLE_IP without the port or tuner id
+            (KerasTuner's message names the missing variable).
+    """
+    if not distribute_utils.has_chief_oracle():
+        return "single"
+    return "chief" if distribute_utils.is_chief_oracle() else "worker"
+
+
+def _sample_of(trial_id: str) -> int | None:
+    return int(trial_id) if trial_id.isdigit() else None
+
+
 class ControllerOracle(kt.Oracle):
-    """KerasTuner Oracle whose trials are the policy's samples.
+    """KerasTuner Oracle whose trials are a `Scheduler`'s samples.
 
     Args:
         space: the search space.
@@ -164,18 +135,8 @@ class ControllerOracle(kt.Oracle):
             stand-in oracle, which only forwards to the chief.
         search_dir: where history, checkpoints and trials live; None for a
             worker's stand-in.
-        num_samples: samples in the whole search.
-        samples_per_update: samples per controller step.
-        algorithm: "ppo", "reinforce" or "random"; checked against the
-            checkpoint.
-        penalty_reward: reward of a failed child.
-        reuse_rewards: give a repeated architecture its earlier reward.
-        max_consecutive_failures: failures in a row that stop the search;
-            0 never stops.
-        max_retries: times the child of a lost worker is handed out
-            again before it is recorded as failed.
-        on_sample: called with each new history record.
-        on_update: called with an `UpdateInfo` after each update.
+        **settings: the `Scheduler`'s (num_samples, samples_per_update,
+            algorithm, penalty_reward, ...).
     """
 
     def __init__(
@@ -183,30 +144,11 @@ class ControllerOracle(kt.Oracle):
         space: SearchSpace,
         policy: controller_lib.Policy | None,
         search_dir: history_lib.SearchDir | None,
-        *,
-        num_samples: int,
-        samples_per_update: int,
-        algorithm: str = "ppo",
-        penalty_reward: float = 0.0,
-        reuse_rewards: bool = True,
-        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
-        max_retries: int = 0,
-        on_sample: OnSample | None = None,
-        on_update: Callable[[UpdateInfo], None] | None = None,
+        **settings: Any,
     ):
-        if num_samples < 1 or samples_per_update < 1:
-            raise ValueError(
-                "num_samples and samples_per_update must be >= 1; got "
-                f"{num_samples} and {samples_per_update}."
-            )
-        if max_consecutive_failures < 0:
-            raise ValueError(
-                "max_consecutive_failures must be >= 0; got "
-                f"{max_consecutive_failures}."
-            )
         super().__init__(
             objective=kt.Objective(REWARD, "max"),
-            max_trials=num_samples,
+            max_trials=settings["num_samples"],
             hyperparameters=hyperparameters(space),
             allow_new_entries=False,
             tune_new_entries=False,
@@ -216,130 +158,136 @@ class ControllerOracle(kt.Oracle):
             seed=1,
         )
         self.space = space
-        self.policy = policy
-        self.search_dir = search_dir
-        self.num_samples = num_samples
-        self.samples_per_update = samples_per_update
-        self.num_batches = math.ceil(num_samples / samples_per_update)
-        self.algorithm = algorithm
-        self.penalty_reward = float(penalty_reward)
-        self.reuse_rewards = reuse_rewards
-        self.max_consecutive_failures = max_consecutive_failures
-        self.max_retries = max_retries
-        self._on_sample = on_sample
-        self._on_update = on_update
-        self.history: history_lib.History | None = None
-        self.cache = history_lib.RewardCache()
-        self.updates = 0
-        self.aborted: SearchAborted | None = None
-        self._finished: dict[int, history_lib.SampleRecord] = {}
-        self._batch: _Batch | None = None
-        self._failures_in_a_row = 0
-        # Trial id -> monotonic time its tuner was last heard of; sample ->
-        # times its worker was lost.
-        self._heard: dict[str, float] = {}
-        self._lost: collections.Counter[int] = collections.Counter()
+        self.scheduler: scheduler_lib.Scheduler | None = None
+        if policy is None or search_dir is None:
+            scheduler_lib.check_settings(
+                settings["num_samples"],
+                settings["samples_per_update"],
+                settings.get("max_consecutive_failures", 0),
+            )
+        else:
+            self.scheduler = scheduler_lib.Scheduler(
+                space, policy, search_dir, **settings
+            )
+        # Trial id -> the trial handed out for it (KerasTuner's base-class
+        # bookkeeping is left unused).
+        self._trials: dict[str, trial_lib.Trial] = {}
         # Reentrant, and released when a call raises (KerasTuner's
-        # `synchronized` would keep it).
+        # `synchronized` would keep it). The gRPC handler and the chief's
+        # polling loop call in from two threads.
         self._lock = threading.RLock()
 
-    # -- state ---------------------------------------------------------------
+    # -- the scheduler's state, for the runner -------------------------------
 
     def restore(self) -> None:
-        """Loads history and checkpoint and replays up to the next child.
-
-        Raises:
-            SearchStateError: history and checkpoint disagree with the
-                config (other batch size, fewer samples, another algorithm)
-                or with each other.
-        """
-        if self.policy is None or self.search_dir is None:
+        """`Scheduler.restore`; see there."""
+        if self.scheduler is None:
             raise SearchStateError("a worker's stand-in oracle has no state")
         with self._lock:
-            self.history = history_lib.History.open(
-                self.search_dir.history_path
-            )
-            records = self.history.records
-            for record in records:
-                self._check_record(record)
-            try:
-                latest = self.search_dir.latest_policy(self.algorithm)
-            except history_lib.HistoryError as error:
-                raise SearchStateError(str(error)) from None
-            self.updates = 0
-            if latest is not None:
-                self.updates, prefix = latest
-                try:
-                    self.policy.restore(prefix)
-                except (AssertionError, ValueError, tf.errors.OpError) as e:
-                    raise SearchStateError(
-                        f"{prefix} does not fit the controller this config "
-                        f"builds (search.controller or space changed?): {e}"
-                    ) from None
-            learned = getattr(self.policy, "num_updates", self.updates)
-            if learned != self.updates:
-                raise SearchStateError(
-                    f"{self.search_dir.controller_dir}: the checkpoint holds "
-                    f"a controller after {learned} updates, its pointer says "
-                    f"{self.updates}"
-                )
-            self._finished = {r.sample: r for r in records}
-            self.cache = history_lib.RewardCache(records)
-            self._check_updates()
-            self._batch = None
-            self._advance()
-
-    def _check_updates(self) -> None:
-        """Every sample the checkpoint learned from must be in the history."""
-        if self.updates > self.num_batches:
-            raise SearchStateError(
-                f"{self.search_dir.controller_dir} holds the controller after "
-                f"{self.updates} updates, more than the {self.num_batches} "
-                "batches of this search; search.num_samples or "
-                "samples_per_update was lowered; use a new model_dir"
-            )
-        used = min(self.updates * self.samples_per_update, self.num_samples)
-        missing = [s for s in range(used) if s not in self._finished]
-        if missing:
-            raise SearchStateError(
-                f"{self.search_dir.controller_dir} holds the controller after "
-                f"{self.updates} updates, but {self.search_dir.history_path} "
-                f"lacks samples {missing[:5]} those updates learned from (a "
-                "finished search whose last batch was short cannot be "
-                "extended by raising search.num_samples; use a new model_dir)"
-            )
-
-    def _check_record(self, record: history_lib.SampleRecord) -> None:
-        where = f"{self.search_dir.history_path}: sample {record.sample}"
-        if record.sample >= self.num_samples:
-            raise SearchStateError(
-                f"{where} is beyond search.num_samples ({self.num_samples}); "
-                "raise num_samples or use a new model_dir"
-            )
-        if record.step != record.sample // self.samples_per_update:
-            raise SearchStateError(
-                f"{where} belongs to step {record.step}, not "
-                f"{record.sample // self.samples_per_update} as "
-                f"search.samples_per_update={self.samples_per_update} "
-                "gives; the search was run with another batch size"
-            )
+            self.scheduler.restore()
 
     @property
-    def finished(self) -> bool:
-        """Every batch learned from, or the search aborted."""
-        return self.aborted is not None or self.updates >= self.num_batches
-
-    def serving_state(self) -> tuple[bool, bool]:
-        """(the search is over and no trial runs, some tuner has not yet
-        been told to stop), read together."""
-        with self._lock:
-            over = self.finished and not self.ongoing_trials
-            return over, bool(self.tuner_ids)
+    def search_dir(self) -> history_lib.SearchDir | None:
+        return None if self.scheduler is None else self.scheduler.search_dir
 
     @property
     def records(self) -> list[history_lib.SampleRecord]:
-        """The history's records, in file order (the live list: read only)."""
-        return [] if self.history is None else self.history.records
+        return [] if self.scheduler is None else self.scheduler.records
+
+    @property
+    def updates(self) -> int:
+        return 0 if self.scheduler is None else self.scheduler.updates
+
+    @property
+    def finished(self) -> bool:
+        return self.scheduler is not None and self.scheduler.finished
+
+    @property
+    def aborted(self) -> SearchAborted | None:
+        return None if self.scheduler is None else self.scheduler.aborted
+
+    def serving_state(self) -> tuple[bool, bool]:
+        """(the search is over and no child trains, some tuner has not yet
+        been told to stop), read together."""
+        with self._lock:
+            return self.scheduler.over, bool(self.scheduler.tuners)
+
+    def reclaim_lost_trials(self, silent_for: float) -> list[str]:
+        """`Scheduler.reclaim_lost`; returns the trial ids taken back."""
+        with self._lock:
+            lost = self.scheduler.reclaim_lost(silent_for)
+            return [history_lib.trial_id(sample) for sample in lost]
+
+    # -- KerasTuner's Oracle interface ---------------------------------------
+
+    def create_trial(self, tuner_id: str) -> trial_lib.Trial:
+        """The next sample to train for `tuner_id`, or IDLE / STOPPED."""
+        with self._lock:
+            assignment = self.scheduler.assign(tuner_id)
+            if assignment.status == scheduler_lib.WAIT:
+                return trial_lib.Trial(self.get_space(), status=IDLE)
+            if assignment.status == scheduler_lib.STOP:
+                return trial_lib.Trial(self.get_space(), status=STOPPED)
+            trial_id = history_lib.trial_id(assignment.sample)
+            if assignment.again and trial_id in self._trials:
+                return self._trials[trial_id]
+            hps = self.get_space()
+            hps.values = self.populate_space(trial_id)["values"]
+            trial = trial_lib.Trial(hps, trial_id=trial_id, status=RUNNING)
+            self._trials[trial_id] = trial
+            return trial
+
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        """The hyperparameter values (the actions) of sample `trial_id`,
+        which must be in the current batch."""
+        with self._lock:
+            actions = self.scheduler.actions(int(trial_id))
+            values = dict(zip(self.space.step_names, actions))
+            return {"status": RUNNING, "values": values}
+
+    def update_trial(
+        self, trial_id: str, metrics: Mapping[str, float], step: int = 0
+    ) -> trial_lib.Trial:
+        """Notes the reported metrics on the trial (the history takes the
+        reward from the stored result)."""
+        with self._lock:
+            trial = self._trials.get(trial_id)
+            if trial is None:
+                # From a tuner still running a trial of an earlier chief.
+                return trial_lib.Trial(self.get_space(), trial_id, RUNNING)
+            for name, value in metrics.items():
+                if not trial.metrics.exists(name):
+                    direction = "max" if name == REWARD else None
+                    trial.metrics.register(name, direction=direction)
+                trial.metrics.update(name, value, step=step)
+            return trial
+
+    def get_trial(self, trial_id: str) -> trial_lib.Trial:
+        """The trial; a worker's heartbeat while it trains the child."""
+        with self._lock:
+            sample = _sample_of(trial_id)
+            if sample is not None:
+                self.scheduler.heartbeat(sample)
+            trial = self._trials.get(trial_id)
+            if trial is None:
+                return trial_lib.Trial(self.get_space(), trial_id, RUNNING)
+            return trial
+
+    def end_trial(self, trial: trial_lib.Trial) -> None:
+        """Records a finished child; learns when its batch is complete."""
+        with self._lock:
+            known = self._trials.get(trial.trial_id)
+            if known is not None:
+                known.status, known.message = trial.status, trial.message
+            sample = _sample_of(trial.trial_id)
+            if sample is None:
+                logging.warning("Ignoring the end of trial %s", trial.trial_id)
+                return
+            record = self.scheduler.finish(sample, trial.message)
+            if record is not None and known is not None:
+                # KerasTuner ranks trials by score: the recorded reward,
+                # penalty included.
+                known.score = record.reward
 
     def save(self) -> None:
         """Writes nothing: history and controller checkpoint are the state."""
@@ -347,344 +295,195 @@ class ControllerOracle(kt.Oracle):
     def reload(self) -> None:
         """Reads nothing: `restore` resumes from history and checkpoint."""
 
-    def _save_trial(self, trial: trial_lib.Trial) -> None:
-        """Writes no trial.json: the trial's result.json is the record."""
 
-    # -- batches ---------------------------------------------------------------
+class SearchTuner(base_tuner.BaseTuner):
+    """KerasTuner tuner whose trials are children rated by a proxy.
 
-    def _open_batch(self) -> None:
-        step = self.updates
-        start = step * self.samples_per_update
-        size = min(self.samples_per_update, self.num_samples - start)
-        samples = self.policy.sample(size)
-        specs, hashes, rewards, replayed = [], [], [], []
-        for pos in range(size):
-            actions = [int(a) for a in samples.actions[pos]]
-            spec = self.space.to_spec(actions)
-            specs.append(spec)
-            hashes.append(spec.canonical_key())
-            record = self._finished.get(start + pos)
-            if record is not None and list(record.actions) != actions:
-                raise SearchStateError(
-                    f"{self.search_dir.history_path}: sample {start + pos} "
-                    f"has actions {list(record.actions)}, but the restored "
-                    f"controller samples {actions}; the history was written "
-                    "with another config, seed or controller checkpoint"
-                )
-            rewards.append(None if record is None else record.reward)
-            replayed.append(record is not None)
-        self._batch = _Batch(
-            step, start, samples, specs, hashes, rewards, replayed
+    `BaseTuner` rather than `keras_tuner.Tuner`: the latter fits and saves
+    Keras models, and a child here is trained by the proxy.
+
+    Args:
+        oracle: a `ControllerOracle` (a worker's stand-in in worker
+            processes: KerasTuner swaps it for a gRPC client).
+        space: the search space.
+        search_dir: the search directory (shared by chief and workers).
+        proxy_factory: makes the proxy on first use, so a chief, which
+            trains nothing, never builds a strategy.
+        worker_timeout: seconds of silence after which the chief takes
+            back a worker's child; workers send HEARTBEATS_PER_TIMEOUT
+            heartbeats in that time while training. None: no heartbeats,
+            nothing taken back.
+    """
+
+    def __init__(
+        self,
+        oracle: ControllerOracle,
+        space: SearchSpace,
+        search_dir: history_lib.SearchDir,
+        proxy_factory: ProxyFactory,
+        worker_timeout: float | None = None,
+    ):
+        self.space = space
+        self.search_dir = search_dir
+        self.worker_timeout = worker_timeout
+        self._proxy_factory = proxy_factory
+        self._proxy: proxy_lib.Proxy | None = None
+        self.trained = 0
+        super().__init__(
+            oracle=oracle,
+            directory=search_dir.root,
+            project_name=history_lib.TRIALS_DIR,
         )
 
-    def _advance(self) -> int | None:
-        """Records cached samples and updates the policy until a sample
-        needs training.
+    @property
+    def proxy(self) -> proxy_lib.Proxy:
+        if self._proxy is None:
+            self._proxy = self._proxy_factory()
+        return self._proxy
 
-        Returns:
-            The global index of the next sample to train, or None when
-            none can start now (all handed out, or the search is over).
+    def run_trial(self, trial: trial_lib.Trial) -> dict[str, float]:
+        """Rates the trial's spec; a result stored earlier is reused.
+
+        Raises:
+            SearchStorageError: the search directory cannot be written (a
+                full disk, no permission): the search stops.
         """
-        while self.aborted is None:
-            if self._batch is None:
-                if self.updates >= self.num_batches:
-                    return None
-                self._open_batch()
-            batch = self._batch
-            in_flight = {
-                batch.hashes[p]
-                for p in batch.handed
-                if batch.rewards[p] is None
-            }
-            for pos in range(batch.size):
-                if batch.rewards[pos] is not None or pos in batch.handed:
-                    continue
-                key = batch.hashes[pos]
-                if self.reuse_rewards:
-                    cached = self.cache.get(key)
-                    if cached is not None:
-                        self._record_cached(pos, *cached)
-                        continue
-                    if key in in_flight:
-                        continue  # a twin is training; its reward will do
-                return batch.start + pos
-            if not batch.done:
-                return None
-            self._learn()
-        return None
-
-    def _learn(self) -> None:
-        batch = self._batch
-        rewards = np.asarray(batch.rewards, dtype=np.float64)
-        stats = self.policy.update(batch.samples, rewards)
-        self.updates += 1
-        self.search_dir.save_policy(self.policy, self.updates, self.algorithm)
-        self._batch = None
-        if self._on_update is not None:
-            self._on_update(
-                UpdateInfo(
-                    step=batch.step,
-                    rewards=tuple(float(r) for r in rewards),
-                    stats=dict(stats),
-                    updates=self.updates,
-                    replayed=all(batch.replayed),
+        beat = None
+        if self.worker_timeout is not None and role() == "worker":
+            beat = self.worker_timeout / HEARTBEATS_PER_TIMEOUT
+        spec = self.space.to_spec(actions_of(trial, self.space))
+        try:
+            with _heartbeats(self.oracle, trial.trial_id, beat):
+                result, trained = results_lib.rate(
+                    self.search_dir,
+                    int(trial.trial_id),
+                    spec,
+                    self.proxy,
+                    self.tuner_id,
                 )
-            )
+        except Exception as error:
+            cause = proxy_lib.storage_error_of(error)
+            if cause is None:
+                raise
+            raise SearchStorageError(proxy_lib.describe_error(cause)) from error
+        self.trained += int(trained)
+        return {REWARD: float(result.reward)}
 
-    def _new_record(self, pos: int, **fields: Any) -> history_lib.SampleRecord:
-        batch = self._batch
-        return history_lib.SampleRecord(
-            step=batch.step,
-            sample=batch.start + pos,
-            actions=tuple(int(a) for a in batch.samples.actions[pos]),
-            spec=batch.specs[pos].to_dict(),
-            hash=batch.hashes[pos],
-            time=time.time(),
-            **fields,
-        )
+    def search(self) -> None:
+        """Serves the oracle (chief) or trains trials until STOPPED.
 
-    def _record_cached(self, pos: int, reward: float, source: int) -> None:
-        self._append(
-            pos,
-            self._new_record(
-                pos,
-                reward=reward,
-                status=history_lib.CACHED,
-                cached_from=source,
-            ),
-        )
-
-    def _append(self, pos: int, record: history_lib.SampleRecord) -> None:
-        self.history.append(record)
-        self._finished[record.sample] = record
-        self.cache.add(record)
-        self._batch.rewards[pos] = record.reward
-        if self._on_sample is not None:
-            self._on_sample(record)
-
-    # -- KerasTuner's Oracle interface -----------------------------------
-
-    def create_trial(self, tuner_id: str) -> trial_lib.Trial:
-        """The next sample to train for `tuner_id`, or IDLE / STOPPED.
-
-        Overrides KerasTuner's: trial ids are sample indices (stable across
-        restarts, unlike KerasTuner's running count), and populating the
-        values is `_advance`.
+        Replaces `BaseTuner.search`, whose tuners re-ask a waiting oracle
+        without pause and whose chief polls for the end every 20 s.
         """
-        with self._lock:
-            if tuner_id in self.ongoing_trials:
-                # A restarted tuner with the same id carries on its trial.
-                trial = self.ongoing_trials[tuner_id]
-                self._heard[trial.trial_id] = time.monotonic()
-                return trial
-            self.tuner_ids.add(tuner_id)
-            sample = self._advance()
-            if sample is None:
-                status = STOPPED if self.finished else IDLE
-                if status == STOPPED:
-                    self.tuner_ids.discard(tuner_id)
-                return trial_lib.Trial(self.get_space(), status=status)
-            pos = sample - self._batch.start
-            self._batch.handed.add(pos)
-            values = self.populate_space(history_lib.trial_id(sample))
-            hps = self.get_space()
-            hps.values = values["values"]
-            trial = trial_lib.Trial(
-                hps, trial_id=history_lib.trial_id(sample), status=RUNNING
-            )
-            self.trials[trial.trial_id] = trial
-            self.ongoing_trials[tuner_id] = trial
-            self.start_order.append(trial.trial_id)
-            self._heard[trial.trial_id] = time.monotonic()
-            return trial
-
-    def populate_space(self, trial_id: str) -> dict[str, Any]:
-        """The hyperparameter values (the actions) of sample `trial_id`,
-        which must be in the current batch."""
-        with self._lock:
-            pos = int(trial_id) - self._batch.start
-            actions = self._batch.samples.actions[pos]
-            return {
-                "status": RUNNING,
-                "values": {
-                    name: int(a)
-                    for name, a in zip(self.space.step_names, actions)
-                },
-            }
-
-    def update_trial(
-        self, trial_id: str, metrics: Mapping[str, float], step: int = 0
-    ) -> trial_lib.Trial:
-        with self._lock:
-            if trial_id not in self.trials:
-                # From a tuner still running a trial of an earlier chief.
-                return trial_lib.Trial(self.get_space(), trial_id, RUNNING)
-            return super().update_trial(trial_id, metrics, step=step)
-
-    def get_trial(self, trial_id: str) -> trial_lib.Trial:
-        """The trial; a worker's heartbeat while it trains the child."""
-        with self._lock:
-            if trial_id in self._heard:
-                self._heard[trial_id] = time.monotonic()
-            if trial_id not in self.trials:
-                return trial_lib.Trial(self.get_space(), trial_id, RUNNING)
-            return self.trials[trial_id]
-
-    def reclaim_lost_trials(self, silent_for: float) -> list[str]:
-        """Takes back the children of tuners silent for `silent_for` s.
-
-        Each goes to the next tuner that asks (the same trial id, so the
-        same work directory and checkpoints) until it has been lost
-        `max_retries` times; then it is recorded as failed. A result its
-        worker stored is recorded as it is.
-
-        Returns:
-            The ids of the trials taken back.
-        """
-        with self._lock:
-            now = time.monotonic()
-            lost = [
-                (tuner_id, trial)
-                for tuner_id, trial in self.ongoing_trials.items()
-                if now - self._heard.get(trial.trial_id, now) > silent_for
-            ]
-            for tuner_id, trial in lost:
-                del self.ongoing_trials[tuner_id]
-                self.tuner_ids.discard(tuner_id)
-                self._heard.pop(trial.trial_id, None)
-                sample = int(trial.trial_id)
-                self._lost[sample] += 1
-                message = (
-                    f"tuner {tuner_id} was silent for more than "
-                    f"{silent_for:g} s while training sample {sample} (lost "
-                    f"{self._lost[sample]} time(s))"
-                )
-                batch = self._batch
-                pos = sample - batch.start if batch is not None else -1
-                if not 0 <= pos < (batch.size if batch else 0):
-                    continue
-                stored = read_result(self.search_dir, sample, batch.hashes[pos])
-                if stored is None and self._lost[sample] <= self.max_retries:
-                    logging.warning("%s; handing it out again", message)
-                    batch.handed.discard(pos)
-                    continue
-                logging.warning("%s; recording it", message)
-                trial.status = trial_lib.TrialStatus.FAILED
-                trial.message = message
-                self.end_trial(trial)
-            return [trial.trial_id for _, trial in lost]
-
-    def end_trial(self, trial: trial_lib.Trial) -> None:
-        """Records a finished child; learns when its batch is complete."""
-        with self._lock:
-            known = self.trials.get(trial.trial_id)
-            if known is not None:
-                known.status, known.message = trial.status, trial.message
-                self.end_order.append(trial.trial_id)
-            for tuner_id, ongoing in list(self.ongoing_trials.items()):
-                if ongoing.trial_id == trial.trial_id:
-                    del self.ongoing_trials[tuner_id]
-            self._heard.pop(trial.trial_id, None)
-            sample = int(trial.trial_id)
-            batch = self._batch
-            if batch is None or not 0 <= sample - batch.start < batch.size:
-                logging.warning(
-                    "Ignoring the end of trial %s: not in the current batch "
-                    "(a tuner finishing a trial handed out before a restart)",
-                    trial.trial_id,
-                )
-                return
-            pos = sample - batch.start
-            if batch.rewards[pos] is not None:
-                return  # already recorded (a trial handed out twice)
-            record = self._trained_record(pos, trial)
-            if known is not None:
-                # KerasTuner ranks trials by score: the recorded reward,
-                # penalty included.
-                known.score = record.reward
-            self._append(pos, record)
-            batch.handed.discard(pos)
-            self._count_failure(record)
-            # Cache the twins that waited for this child, and learn if the
-            # batch is complete, now rather than at the next request.
-            self._advance()
-
-    def _trained_record(
-        self, pos: int, trial: trial_lib.Trial
-    ) -> history_lib.SampleRecord:
-        batch = self._batch
-        sample = batch.start + pos
-        stored = read_result(self.search_dir, sample, batch.hashes[pos])
-        if stored is None:
-            message = (trial.message or "").strip().splitlines()
-            error = (
-                message[-1]
-                if message
-                else "the trial ended without a result (see its tuner's log)"
-            )
-            return self._new_record(
-                pos,
-                reward=self.penalty_reward,
-                status=history_lib.FAILED,
-                error=f"run_trial: {error}",
-            )
-        result, tuner = stored
-        return self._new_record(
-            pos,
-            reward=result.reward,
-            status=result.status,
-            error=result.error,
-            seconds=result.seconds,
-            tuner=tuner,
-            metrics=dict(result.metrics),
-        )
-
-    def _count_failure(self, record: history_lib.SampleRecord) -> None:
-        if record.status != history_lib.FAILED:
-            self._failures_in_a_row = 0
+        if role() == "chief":
+            serve(self.oracle, self.worker_timeout)
             return
-        self._failures_in_a_row += 1
-        limit = self.max_consecutive_failures
-        if limit and self._failures_in_a_row >= limit and not self.aborted:
-            self.aborted = SearchAborted(
-                f"{self._failures_in_a_row} children failed in a row; the "
-                f"last (sample {record.sample}): {record.error}"
-            )
-            logging.error("Stopping the search: %s", self.aborted)
+        self.on_search_begin()
+        while True:
+            trial = self.oracle.create_trial(self.tuner_id)
+            if trial.status == STOPPED:
+                break
+            if trial.status == IDLE:
+                time.sleep(IDLE_WAIT_SECONDS)
+                continue
+            self.on_trial_begin(trial)
+            self._run(trial)
+            self.on_trial_end(trial)
+        self.on_search_end()
+
+    def _run(self, trial: trial_lib.Trial) -> None:
+        """Runs the trial and reports its reward; a child that raises is
+        marked INVALID with the traceback as its message, as KerasTuner's
+        own tuner does, and a storage error stops the search."""
+        try:
+            metrics = self.run_trial(trial)
+            self.oracle.update_trial(trial.trial_id, metrics)
+            trial.status = COMPLETED
+        except SearchStorageError:
+            raise
+        except Exception:  # noqa: BLE001 (recorded as a failed child)
+            trial.status = INVALID
+            trial.message = traceback.format_exc()
+
+    def save(self) -> None:
+        """Writes nothing: history and controller checkpoint are the state."""
+
+    def reload(self) -> None:
+        """Reads nothing: the oracle restores from the history."""
 
 
-# --------------------------------------------------------------------------
-# Child results, stored before the oracle hears of them.
+@contextlib.contextmanager
+def _heartbeats(
+    oracle: ControllerOracle, trial_id: str, seconds: float | None
+) -> Iterator[None]:
+    """Asks the oracle for the trial every `seconds` (a heartbeat) in a
+    thread while the body runs; nothing when `seconds` is None."""
+    if seconds is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(seconds):
+            try:
+                oracle.get_trial(trial_id)
+            except Exception as error:  # noqa: BLE001 (the next may pass)
+                logging.warning("Heartbeat for trial %s: %s", trial_id, error)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
-def write_result(
-    search_dir: history_lib.SearchDir,
-    sample: int,
-    key: str,
-    result: proxy_lib.ProxyResult,
-    tuner_id: str,
+def serve(
+    oracle: ControllerOracle, worker_timeout: float | None = None
 ) -> None:
-    """Stores a child's result in its trial directory, atomically."""
-    history_lib.write_json_atomic(
-        search_dir.result_path(sample),
-        {"hash": key, "tuner": tuner_id, **result.to_dict()},
+    """Serves `oracle` to worker tuners over gRPC until the search is over.
+
+    Listens on KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT with
+    KerasTuner's servicer. Returns when every batch is learned from (or the
+    search aborted), no trial is running, and every tuner has been told to
+    stop or CHIEF_LINGER_SECONDS have passed. With `worker_timeout`, the
+    children of workers silent that long are taken back
+    (`Scheduler.reclaim_lost`).
+
+    Raises:
+        RuntimeError: the address cannot be bound.
+    """
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    address = f"{os.environ[ENV_ORACLE_IP]}:{os.environ[ENV_ORACLE_PORT]}"
+    # One handler thread, as KerasTuner's: the oracle is serial anyway.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    protos.get_service_grpc().add_OracleServicer_to_server(
+        oracle_chief.OracleServicer(oracle), server
     )
-
-
-def read_result(
-    search_dir: history_lib.SearchDir, sample: int, key: str
-) -> tuple[proxy_lib.ProxyResult, str] | None:
-    """(result, tuner id) stored for `sample`, if it is for hash `key`."""
-    path = search_dir.result_path(sample)
     try:
-        data = history_lib.read_json(path)
-    except history_lib.HistoryError as error:
-        logging.warning("Ignoring %s", error)
-        return None
-    if not isinstance(data, dict) or data.get("hash") != key:
-        return None
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise RuntimeError(f"cannot listen on {address}: {error}") from None
+    if not port:
+        raise RuntimeError(f"cannot listen on {address}")
+    server.start()
+    logging.info("Oracle serving on %s", address)
+    over_since = None
     try:
-        return proxy_lib.ProxyResult.from_dict(data), str(data.get("tuner", ""))
-    except (TypeError, ValueError) as error:
-        logging.warning("Ignoring %s: %s", path, error)
-        return None
+        while True:
+            time.sleep(SERVER_POLL_SECONDS)
+            if worker_timeout is not None:
+                oracle.reclaim_lost_trials(worker_timeout)
+            over, waiting = oracle.serving_state()
+            if not over:
+                over_since = None
+                continue
+            over_since = over_since or time.monotonic()
+            lingered = time.monotonic() - over_since
+            if not waiting or lingered > CHIEF_LINGER_SECONDS:
+                break
+    finally:
+        server.stop(SERVER_STOP_GRACE_SECONDS).wait()

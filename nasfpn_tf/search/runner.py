@@ -40,7 +40,9 @@ from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import plots
 from nasfpn_tf.search import proxy as proxy_lib
-from nasfpn_tf.search import tuner as tuner_lib
+from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search.scheduler import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from nasfpn_tf.train.progress import format_duration
 
 TOP_K = history_lib.DEFAULT_TOP_K
@@ -77,7 +79,7 @@ def make_policy(
 
 def _proxy_factory(
     config: config_lib.ExperimentConfig, proxy: proxy_lib.Proxy | None
-) -> tuner_lib.ProxyFactory:
+) -> oracle_lib.ProxyFactory:
     if proxy is not None:
         return lambda: proxy
 
@@ -105,12 +107,12 @@ def check_data(config: config_lib.ExperimentConfig) -> None:
 
 
 def _export_oracle_address(config: config_lib.ExperimentConfig) -> None:
-    if os.environ.get(tuner_lib.ENV_TUNER_ID):
+    if os.environ.get(oracle_lib.ENV_TUNER_ID):
         os.environ.setdefault(
-            tuner_lib.ENV_ORACLE_IP, config.search.oracle_host
+            oracle_lib.ENV_ORACLE_IP, config.search.oracle_host
         )
         os.environ.setdefault(
-            tuner_lib.ENV_ORACLE_PORT, str(config.search.oracle_port)
+            oracle_lib.ENV_ORACLE_PORT, str(config.search.oracle_port)
         )
 
 
@@ -120,7 +122,7 @@ def search(
     *,
     proxy: proxy_lib.Proxy | None = None,
     top_k: int = TOP_K,
-    max_consecutive_failures: int = oracle_lib.DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> dict[str, Any]:
     """Runs (or resumes) the architecture search in `model_dir`.
 
@@ -141,11 +143,11 @@ def search(
         updates, seconds, role. In a worker: role, tuner, trained.
 
     Raises:
-        oracle.SearchAborted: `max_consecutive_failures` children failed in
-            a row (the results so far are written first).
-        oracle.SearchStateError: the directory holds a search run with
+        scheduler.SearchAborted: `max_consecutive_failures` children failed
+            in a row (the results so far are written first).
+        resume.SearchStateError: the directory holds a search run with
             another batch size, algorithm, seed or space.
-        oracle.SearchStorageError: the directory cannot be written (a
+        results.SearchStorageError: the directory cannot be written (a
             full disk, no permission); what was recorded stays intact.
         config_lib.ConfigError: a data path the children read matches no
             file.
@@ -156,7 +158,7 @@ def search(
     search_dir = history_lib.SearchDir(model_dir)
     if not tf.io.gfile.exists(config_lib.config_path(model_dir)):
         config_lib.save(config, model_dir)
-    part = tuner_lib.role()
+    part = oracle_lib.role()
     if proxy is None and part != "chief":
         check_data(config)
     settings = config.search
@@ -174,7 +176,7 @@ def search(
         stand_in = oracle_lib.ControllerOracle(
             space, None, None, **oracle_kwargs
         )
-        tuner = tuner_lib.SearchTuner(
+        tuner = oracle_lib.SearchTuner(
             stand_in, space, search_dir, factory, settings.worker_timeout
         )
         tuner.search()
@@ -208,7 +210,7 @@ def search(
         **oracle_kwargs,
     )
     reporter.oracle = oracle
-    tuner = tuner_lib.SearchTuner(
+    tuner = oracle_lib.SearchTuner(
         oracle, space, search_dir, factory, settings.worker_timeout
     )
     try:
@@ -219,7 +221,7 @@ def search(
         cause = proxy_lib.storage_error_of(error)
         if cause is None:
             raise
-        raise oracle_lib.SearchStorageError(
+        raise results_lib.SearchStorageError(
             f"The search stopped: {search_dir.root} cannot be written "
             f"({proxy_lib.describe_error(cause)}). The {len(oracle.records)} "
             f"samples in {search_dir.history_path} are intact; free space "
@@ -321,7 +323,7 @@ class Reporter:
             format_duration(eta),
         )
 
-    def on_update(self, info: oracle_lib.UpdateInfo) -> None:
+    def on_update(self, info: scheduler_lib.UpdateInfo) -> None:
         """Writes best/top specs, the figure and scalars of a step."""
         records = self._records
         best = self.search_dir.write_results(records, self.top_k)

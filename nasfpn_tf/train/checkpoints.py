@@ -22,6 +22,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from nasfpn_tf import compat
 from nasfpn_tf.errors import UserError
 from nasfpn_tf.run_files import CHECKPOINT_SUBDIR, UNREADABLE_SUBDIR
 
@@ -157,7 +158,7 @@ class FallbackCheckpointManager(tf.train.CheckpointManager):
             )
             if path not in bad
         ]
-        _write_state(
+        compat.update_checkpoint_state(
             self.directory,
             restored,
             all_model_checkpoint_paths=[path for path, _ in kept],
@@ -170,7 +171,7 @@ class FallbackCheckpointManager(tf.train.CheckpointManager):
         if kw.get("checkpoint_interval") is not None:
             step = int(kw["step_counter"].numpy())
             kw = dict(kw, last_checkpoint_step=step)
-        super().__init__(checkpoint, directory, **kw)
+        compat.reload_checkpoint_manager(self, checkpoint, directory, **kw)
 
 
 def _recover_state(directory: str) -> None:
@@ -195,20 +196,12 @@ def _recover_state(directory: str) -> None:
         directory,
         ", ".join(os.path.basename(path) for _, path, _ in found),
     )
-    _write_state(
+    compat.update_checkpoint_state(
         directory,
         found[-1][1],
         all_model_checkpoint_paths=[path for _, path, _ in found],
         all_model_checkpoint_timestamps=[stamp for _, _, stamp in found],
         last_preserved_timestamp=0.0,
-    )
-
-
-def _write_state(directory: str, latest: str, **kwargs) -> None:
-    # The function CheckpointManager itself records its state with (the
-    # public tf.compat.v1 one is deprecated); paths relative as it writes.
-    tf.__internal__.train.update_checkpoint_state(
-        directory, latest, save_relative_paths=True, **kwargs
     )
 
 
