@@ -24,6 +24,7 @@ the one the uninterrupted search would have.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -161,8 +162,39 @@ def search(
     part = oracle_lib.role()
     if proxy is None and part != "chief":
         check_data(config)
-    settings = config.search
-    oracle_kwargs = {
+    oracle_kwargs = _oracle_kwargs(config.search, max_consecutive_failures)
+    factory = _proxy_factory(config, proxy)
+    if part == "worker":
+        return _run_worker(config, space, search_dir, factory, oracle_kwargs)
+    _warn_about_parallelism(config.search, part)
+    reporter = Reporter(config, search_dir, top_k=top_k)
+    oracle = oracle_lib.ControllerOracle(
+        space,
+        make_policy(config, space),
+        search_dir,
+        on_sample=reporter.on_sample,
+        on_update=reporter.on_update,
+        **oracle_kwargs,
+    )
+    reporter.oracle = oracle
+    tuner = oracle_lib.SearchTuner(
+        oracle, space, search_dir, factory, config.search.worker_timeout
+    )
+    with _storage_errors_named(search_dir, oracle):
+        oracle.restore()
+        tuner.search()
+        summary = reporter.finish(role=part, seconds=time.monotonic() - start)
+    if oracle.aborted is not None:
+        raise oracle.aborted
+    return summary
+
+
+def _oracle_kwargs(
+    settings: config_lib.SearchConfig, max_consecutive_failures: int
+) -> dict[str, Any]:
+    """The scheduling settings the chief's oracle and a worker's stand-in
+    share."""
+    return {
         "num_samples": settings.num_samples,
         "samples_per_update": settings.samples_per_update,
         "algorithm": settings.algorithm,
@@ -171,17 +203,27 @@ def search(
         "max_consecutive_failures": max_consecutive_failures,
         "max_retries": settings.max_retries,
     }
-    factory = _proxy_factory(config, proxy)
-    if part == "worker":
-        stand_in = oracle_lib.ControllerOracle(
-            space, None, None, **oracle_kwargs
-        )
-        tuner = oracle_lib.SearchTuner(
-            stand_in, space, search_dir, factory, settings.worker_timeout
-        )
-        tuner.search()
-        return {"role": part, "tuner": tuner.tuner_id, "trained": tuner.trained}
 
+
+def _run_worker(
+    config: config_lib.ExperimentConfig,
+    space: SearchSpace,
+    search_dir: history_lib.SearchDir,
+    factory: Any,
+    oracle_kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A worker trains the children the chief hands out until it stops."""
+    stand_in = oracle_lib.ControllerOracle(space, None, None, **oracle_kwargs)
+    tuner = oracle_lib.SearchTuner(
+        stand_in, space, search_dir, factory, config.search.worker_timeout
+    )
+    tuner.search()
+    return {"role": "worker", "tuner": tuner.tuner_id, "trained": tuner.trained}
+
+
+def _warn_about_parallelism(
+    settings: config_lib.SearchConfig, part: str
+) -> None:
     if part == "single" and settings.parallel_trials > 1:
         logging.warning(
             "search.parallel_trials=%d, but this process trains one child at "
@@ -200,23 +242,15 @@ def search(
             settings.parallel_trials,
             settings.samples_per_update,
         )
-    reporter = Reporter(config, search_dir, top_k=top_k)
-    oracle = oracle_lib.ControllerOracle(
-        space,
-        make_policy(config, space),
-        search_dir,
-        on_sample=reporter.on_sample,
-        on_update=reporter.on_update,
-        **oracle_kwargs,
-    )
-    reporter.oracle = oracle
-    tuner = oracle_lib.SearchTuner(
-        oracle, space, search_dir, factory, settings.worker_timeout
-    )
+
+
+@contextlib.contextmanager
+def _storage_errors_named(search_dir: history_lib.SearchDir, oracle):
+    """Turns a write failure anywhere in the search (a full disk, no
+    permission) into a SearchStorageError that names the directory and
+    says what is intact."""
     try:
-        oracle.restore()
-        tuner.search()
-        summary = reporter.finish(role=part, seconds=time.monotonic() - start)
+        yield
     except Exception as error:
         cause = proxy_lib.storage_error_of(error)
         if cause is None:
@@ -228,9 +262,6 @@ def search(
             "or make the directory writable, then rerun the same command to "
             "resume."
         ) from error
-    if oracle.aborted is not None:
-        raise oracle.aborted
-    return summary
 
 
 def block_specs_text(spec: NeckSpec) -> str | None:
