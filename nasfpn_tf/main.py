@@ -30,13 +30,14 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
 import logging as std_logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.errors import UserError
@@ -82,92 +83,134 @@ SPLIT_HINTS = {
     "heldout": "--heldout_fraction",
 }
 
-_MODE = flags.DEFINE_enum("mode", "search", MODES, "What to run.")
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir",
-    "",
-    "Directory of the run (local or gs://): config.yaml, checkpoints, "
-    "history. Default: runs/<mode>.",
-)
-_CONFIG_FILE = flags.DEFINE_multi_string(
-    "config_file",
-    [],
-    "YAML config file (repeatable: later files win).",
-)
-_PARAMS_OVERRIDE = flags.DEFINE_string(
-    "params_override",
-    "",
-    "Applied after the files: 'train.batch_size=8,model.image_size=256' "
-    "or YAML/JSON text such as '{train: {batch_size: 8}}'.",
-)
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir",
-    "",
-    "A folder written by python -m nasfpn_tf.data.convert: its "
-    "dataset.json sets the data paths, COCO annotations, "
-    "model.num_classes and data.class_names (after --config_file, "
-    "before --params_override).",
-)
-_ARCH = flags.DEFINE_string(
-    "arch",
-    None,
-    "Neck spec JSON (e.g. a search's best_spec.json); sets "
-    "model.neck.arch. Default: the config's (the published NAS-FPN).",
-)
-_TPU = flags.DEFINE_string(
-    "tpu",
-    None,
-    "TPU name or address; sets runtime.tpu and runtime.strategy=tpu.",
-)
-_EXPORT_DIR = flags.DEFINE_string(
-    "export_dir",
-    "",
-    "Where --mode=export writes the SavedModel. Default: <model_dir>/export.",
-)
-_FREEZE = flags.DEFINE_bool(
-    "freeze",
-    False,
-    "--mode=export: store the weights as constants (batch norms folded "
-    "into the convs): faster CPU serving, no variables in the SavedModel, "
-    "a slow first request. Not for model.anytime.",
-)
-_IMAGES = flags.DEFINE_multi_string(
-    "images",
-    [],
-    "--mode=predict: image files, folders or globs (repeatable).",
-)
-_SAVED_MODEL = flags.DEFINE_string(
-    "saved_model",
-    "",
-    "--mode=predict: an exported SavedModel (an export folder, its newest "
-    "version is used, or a version folder). Default: the newest "
-    "checkpoint of --model_dir.",
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir",
-    "",
-    "--mode=predict: where predictions.json and the drawn images go. "
-    "Default: <model_dir>/predictions.",
-)
-_SCORE_THRESHOLD = flags.DEFINE_float(
-    "score_threshold",
-    0.3,
-    "--mode=predict: detections below this score are neither drawn nor "
-    "written.",
-)
-_OVERWRITE_CONFIG = flags.DEFINE_bool(
-    "overwrite_config",
-    False,
-    "Replace a saved config.yaml that differs from the one the flags "
-    "give, instead of failing.",
-)
-_LOG_LEVEL = flags.DEFINE_enum(
-    "log_level",
-    "warning",
-    list(LOG_LEVELS),
-    "Logging verbosity. Progress lines and results are printed at any "
-    "level; 'info' adds the libraries' logs (orbit, TensorFlow tracing).",
-)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's flags (``--name=value``; ``--name value`` works
+    too)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nasfpn_tf.main",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--mode", choices=MODES, default="search", help="What to run.")
+    add(
+        "--model_dir",
+        default="",
+        help="Directory of the run (local or gs://): config.yaml, "
+        "checkpoints, history. Default: runs/<mode>.",
+    )
+    add(
+        "--config_file",
+        action="append",
+        default=[],
+        help="YAML config file (repeatable: later files win).",
+    )
+    add(
+        "--params_override",
+        default="",
+        help="Applied after the files: 'train.batch_size=8,"
+        "model.image_size=256' or YAML/JSON text such as "
+        "'{train: {batch_size: 8}}'.",
+    )
+    add(
+        "--data_dir",
+        default="",
+        help="A folder written by python -m nasfpn_tf.data.convert: its "
+        "dataset.json sets the data paths, COCO annotations, "
+        "model.num_classes and data.class_names (after --config_file, "
+        "before --params_override).",
+    )
+    add(
+        "--arch",
+        default=None,
+        help="Neck spec JSON (e.g. a search's best_spec.json); sets "
+        "model.neck.arch. Default: the config's (the published NAS-FPN).",
+    )
+    add(
+        "--tpu",
+        default=None,
+        help="TPU name or address; sets runtime.tpu and "
+        "runtime.strategy=tpu.",
+    )
+    add(
+        "--export_dir",
+        default="",
+        help="Where --mode=export writes the SavedModel. Default: "
+        "<model_dir>/export.",
+    )
+    _add_bool(
+        parser,
+        "freeze",
+        "--mode=export: store the weights as constants (batch norms folded "
+        "into the convs): faster CPU serving, no variables in the "
+        "SavedModel, a slow first request. Not for model.anytime.",
+    )
+    add(
+        "--images",
+        action="append",
+        default=[],
+        help="--mode=predict: image files, folders or globs (repeatable).",
+    )
+    add(
+        "--saved_model",
+        default="",
+        help="--mode=predict: an exported SavedModel (an export folder, its "
+        "newest version is used, or a version folder). Default: the newest "
+        "checkpoint of --model_dir.",
+    )
+    add(
+        "--output_dir",
+        default="",
+        help="--mode=predict: where predictions.json and the drawn images "
+        "go. Default: <model_dir>/predictions.",
+    )
+    add(
+        "--score_threshold",
+        type=float,
+        default=0.3,
+        help="--mode=predict: detections below this score are neither "
+        "drawn nor written.",
+    )
+    _add_bool(
+        parser,
+        "overwrite_config",
+        "Replace a saved config.yaml that differs from the one the flags "
+        "give, instead of failing.",
+    )
+    add(
+        "--log_level",
+        choices=LOG_LEVELS,
+        default="warning",
+        help="Logging verbosity. Progress lines and results are printed at "
+        "any level; 'info' adds the libraries' logs (orbit, TensorFlow "
+        "tracing).",
+    )
+    return parser
+
+
+def _add_bool(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """``--name``, ``--name=true|false`` and ``--noname``."""
+    parser.add_argument(
+        f"--{name}",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_parse_bool,
+        metavar="true|false",
+        help=help,
+    )
+    parser.add_argument(
+        f"--no{name}", dest=name, action="store_false", help=argparse.SUPPRESS
+    )
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def resolve_config(
@@ -359,29 +402,30 @@ def execute(
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(
-            f"Unexpected arguments: {' '.join(argv[1:])}. Flags take the "
-            "form --name=value."
-        )
+    """Runs the command line ``argv`` (``argv[0]`` is the program).
+
+    Raises:
+        SystemExit: status 2 and the usage for a malformed flag or a
+            positional argument; status 1 for a bad config.
+    """
+    args = build_parser().parse_args(list(argv[1:]))
+    _init_absl_logging()
     _quiet_imports()
-    logging.set_verbosity(_LOG_LEVEL.value)
-    mode = _MODE.value
-    if mode == "predict":
-        _predict()
+    logging.set_verbosity(args.log_level)
+    if args.mode == "predict":
+        _predict(args)
         return
-    model_dir = _MODEL_DIR.value or f"{DEFAULT_RUNS_DIR}/{mode}"
+    mode = args.mode
+    model_dir = args.model_dir or f"{DEFAULT_RUNS_DIR}/{mode}"
     try:
-        data = (
-            data_overrides(_DATA_DIR.value, mode) if _DATA_DIR.value else None
-        )
+        data = data_overrides(args.data_dir, mode) if args.data_dir else None
         config = resolve_config(
             model_dir,
-            _CONFIG_FILE.value,
-            _PARAMS_OVERRIDE.value,
-            _ARCH.value,
-            _TPU.value,
-            _OVERWRITE_CONFIG.value,
+            args.config_file,
+            args.params_override,
+            args.arch,
+            args.tpu,
+            args.overwrite_config,
             check_arch=mode in ARCH_MODES,
             data=data,
         )
@@ -390,34 +434,43 @@ def main(argv: Sequence[str]) -> None:
         # without the full usage text, and exit non-zero.
         raise SystemExit(f"Config error: {error}") from None
     logging.info("mode=%s model_dir=%s", mode, model_dir)
-    result = execute(mode, config, model_dir, _EXPORT_DIR.value, _FREEZE.value)
+    result = execute(mode, config, model_dir, args.export_dir, args.freeze)
     # search and fidelity print their own
     if result is not None and mode not in ("search", "fidelity"):
         print(f"{mode} result: {result}", flush=True)
 
 
-def _predict() -> None:
+def _predict(args: argparse.Namespace) -> None:
     """--mode=predict: reads a trained model, writes only predictions."""
     from nasfpn_tf import predict
 
-    if not (_MODEL_DIR.value or _SAVED_MODEL.value):
+    if not (args.model_dir or args.saved_model):
         raise predict.PredictError(
             "--mode=predict needs --model_dir (its newest checkpoint) or "
             "--saved_model"
         )
-    output_dir = _OUTPUT_DIR.value or (
-        f"{_MODEL_DIR.value.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
-        if _MODEL_DIR.value
-        else f"{_SAVED_MODEL.value.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
+    output_dir = args.output_dir or (
+        f"{args.model_dir.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
+        if args.model_dir
+        else f"{args.saved_model.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
     )
     result = predict.predict(
-        _IMAGES.value,
+        args.images,
         output_dir,
-        model_dir=_MODEL_DIR.value,
-        saved_model=_SAVED_MODEL.value,
-        score_threshold=_SCORE_THRESHOLD.value,
+        model_dir=args.model_dir,
+        saved_model=args.saved_model,
+        score_threshold=args.score_threshold,
     )
     print(result.summary(), flush=True)
+
+
+def _init_absl_logging() -> None:
+    """absl logging as `absl.app.run` sets it up: its handler, and its own
+    flags (--verbosity, --logtostderr, ...) at their defaults, which we do
+    not parse: our flags are argparse's."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
 
 
 def _quiet_imports() -> None:
@@ -461,7 +514,7 @@ def is_user_error(error: Exception) -> bool:
 
 def run() -> None:
     """Console-script entry point (`nasfpn-tf`)."""
-    app.run(cli_main)
+    cli_main(sys.argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ import faults_helpers as fh
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 from official.vision.data import tf_example_builder
 from test_trainer import FAST, tiny_detector
 
@@ -51,15 +49,10 @@ def _cli(*argv):
     Returns:
         The SystemExit message, or None when it returned normally.
     """
-    with flagsaver.flagsaver():
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["nasfpn_tf.main", *argv])
-        try:
-            main_lib.cli_main(["nasfpn_tf.main"])
-        except SystemExit as exit_:
-            return str(exit_.code)
-        finally:
-            flags.FLAGS.unparse_flags()
+    try:
+        main_lib.cli_main(["nasfpn_tf.main", *argv])
+    except SystemExit as exit_:
+        return str(exit_.code)
     return None
 
 

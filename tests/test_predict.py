@@ -17,8 +17,6 @@ import exports_helpers
 import numpy as np
 import pytest
 import tf_keras
-from absl import flags
-from absl.testing import flagsaver
 from PIL import Image
 from test_export import checkpointed_run
 
@@ -215,13 +213,7 @@ def test_class_names_and_colours():
 
 
 def _main(*argv):
-    with flagsaver.flagsaver():
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["nasfpn_tf.main", *argv])
-        try:
-            return main_lib.main(["nasfpn_tf.main"])
-        finally:
-            flags.FLAGS.unparse_flags()
+    return main_lib.main(["nasfpn_tf.main", *argv])
 
 
 @pytest.fixture(scope="module")
