@@ -21,11 +21,21 @@ The default budget (8 samples per algorithm, 60 proxy steps of the tiny
 config) shows the harness only: children that short stay near AP 0 (see
 `--mode=fidelity`, which measures whether a proxy ranks specs). The
 demonstration on the default task needs the 500-step proxy of
-`configs/tiny_search.yaml` (about 2 minutes per child on 2 CPU cores):
+`configs/tiny_search.yaml` (about 2 minutes per child on one CPU core).
+On a machine with several cores, run one algorithm per process with one
+thread each (on 2 cores that trains 1.4x the children per hour of one
+process with two threads), then merge what they printed:
 
-  python benchmarks/search_vs_random.py --config_file configs/tiny_search.yaml \
-      --samples 24 --samples-per-update 8 --train-steps 500 --seeds 3 \
-      --retrain-seeds 2 --out-dir runs/search_vs_random
+  ARGS="--config_file configs/tiny_search.yaml --samples 6 \
+      --samples-per-update 3 --train-steps 500 --seeds 3 --retrain-seeds 2 \
+      --params_override fidelity.reference.train_steps=700 \
+      --out-dir runs/search_vs_random"
+  export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
+  python benchmarks/search_vs_random.py $ARGS --algorithms ppo > ppo.out &
+  python benchmarks/search_vs_random.py $ARGS --algorithms random \
+      --no-published > random.out &
+  wait
+  python benchmarks/search_vs_random.py --merge ppo.out random.out
 """
 
 from __future__ import annotations
