@@ -760,3 +760,9 @@ def test_block_specs_is_output_must_be_a_bool():
     blocks[0][3] = "False"
     with pytest.raises(SpecError, match=r"block_specs\[0\].is_output"):
         NeckSpec.from_block_specs(blocks)
+
+
+def test_check_levels_accepts_the_spec_levels_and_names_a_mismatch():
+    known.NASFPN_SPEC.check_levels(3, 7)
+    with pytest.raises(SpecError, match=r"covers levels 3\.\.7 .* is 3\.\.6"):
+        known.NASFPN_SPEC.check_levels(3, 6)
