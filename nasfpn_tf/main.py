@@ -41,7 +41,7 @@ from absl import flags, logging
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.errors import UserError
-from nasfpn_tf.run_files import EXPORT_SUBDIR
+from nasfpn_tf.run_files import EXPORT_SUBDIR, PREDICTIONS_SUBDIR
 
 # TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing a
 # user can act on; TF_CPP_MIN_LOG_LEVEL set in the environment still wins.
@@ -450,9 +450,9 @@ def _predict(args: argparse.Namespace) -> None:
             "--saved_model"
         )
     output_dir = args.output_dir or (
-        f"{args.model_dir.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
+        f"{args.model_dir.rstrip('/')}/{PREDICTIONS_SUBDIR}"
         if args.model_dir
-        else f"{args.saved_model.rstrip('/')}/{predict.DEFAULT_SUBDIR}"
+        else f"{args.saved_model.rstrip('/')}/{PREDICTIONS_SUBDIR}"
     )
     result = predict.predict(
         args.images,
