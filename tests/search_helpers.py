@@ -110,3 +110,20 @@ def twin(actions):
 def key(actions):
     """The canonical hash of the spec `actions` encode."""
     return SPACE.to_spec(actions).canonical_key()
+
+
+def scheduling(num_samples, per_update, **kwargs):
+    """The scheduling keywords the scheduler and the oracle share in these
+    tests (scripted policy, PENALTY), and the dict that records what their
+    callbacks saw: ``(keywords, {"samples": [...], "updates": [...]})``."""
+    seen = {"samples": [], "updates": []}
+    keywords = {
+        "num_samples": num_samples,
+        "samples_per_update": per_update,
+        "algorithm": "scripted",
+        "penalty_reward": PENALTY,
+        "on_sample": seen["samples"].append,
+        "on_update": seen["updates"].append,
+        **kwargs,
+    }
+    return keywords, seen

@@ -10,6 +10,7 @@ from search_helpers import (
     FormulaProxy,
     ScriptedPolicy,
     formula,
+    scheduling,
 )
 from search_helpers import distinct_rows as _distinct_rows
 from search_helpers import key as _key
@@ -29,19 +30,8 @@ def _no_distribution(monkeypatch):
 
 def _build(tmp_path, policy, proxy, num_samples, per_update, **kwargs):
     search_dir = history_lib.SearchDir(str(tmp_path))
-    seen = {"samples": [], "updates": []}
-    oracle = oracle_lib.ControllerOracle(
-        SPACE,
-        policy,
-        search_dir,
-        num_samples=num_samples,
-        samples_per_update=per_update,
-        algorithm="scripted",
-        penalty_reward=PENALTY,
-        on_sample=seen["samples"].append,
-        on_update=seen["updates"].append,
-        **kwargs,
-    )
+    keywords, seen = scheduling(num_samples, per_update, **kwargs)
+    oracle = oracle_lib.ControllerOracle(SPACE, policy, search_dir, **keywords)
     oracle.restore()
     tuner = oracle_lib.SearchTuner(oracle, SPACE, search_dir, lambda: proxy)
     return oracle, tuner, seen

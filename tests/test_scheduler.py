@@ -10,6 +10,7 @@ from search_helpers import (
     distinct_rows,
     formula,
     key,
+    scheduling,
     twin,
 )
 
@@ -31,18 +32,12 @@ class Clock:
 
 
 def _scheduler(tmp_path, rows, num_samples, per_update, **kwargs):
-    seen = {"samples": [], "updates": []}
+    keywords, seen = scheduling(num_samples, per_update, **kwargs)
     scheduler = scheduler_lib.Scheduler(
         SPACE,
         ScriptedPolicy(rows),
         history_lib.SearchDir(str(tmp_path)),
-        num_samples=num_samples,
-        samples_per_update=per_update,
-        algorithm="scripted",
-        penalty_reward=PENALTY,
-        on_sample=seen["samples"].append,
-        on_update=seen["updates"].append,
-        **kwargs,
+        **keywords,
     )
     scheduler.restore()
     return scheduler, seen
