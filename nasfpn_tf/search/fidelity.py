@@ -50,6 +50,7 @@ from nasfpn_tf.run_files import FIDELITY_LOG_FILE as LOG_FILE
 from nasfpn_tf.run_files import FIDELITY_PLOT_FILE as PLOT_FILE
 from nasfpn_tf.run_files import FIDELITY_REPORT_FILE as REPORT_FILE
 from nasfpn_tf.run_files import FIDELITY_SPECS_FILE as SPECS_FILE
+from nasfpn_tf.search.ranking import bootstrap_interval, kendall, spearman
 
 PROXY = "proxy"
 REFERENCE = "reference"
@@ -249,90 +250,6 @@ def _check_specs(model_dir: str, specs: Sequence[NeckSpec]) -> None:
             indent=1,
         ),
     )
-
-
-# --------------------------------------------------------------------------
-# Statistics.
-
-
-def ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks from 1, ties sharing their mean rank."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    out = np.empty(len(values))
-    sorted_values = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        out[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho (Pearson's r of the ranks); nan when a side is
-    constant."""
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
-    if denominator == 0:
-        return math.nan
-    return float((rx * ry).sum() / denominator)
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either variable corrected); nan when a
-    side is constant."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx == dy:
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt(
-        (concordant + discordant + ties_x) * (concordant + discordant + ties_y)
-    )
-    if denominator == 0:
-        return math.nan
-    return (concordant - discordant) / denominator
-
-
-def bootstrap_interval(
-    x: Sequence[float],
-    y: Sequence[float],
-    statistic,
-    *,
-    samples: int = 1000,
-    confidence: float = 0.9,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(x, y)` over pairs
-    resampled with replacement; resamples where it is undefined (a
-    constant side) are left out. (nan, nan) when none is defined."""
-    rng = np.random.default_rng(seed)
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    values = []
-    for _ in range(samples):
-        pick = rng.integers(0, len(x), len(x))
-        value = statistic(x[pick], y[pick])
-        if not math.isnan(value):
-            values.append(value)
-    if not values:
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(values, [tail, 1 - tail])
-    return float(low), float(high)
 
 
 def report(
