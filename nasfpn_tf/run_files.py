@@ -14,7 +14,8 @@ Every mode writes ``config.yaml``; the rest depends on the mode::
       best_spec.json, best_spec.png, top_specs.json, result.json,
       search_progress.png    search: results, rewritten as it goes
       controller/            search: controller checkpoints, latest.json
-      trials/                search: one folder per child
+      trials/                search: one folder per child (result.json,
+                             rungs.jsonl with successive halving)
       summaries/             search: TensorBoard scalars
       fidelity.jsonl, fidelity.json, fidelity.png, fidelity_specs.json,
       children/              fidelity: log, report, plot, specs, trainings
@@ -45,6 +46,7 @@ CONTROLLER_DIR = "controller"
 LATEST_FILE = "latest.json"
 TRIALS_DIR = "trials"
 RESULT_FILE = "result.json"
+RUNGS_FILE = "rungs.jsonl"
 SEARCH_PLOT_FILE = "search_progress.png"
 DRAWING_FILE = "best_spec.png"
 SUMMARIES_DIR = "summaries"

@@ -346,6 +346,42 @@ def test_resume_continues_the_step_keeps_k_checkpoints_and_logs(
     assert tags["learning_rate"] == [2, 4, 6, 8]
 
 
+def test_until_stops_at_a_rung_and_a_rerun_resumes_its_weights(
+    tiny_model, tmp_path
+):
+    """Successive halving's promotion: the child stops at a rung's step,
+    and the next rung resumes from that checkpoint (the step continues,
+    the weights are the saved ones, the schedule is the whole run's)."""
+    model_dir = str(tmp_path / "child")
+    config = fast_config(**{"train.steps": 8, "train.checkpoint_every": 4})
+    first = trainer._Session(config, model_dir, None, mode="train").fit(
+        eval_every=0, until=2
+    )
+    assert first["steps"] == 2
+    latest = tf.train.latest_checkpoint(checkpoints.checkpoint_dir(model_dir))
+    assert latest.endswith("ckpt-2")  # saved at the rung, off the interval
+    saved = tf.train.load_checkpoint(latest)
+    session = trainer._Session(config, model_dir, None, mode="train")
+    assert session.start_step == 2
+    kernels = [v for v in session.trainer.model.weights if "kernel" in v.name]
+    names = [
+        n
+        for n, _ in tf.train.list_variables(latest)
+        if n.startswith("model/") and "kernel" in n and "OPTIMIZER" not in n
+    ]
+    assert kernels and len(names) == len(kernels)
+    restored = sorted(np.sort(v.numpy().ravel()).tolist() for v in kernels)
+    stored = sorted(np.sort(saved.get_tensor(n).ravel()).tolist() for n in names)
+    assert restored == stored
+    # The learning rate at step 2 is the 8-step schedule's, not a 2-step one's.
+    assert float(session.learning_rate(2)) > 0
+    second = session.fit(eval_every=0, until=6)
+    assert second["steps"] == 6
+    assert [r["step"] for r in _train_rows(model_dir)] == [2, 4, 6]
+    with pytest.raises(ValueError, match="until"):
+        session.fit(eval_every=0, until=9)
+
+
 def test_one_line_per_interval_and_orbits_lines_only_in_the_log(
     tiny_model, tmp_path, capsys, caplog
 ):

@@ -26,6 +26,9 @@ SCHEDULES = ("cosine", "step")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 SEARCH_ALGORITHMS = ("ppo", "reinforce", "random")
+# How a child stopped at some rung of successive halving is rewarded
+# (`search.rungs.final_reward`; see `nasfpn_tf/search/rungs.py`).
+RUNG_REWARDS = ("highest", "rank", "first")
 
 # Every feature level must survive the backbone's stride-8 stem and first
 # stage, so an input side must be a multiple of 2**3. Deeper levels are
@@ -601,6 +604,39 @@ class ProxyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HalvingConfig:
+    """Asynchronous successive halving of the children (ASHA).
+
+    With `min_steps` > 0 every child first trains `min_steps` steps of the
+    proxy's schedule and is rated; it goes on (from its checkpoint) to
+    `eta` times the steps only while it is in the top 1/`eta` of the
+    children rated at that rung so far, up to `search.proxy.train_steps`
+    (see `nasfpn_tf/search/rungs.py`).
+
+    Attributes:
+        min_steps: training steps of the first rung; 0 trains every child
+            the whole proxy schedule.
+        eta: the factor between rungs' steps, and 1/eta the share of a
+            rung's children that go on.
+        final_reward: the controller's reward of a child: "highest" (the
+            reward at the highest rung it reached), "rank" ((rung + quantile
+            within that rung) / rungs) or "first" (its first rung's).
+    """
+
+    min_steps: int = 0
+    eta: int = 3
+    final_reward: str = "highest"
+
+    def __post_init__(self):
+        _non_negative("search.rungs.min_steps", self.min_steps)
+        if not self.eta >= 2:
+            raise ConfigError(
+                f"search.rungs.eta must be >= 2; got {self.eta!r}."
+            )
+        _choice("search.rungs.final_reward", self.final_reward, RUNG_REWARDS)
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """The architecture search.
 
@@ -615,6 +651,7 @@ class SearchConfig:
             recorded reward instead of being trained again.
         oracle_host: address of the KerasTuner oracle for parallel trials.
         oracle_port: its port.
+        rungs: successive halving of the children (off by default).
         worker_timeout: seconds a worker training a child may go without
             a heartbeat before the chief counts it lost and hands the
             child to another worker (`max_retries` times) or records it
@@ -633,6 +670,7 @@ class SearchConfig:
         default_factory=ControllerConfig
     )
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
+    rungs: HalvingConfig = dataclasses.field(default_factory=HalvingConfig)
     oracle_host: str = "127.0.0.1"
     oracle_port: int = 8000
     worker_timeout: float = 600.0
@@ -644,6 +682,13 @@ class SearchConfig:
         _positive("search.parallel_trials", self.parallel_trials)
         _non_negative("search.max_retries", self.max_retries)
         _positive("search.worker_timeout", self.worker_timeout)
+        if self.rungs.min_steps >= self.proxy.train_steps:
+            raise ConfigError(
+                f"search.rungs.min_steps ({self.rungs.min_steps}) must be "
+                "below search.proxy.train_steps "
+                f"({self.proxy.train_steps}), the last rung's steps; 0 "
+                "turns successive halving off."
+            )
         if not self.oracle_host:
             raise ConfigError("search.oracle_host must not be empty.")
         if not 0 < self.oracle_port <= MAX_PORT:

@@ -121,6 +121,10 @@ class SampleRecord:
         time: UNIX time the record was written.
         metrics: the child's other final metrics (AP50, steps, ...).
         cached_from: for cached samples, the sample whose reward is reused.
+        rungs: with successive halving, the child's rating at every rung
+            it reached (`rungs.RungEntry.to_dict()`: rung, steps, reward,
+            seconds, promoted, metrics), first rung first; a cached
+            sample has its source's.
     """
 
     step: int
@@ -136,9 +140,17 @@ class SampleRecord:
     time: float = 0.0
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     cached_from: int | None = None
+    rungs: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "actions", tuple(self.actions))
+        if not isinstance(self.rungs, (list, tuple)) or not all(
+            isinstance(r, Mapping) for r in self.rungs
+        ):
+            raise HistoryError(
+                f"rungs: expected a list of objects, got {self.rungs!r}"
+            )
+        object.__setattr__(self, "rungs", tuple(self.rungs))
         for name in ("step", "sample"):
             value = getattr(self, name)
             if not is_int(value) or value < 0:
@@ -192,6 +204,10 @@ class SampleRecord:
         data["actions"] = list(self.actions)
         data["spec"] = dict(self.spec)
         data["metrics"] = dict(self.metrics)
+        if self.rungs:
+            data["rungs"] = [dict(r) for r in self.rungs]
+        else:
+            del data["rungs"]  # histories without halving read as before
         return data
 
     def to_json(self) -> str:

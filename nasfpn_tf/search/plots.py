@@ -6,6 +6,8 @@ unique architectures against the number sampled: as the controller
 converges it samples more repeats. `progress_figure` draws both from the
 history: left, the mean reward of each controller step's batch and the best
 reward so far; right, unique canonical architectures against samples.
+With successive halving a third panel counts the children rated at each
+rung (trained children only; a repeat is rated by its source).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DPI = 120
 MEAN_COLOR = "#3182bd"
 BEST_COLOR = "#e6550d"
 UNIQUE_COLOR = "#31a354"
+RUNG_COLOR = "#756bb1"
 REFERENCE_COLOR = "#969696"
 
 
@@ -66,13 +69,38 @@ def progress_curves(
     }
 
 
+def rung_counts(
+    records: Sequence[history_lib.SampleRecord],
+) -> list[tuple[int, int]]:
+    """(steps, children rated there) per rung, lowest rung first, over the
+    records that trained (cached ones repeat their source's rungs); empty
+    without successive halving."""
+    counts: dict[int, int] = {}
+    steps: dict[int, int] = {}
+    for record in records:
+        if record.status == history_lib.CACHED:
+            continue
+        for entry in record.rungs:
+            rung = int(entry["rung"])
+            counts[rung] = counts.get(rung, 0) + 1
+            steps[rung] = int(entry["steps"])
+    return [(steps[r], counts[r]) for r in sorted(counts)]
+
+
 def progress_figure(
     records: Sequence[history_lib.SampleRecord], title: str = ""
 ) -> Figure:
     """The two-panel progress figure (see the module docstring)."""
     curves = progress_curves(records)
-    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI)
-    left, right = figure.subplots(1, 2)
+    per_rung = rung_counts(records)
+    if per_rung:
+        width, height = FIGURE_SIZE
+        figure = Figure(figsize=(width * 1.5, height), dpi=DPI)
+        left, right, rungs = figure.subplots(1, 3)
+        _draw_rungs(rungs, per_rung)
+    else:
+        figure = Figure(figsize=FIGURE_SIZE, dpi=DPI)
+        left, right = figure.subplots(1, 2)
     left.plot(
         curves["steps"],
         curves["mean_reward"],
@@ -113,6 +141,18 @@ def progress_figure(
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def _draw_rungs(axes, per_rung: Sequence[tuple[int, int]]) -> None:
+    positions = np.arange(len(per_rung))
+    axes.bar(positions, [n for _, n in per_rung], color=RUNG_COLOR)
+    axes.set_xticks(
+        positions, [f"rung {i}\n{s} steps" for i, (s, _) in enumerate(per_rung)]
+    )
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel("children rated")
+    axes.set_title("successive halving", fontsize=9)
+    axes.grid(alpha=0.3, axis="y")
 
 
 def save_progress_plot(

@@ -50,6 +50,7 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import describe_error
 from nasfpn_tf.run_files import CHECKPOINT_SUBDIR as CHECKPOINTS_DIR
+from nasfpn_tf.search import rungs as rungs_lib
 from nasfpn_tf.search.history import FAILED, OK
 
 # What a training reports (the history adds "cached").
@@ -99,6 +100,8 @@ class ProxyResult:
         error: "ExceptionType: message" of the last failure, for failed
             children.
         attempts: trainings started (1 + retries).
+        rungs: with successive halving, the child's `RungEntry.to_dict()`
+            of every rung it was rated at, first rung first.
     """
 
     reward: float
@@ -107,6 +110,7 @@ class ProxyResult:
     seconds: float = 0.0
     error: str | None = None
     attempts: int = 1
+    rungs: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -124,12 +128,19 @@ class ProxyResult:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["metrics"] = dict(self.metrics)
+        if self.rungs:
+            data["rungs"] = [dict(r) for r in self.rungs]
+        else:
+            del data["rungs"]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProxyResult:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "rungs" in values:
+            values["rungs"] = tuple(values["rungs"])
+        return cls(**values)
 
 
 class Proxy(Protocol):
@@ -157,6 +168,10 @@ class ProxyTask:
             eval_split=) -> metrics`; None is the trainer's.
         keep_checkpoints: keep each child's checkpoints after its result is
             stored (they are only needed to resume an interrupted child).
+        board: where successive halving reads the rewards of the other
+            children at a rung; None reads the `rungs.jsonl` of the
+            folders beside the child's work directory (the search's
+            trials).
 
     Raises:
         config_lib.ConfigError: the proxy batch sizes do not split over the
@@ -170,8 +185,16 @@ class ProxyTask:
         strategy: tf.distribute.Strategy | None = None,
         train_fn: TrainFn | None = None,
         keep_checkpoints: bool = False,
+        board: rungs_lib.RungBoard | None = None,
     ):
         self.config = config
+        self.halving = config.search.rungs
+        self.rungs = rungs_lib.rung_steps(
+            self.halving.min_steps,
+            self.halving.eta,
+            config.search.proxy.train_steps,
+        )
+        self.board = board
         # The spec is passed to the trainer itself; a neck type or arch
         # path left in the main config must not replace it.
         self.child_config = config_lib.override(
@@ -202,7 +225,9 @@ class ProxyTask:
         the seeds `child_seeds` derives from the search seed and the
         spec's canonical key, each in `work_dir/seed{i}`; the reward is
         the mean held-out AP and every seed's reward is kept in the
-        metrics (`reward_seed{i}`, with `seed{i}`).
+        metrics (`reward_seed{i}`, with `seed{i}`). With successive
+        halving (`search.rungs`) the child is rated at each rung it
+        reaches (`rungs.py`).
 
         Returns:
             An "ok" result with reward = held-out AP, or a "failed" one with
@@ -213,33 +238,139 @@ class ProxyTask:
             spec.canonical_key(),
             self.config.search.proxy.seeds,
         )
+        if len(self.rungs) == 1:
+            return self._train_seeds(spec, work_dir, seeds)
+        return self._train_rungs(spec, work_dir, seeds)
+
+    def _train_seeds(
+        self,
+        spec: NeckSpec,
+        work_dir: str,
+        seeds: Sequence[int],
+        until: int | None = None,
+    ) -> ProxyResult:
+        """One training per seed (to step `until`), combined."""
         if len(seeds) == 1:
-            return self.train(spec, work_dir, seeds[0])
+            return self.train(spec, work_dir, seeds[0], until=until)
         results = []
         for index, seed in enumerate(seeds):
             result = self.train(
-                spec, os.path.join(work_dir, f"seed{index}"), seed
+                spec, os.path.join(work_dir, f"seed{index}"), seed, until=until
             )
             results.append(result)
             if result.status == FAILED:
                 break
         return combine_seeds(results, seeds)
 
-    def train(self, spec: NeckSpec, work_dir: str, seed: int) -> ProxyResult:
+    def _train_rungs(
+        self, spec: NeckSpec, work_dir: str, seeds: Sequence[int]
+    ) -> ProxyResult:
+        """Successive halving: trains to each rung's steps in turn, rated
+        at each, while the rung's board promotes the child. What `work_dir`
+        logged (`rungs.jsonl`) is neither trained nor decided again."""
+        log = rungs_lib.RungLog(work_dir)
+        board = self.board or rungs_lib.RungBoard(
+            os.path.dirname(os.path.normpath(work_dir))
+        )
+        last_rung = len(self.rungs) - 1
+        attempts = 0
+        for rung, steps in enumerate(self.rungs):
+            entry = log.get(rung)
+            if entry is None:
+                result = self._train_seeds(spec, work_dir, seeds, until=steps)
+                attempts += result.attempts
+                if result.status == FAILED:
+                    return dataclasses.replace(
+                        result,
+                        seconds=result.seconds
+                        + sum(e.seconds for e in log.entries),
+                        attempts=attempts,
+                        rungs=tuple(e.to_dict() for e in log.entries),
+                    )
+                others = board.rewards(rung, exclude=work_dir)
+                promoted = rung < last_rung and rungs_lib.promotes(
+                    result.reward, others, self.halving.eta
+                )
+                entry = log.append(
+                    rungs_lib.RungEntry(
+                        rung=rung,
+                        steps=steps,
+                        reward=result.reward,
+                        seconds=result.seconds,
+                        promoted=promoted,
+                        metrics=dict(result.metrics),
+                    )
+                )
+                logging.info(
+                    "Child in %s: rung %d (%d steps) reward %.4f among %d "
+                    "others: %s",
+                    work_dir,
+                    rung,
+                    steps,
+                    result.reward,
+                    len(others),
+                    "goes on" if promoted else "stops",
+                )
+            if not entry.promoted:
+                break
+        return self._rungs_result(log.entries, board, work_dir, attempts)
+
+    def _rungs_result(
+        self,
+        entries: Sequence[rungs_lib.RungEntry],
+        board: rungs_lib.RungBoard,
+        work_dir: str,
+        attempts: int,
+    ) -> ProxyResult:
+        """A halving child's result: the rule's reward, the last rung's
+        metrics with `rung` (its index) and the rungs' total
+        `train_seconds`."""
+        last = entries[-1]
+        reward = rungs_lib.final_reward(
+            self.halving.final_reward,
+            entries,
+            board.rewards(last.rung, exclude=work_dir),
+            len(self.rungs),
+        )
+        metrics = dict(last.metrics)
+        metrics["rung"] = float(last.rung)
+        metrics["train_seconds"] = sum(
+            e.metrics.get("train_seconds", 0.0) for e in entries
+        )
+        return ProxyResult(
+            reward=reward,
+            status=OK,
+            metrics=metrics,
+            seconds=sum(e.seconds for e in entries),
+            attempts=max(attempts, 1),
+            rungs=tuple(e.to_dict() for e in entries),
+        )
+
+    def train(
+        self,
+        spec: NeckSpec,
+        work_dir: str,
+        seed: int,
+        until: int | None = None,
+    ) -> ProxyResult:
         """One training of `spec` from `seed` (`runtime.seed` of the
-        child), retried on transient errors; never raises Exception."""
+        child), to step `until` (None: the whole schedule), retried on
+        transient errors; never raises Exception."""
         config = config_lib.override(self.child_config, {"runtime.seed": seed})
         start = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
+                # A train_fn without `until` serves children without rungs.
+                stop = {} if until is None else {"until": until}
                 metrics = self._train()(
                     config,
                     work_dir,
                     strategy=self.strategy,
                     spec=spec,
                     eval_split=EVAL_SPLIT,
+                    **stop,
                 )
                 reward = _reward_from(metrics)
                 return ProxyResult(

@@ -414,8 +414,14 @@ class Scheduler:
     # -- records ---------------------------------------------------------------
 
     def _record_cached(self, pos: int, reward: float, source: int) -> None:
+        # A repeat reached the rungs its source reached, with its rewards.
+        origin = self._finished.get(source)
         record = self._batch.record(
-            pos, reward=reward, status=history_lib.CACHED, cached_from=source
+            pos,
+            reward=reward,
+            status=history_lib.CACHED,
+            cached_from=source,
+            rungs=origin.rungs if origin is not None else (),
         )
         self._append(pos, record)
 
@@ -457,6 +463,7 @@ class Scheduler:
             seconds=result.seconds,
             tuner=tuner,
             metrics=dict(result.metrics),
+            rungs=result.rungs,
         )
 
     def _count_failure(self, record: history_lib.SampleRecord) -> None:

@@ -100,11 +100,13 @@ def train_and_evaluate(
     strategy: tf.distribute.Strategy | None = None,
     spec: NeckSpec | None = None,
     eval_split: str = "val",
+    until: int | None = None,
 ) -> dict[str, Any]:
     """Trains to `train.steps` (resuming), then evaluates once.
 
     The search's proxy task calls this with `proxy_experiment(config)` and
-    `eval_split="heldout"`.
+    `eval_split="heldout"`; with successive halving, with `until` at each
+    rung in turn.
 
     Args:
         config: the run's config.
@@ -112,6 +114,9 @@ def train_and_evaluate(
         strategy: None makes the config's.
         spec: the neck topology; None resolves `model.neck.arch`.
         eval_split: "val" or "heldout".
+        until: stop at this step (<= `train.steps`) and checkpoint; the
+            learning rate schedule stays that of `train.steps`, so a rerun
+            with a larger `until` goes on as if never stopped.
 
     Returns:
         `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` on `eval_split`,
@@ -128,7 +133,7 @@ def train_and_evaluate(
         spec=spec,
         eval_split=eval_split,
     )
-    return session.fit(eval_every=0)
+    return session.fit(eval_every=0, until=until)
 
 
 class _Session:
@@ -317,10 +322,17 @@ class _Session:
             self.step, self.trainer.loop_means, self.trainer.loop_seconds
         )
 
-    def fit(self, eval_every: int) -> dict[str, Any]:
-        """Trains to `train.steps`, evaluating every `eval_every` steps
-        (0: only at the end, if this session evaluates)."""
+    def fit(self, eval_every: int, until: int | None = None) -> dict[str, Any]:
+        """Trains to `train.steps` (or step `until`, before it), evaluating
+        every `eval_every` steps (0: only at the end, if this session
+        evaluates)."""
         total = self.config.train.steps
+        if until is not None:
+            if not 0 < until <= total:
+                raise ValueError(
+                    f"until must be in 1..train.steps ({total}); got {until}."
+                )
+            total = until
         train_data = self.train_data
         inputs.log_split("train", train_data)
         # A rerun reshuffles from another seed rather than replaying the
