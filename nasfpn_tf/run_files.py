@@ -16,6 +16,7 @@ Every mode writes ``config.yaml``; the rest depends on the mode::
       controller/            search: controller checkpoints, latest.json
       trials/                search: one folder per child
       summaries/             search: TensorBoard scalars
+      warm_start.json        search: what --warm_start used
       fidelity.jsonl, fidelity.json, fidelity.png, fidelity_specs.json,
       children/              fidelity: log, report, plot, specs, trainings
 
@@ -48,6 +49,7 @@ RESULT_FILE = "result.json"
 SEARCH_PLOT_FILE = "search_progress.png"
 DRAWING_FILE = "best_spec.png"
 SUMMARIES_DIR = "summaries"
+WARM_START_FILE = "warm_start.json"
 
 # Fidelity.
 FIDELITY_LOG_FILE = "fidelity.jsonl"
