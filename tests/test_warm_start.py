@@ -89,6 +89,11 @@ def _load(paths, root):
     return warm_start.load(paths, CONFIG, str(root))
 
 
+def _lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
 def _saved(root):
     return history_lib.read_json(os.path.join(root, "warm_start.json"))
 
@@ -130,7 +135,7 @@ def test_rewards_rated_before_are_cached_not_trained(tmp_path):
     )
     assert (saved["cached"], saved["replayed_updates"]) == (3, 2)
     # The history keeps the source; records cached here do not name one.
-    lines = open(scheduler.search_dir.history_path).read().splitlines()
+    lines = _lines(scheduler.search_dir.history_path)
     again = [history_lib.SampleRecord.from_dict(json.loads(x)) for x in lines]
     assert again == scheduler.records
     assert sum('"cached_source"' in line for line in lines) == 3
@@ -165,9 +170,13 @@ def test_replay_equals_updating_the_controller_by_hand(tmp_path):
         by_hand.update(np.asarray(batch, dtype=np.int32), rewards)
     assert warmed.num_updates == by_hand.num_updates == 3
     assert warmed.baseline == by_hand.baseline
-    for got, want in zip(warmed.trainable_variables, by_hand.trainable_variables):
+    for got, want in zip(
+        warmed.trainable_variables, by_hand.trainable_variables
+    ):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
-    pointer = history_lib.read_json(os.path.join(root, "controller/latest.json"))
+    pointer = history_lib.read_json(
+        os.path.join(root, "controller", "latest.json")
+    )
     assert pointer["updates"] == 0  # the replay counts none of its own
 
 
@@ -258,7 +267,7 @@ def test_a_grown_source_is_used_as_it_was_a_changed_one_refused(tmp_path):
     a, b, c = distinct_rows(3)
     first = _earlier(tmp_path / "first", [a, b], per_update=1)
     history = os.path.join(first, "history.jsonl")
-    lines = open(history).read().splitlines(keepends=True)
+    lines = [line + "\n" for line in _lines(history)]
     with open(history, "w") as f:
         f.write(lines[0])
     root = tmp_path / "second"
@@ -377,3 +386,30 @@ def test_the_flag_is_repeatable_and_for_search_only():
     with pytest.raises(SystemExit) as raised:
         main_lib.main(["prog", "--mode=train", "--warm_start=runs/a"])
     assert raised.value.code == 2
+
+
+def test_the_search_starts_from_an_earlier_one(tmp_path, monkeypatch):
+    from nasfpn_tf.search import runner
+
+    for name in ("TUNER_ID", "ORACLE_IP", "ORACLE_PORT"):
+        monkeypatch.delenv(f"KERASTUNER_{name}", raising=False)
+    config = config_lib.override(
+        CONFIG,
+        {
+            "search.algorithm": "random",
+            "search.num_samples": 3,
+            "search.samples_per_update": 3,
+        },
+    )
+    first = str(tmp_path / "first")
+    runner.search(config, first, proxy=FormulaProxy())
+    longer = config_lib.override(config, {"search.num_samples": 5})
+    second, proxy = str(tmp_path / "second"), FormulaProxy()
+    summary = runner.search(longer, second, proxy=proxy, warm_start=[first])
+    # The same seed samples the first search's three again: all cached.
+    records, _ = history_lib.read_history(summary["history"])
+    assert [r.status for r in records[:3]] == ["cached"] * 3
+    assert len(proxy.calls) == summary["trained"] == 5 - summary["cached"]
+    assert _saved(second)["sources"][0]["records"] == 3
+    with pytest.raises(WarmStartError, match="rerun it with --warm_start="):
+        runner.search(longer, second, proxy=FormulaProxy())
