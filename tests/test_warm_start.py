@@ -288,6 +288,18 @@ def test_a_grown_source_is_used_as_it_was_a_changed_one_refused(tmp_path):
         _scheduler(root, ScriptedPolicy([c, b]), 2, 1, _load([first], root))
 
 
+def test_a_record_whose_actions_encode_another_spec_is_refused(tmp_path):
+    a, b = distinct_rows(2)
+    first = _earlier(tmp_path / "first", [a])
+    history = os.path.join(first, "history.jsonl")
+    (line,) = _lines(history)
+    with open(history, "w") as f:
+        f.write(line.replace(key(a), key(b)) + "\n")
+    root = tmp_path / "second"
+    with pytest.raises(WarmStartError, match="actions encode spec"):
+        _scheduler(root, ScriptedPolicy([a]), 1, 1, _load([first], root))
+
+
 def test_random_search_fills_the_cache_and_replays_nothing(tmp_path):
     a, b = distinct_rows(2)
     first = _earlier(tmp_path / "first", [a])

@@ -203,9 +203,15 @@ class WarmStart:
         """
         sources = []
         for source, entry in zip(self.sources, saved["sources"]):
-            count = int(entry["records"])
+            try:
+                count, kept = int(entry["records"]), str(entry["digest"])
+            except (KeyError, TypeError, ValueError):
+                raise WarmStartError(
+                    f"{where}: expected records and digest of each source; "
+                    f"got {entry!r}"
+                ) from None
             used = source.records[:count]
-            if len(used) < count or digest(used) != entry["digest"]:
+            if len(used) < count or digest(used) != kept:
                 raise WarmStartError(
                     f"{where}: this search was warm-started from the first "
                     f"{count} records of {source.path}, which have changed "
