@@ -22,6 +22,8 @@ Examples:
       --config_file=configs/nasfpn_r50_640.yaml --model_dir=runs/r50 \\
       --params_override=train.batch_size=8
   python -m nasfpn_tf.main --mode=train --arch=runs/search/best_spec.json
+  python -m nasfpn_tf.main --model_dir=runs/search2 \\
+      --warm_start=runs/search/history.jsonl
   python -m nasfpn_tf.main --mode=train_and_eval --data_dir=data/mine \\
       --model_dir=runs/mine
   python -m nasfpn_tf.main --mode=predict --model_dir=runs/mine \\
@@ -170,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="--mode=predict: detections below this score are neither "
         "drawn nor written.",
+    )
+    add(
+        "--warm_start",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="--mode=search: an earlier search's history.jsonl (or its "
+        "directory) run with the same proxy settings (repeatable). Its "
+        "rated children's rewards fill the reward cache and teach the "
+        "controller before it samples; a history whose config.yaml differs "
+        "in a setting that changes rewards is refused, naming the keys. "
+        "Rerunning to resume needs the same flags.",
     )
     _add_bool(
         parser,
@@ -360,10 +374,12 @@ def execute(
     model_dir: str,
     export_dir: str = "",
     freeze: bool = False,
+    warm_start: Sequence[str] = (),
 ) -> Any:
     """Runs the library function of `mode`; returns what it returns.
 
-    `export_dir` and `freeze` are export's (see `nasfpn_tf.export`).
+    `export_dir` and `freeze` are export's (see `nasfpn_tf.export`);
+    `warm_start` is search's (see `nasfpn_tf.search.warm_start`).
 
     Sets the mixed precision policy first. Only the trainer modes take a
     strategy, so only they create one (and check the batch split); the
@@ -383,7 +399,7 @@ def execute(
     if mode == "search":
         from nasfpn_tf.search import runner
 
-        return runner.search(config, model_dir)
+        return runner.search(config, model_dir, warm_start=warm_start)
     if mode == "fidelity":
         from nasfpn_tf.search import fidelity
 
@@ -408,7 +424,10 @@ def main(argv: Sequence[str]) -> None:
         SystemExit: status 2 and the usage for a malformed flag or a
             positional argument; status 1 for a bad config.
     """
-    args = build_parser().parse_args(list(argv[1:]))
+    parser = build_parser()
+    args = parser.parse_args(list(argv[1:]))
+    if args.warm_start and args.mode != "search":
+        parser.error("--warm_start applies to --mode=search only")
     _init_absl_logging()
     _quiet_imports()
     logging.set_verbosity(args.log_level)
@@ -434,7 +453,14 @@ def main(argv: Sequence[str]) -> None:
         # without the full usage text, and exit non-zero.
         raise SystemExit(f"Config error: {error}") from None
     logging.info("mode=%s model_dir=%s", mode, model_dir)
-    result = execute(mode, config, model_dir, args.export_dir, args.freeze)
+    result = execute(
+        mode,
+        config,
+        model_dir,
+        args.export_dir,
+        args.freeze,
+        warm_start=args.warm_start,
+    )
     # search and fidelity print their own
     if result is not None and mode not in ("search", "fidelity"):
         print(f"{mode} result: {result}", flush=True)

@@ -17,6 +17,7 @@ Every mode writes ``config.yaml``; the rest depends on the mode::
       trials/                search: one folder per child (result.json,
                              rungs.jsonl with successive halving)
       summaries/             search: TensorBoard scalars
+      warm_start.json        search: what --warm_start used
       fidelity.jsonl, fidelity.json, fidelity.png, fidelity_specs.json,
       children/              fidelity: log, report, plot, specs, trainings
 
@@ -50,6 +51,7 @@ RUNGS_FILE = "rungs.jsonl"
 SEARCH_PLOT_FILE = "search_progress.png"
 DRAWING_FILE = "best_spec.png"
 SUMMARIES_DIR = "summaries"
+WARM_START_FILE = "warm_start.json"
 
 # Fidelity.
 FIDELITY_LOG_FILE = "fidelity.jsonl"

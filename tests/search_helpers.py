@@ -72,7 +72,9 @@ class ScriptedPolicy(tf.Module):
         return controller.Samples(actions, zeros, zeros, masks)
 
     def update(self, samples, rewards):
-        self.updates.append((samples.actions.tolist(), list(rewards)))
+        # `Samples`, or bare actions (a warm start's replay).
+        actions = np.asarray(getattr(samples, "actions", samples))
+        self.updates.append((actions.tolist(), list(rewards)))
         self.learned.assign_add(1)
         return {"loss": float(np.mean(rewards))}
 

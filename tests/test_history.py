@@ -58,6 +58,7 @@ def test_record_round_trips_through_json():
         ({"sample": -1}, "sample"),
         ({"actions": (0, "a")}, "actions"),
         ({"status": "cached"}, "cached_from"),
+        ({"cached_source": "runs/a/history.jsonl"}, "cached_source"),
     ],
 )
 def test_bad_record_fields_are_named(change, message):
@@ -166,6 +167,33 @@ def test_reward_cache_keeps_first_successful_reward():
     assert len(cache) == 1
     failed_only = history_lib.RewardCache([_record(5, status="failed")])
     assert len(failed_only) == 0
+
+
+def test_a_record_cached_from_another_history_names_it():
+    source = "runs/first/history.jsonl"
+    record = _record(4, status="cached", cached_from=2, cached_source=source)
+    again = history_lib.SampleRecord.from_dict(json.loads(record.to_json()))
+    assert again == record and again.cached_source == source
+    # Records of this search keep the old line format.
+    assert "cached_source" not in _record(5, status="cached").to_dict()
+
+
+def test_reward_cache_takes_other_histories_rewards_with_their_source():
+    spec = known.NASFPN_SPEC
+    first, third = "runs/a/history.jsonl", "runs/c/history.jsonl"
+    cache = history_lib.RewardCache()
+    cache.add_from(_record(0, status="failed", spec=spec), first)
+    assert spec.canonical_key() not in cache
+    cached_there = _record(
+        3, 0.4, status="cached", spec=spec, cached_from=1, cached_source=third
+    )
+    cache.add_from(cached_there, first)
+    cache.add(_record(5, reward=0.9, spec=spec))
+    assert cache.get(spec.canonical_key()) == (0.4, 1)
+    assert cache.source(spec.canonical_key()) == third
+    cache.add_from(_record(7, reward=0.2), first)
+    assert cache.source(_record(7).hash) == first
+    assert cache.source("unknown") is None
 
 
 def test_ranked_is_best_first_one_per_hash():

@@ -107,6 +107,7 @@ def test_help_runs_and_lists_every_flag():
         "--saved_model",
         "--output_dir",
         "--score_threshold",
+        "--warm_start",
     ):
         assert flag in text
     assert (
@@ -195,6 +196,15 @@ def test_search_is_the_default_mode(fakes, tmp_path, monkeypatch):
     assert model_dir == "runs/search"
     assert (tmp_path / "runs" / "search" / "config.yaml").exists()
     assert not fakes.train.calls and not fakes.export.calls
+    assert fakes.search.keywords == [{"warm_start": []}]
+
+
+def test_warm_start_flags_reach_the_search_in_order(fakes, tmp_path):
+    model_dir = str(tmp_path / "second")
+    _run_main(
+        f"--model_dir={model_dir}", "--warm_start=runs/a", "--warm_start=b/"
+    )
+    assert fakes.search.keywords == [{"warm_start": ["runs/a", "b/"]}]
 
 
 @pytest.mark.parametrize("mode", ["train", "eval", "train_and_eval"])

@@ -12,6 +12,7 @@ local or `gs://`:
   best_spec.json     the best spec so far (`--arch` reads it)
   top_specs.json     the best specs with their rewards
   search_progress.png, best_spec.png, summaries/   plots, drawing, scalars
+  warm_start.json    what a warm start used (`warm_start.py`)
 
 `history.jsonl` plus the controller checkpoint are the source of truth a
 resumed search restarts from. Appends to a local history are flushed and
@@ -121,10 +122,15 @@ class SampleRecord:
         time: UNIX time the record was written.
         metrics: the child's other final metrics (AP50, steps, ...).
         cached_from: for cached samples, the sample whose reward is reused.
+        cached_source: for a sample cached from an earlier search's
+            history (a warm start, `warm_start.py`): that history's path,
+            in which `cached_from` counts; None (and absent from the JSON
+            line, so older readers and histories agree) when `cached_from`
+            is a sample of this search.
         rungs: with successive halving, the child's rating at every rung
             it reached (`rungs.RungEntry.to_dict()`: rung, steps, reward,
             seconds, promoted, metrics), first rung first; a cached
-            sample has its source's.
+            sample has its source's (when the source is of this search).
     """
 
     step: int
@@ -140,6 +146,7 @@ class SampleRecord:
     time: float = 0.0
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     cached_from: int | None = None
+    cached_source: str | None = None
     rungs: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self):
@@ -176,6 +183,16 @@ class SampleRecord:
                 "cached_from: set for cached samples and only for them; got "
                 f"status {self.status!r} with cached_from {self.cached_from!r}"
             )
+        if self.cached_source is not None and (
+            self.cached_from is None
+            or not isinstance(self.cached_source, str)
+            or not self.cached_source
+        ):
+            raise HistoryError(
+                "cached_source: a non-empty path, set only with cached_from; "
+                f"got {self.cached_source!r} with cached_from "
+                f"{self.cached_from!r}"
+            )
 
     def neck_spec(self) -> NeckSpec:
         """The sampled spec."""
@@ -197,6 +214,7 @@ class SampleRecord:
             self.reward,
             self.status,
             self.cached_from,
+            self.cached_source,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +222,8 @@ class SampleRecord:
         data["actions"] = list(self.actions)
         data["spec"] = dict(self.spec)
         data["metrics"] = dict(self.metrics)
+        if self.cached_source is None:
+            del data["cached_source"]
         if self.rungs:
             data["rungs"] = [dict(r) for r in self.rungs]
         else:
@@ -336,21 +356,42 @@ class RewardCache:
     Only successful children are cached: a failure may come from the
     machine (a lost host, a full disk) rather than the architecture, so a
     repeat of a failed spec is trained again. The first reward of a hash is
-    kept; later samples of it are marked cached, so they agree.
+    kept; later samples of it are marked cached, so they agree. Rewards of
+    earlier searches (`add_from`, a warm start) name the history they come
+    from (`source`).
     """
 
     def __init__(self, records: Iterable[SampleRecord] = ()):
-        self._entries: dict[str, tuple[float, int]] = {}
+        # hash -> (reward, sample that earned it, its history or None).
+        self._entries: dict[str, tuple[float, int, str | None]] = {}
         for record in records:
             self.add(record)
 
     def add(self, record: SampleRecord) -> None:
         if record.status == OK and record.hash not in self._entries:
-            self._entries[record.hash] = (record.reward, record.sample)
+            self._entries[record.hash] = (record.reward, record.sample, None)
+
+    def add_from(self, record: SampleRecord, history_path: str) -> None:
+        """Adds a rated record of another search's history; a record cached
+        there points at the sample that earned the reward."""
+        if not record.rated or record.hash in self._entries:
+            return
+        if record.status == CACHED:
+            origin = (record.cached_from, record.cached_source or history_path)
+        else:
+            origin = (record.sample, history_path)
+        self._entries[record.hash] = (record.reward, *origin)
 
     def get(self, key: str) -> tuple[float, int] | None:
         """(reward, sample that earned it) for hash `key`, or None."""
-        return self._entries.get(key)
+        entry = self._entries.get(key)
+        return None if entry is None else entry[:2]
+
+    def source(self, key: str) -> str | None:
+        """The history of the sample that earned `key`'s reward; None for
+        this search's (or an unknown key)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[2]
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
@@ -541,5 +582,3 @@ class SearchDir:
 def trial_id(sample: int) -> str:
     """KerasTuner trial id of a sample: its index, zero-padded."""
     return f"{sample:0{SAMPLE_DIGITS}d}"
-
-

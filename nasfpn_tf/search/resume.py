@@ -49,8 +49,14 @@ def restore_policy(
     search_dir: history_lib.SearchDir,
     policy: controller_lib.Policy,
     algorithm: str,
+    warm_updates: int = 0,
 ) -> int:
     """Loads the latest controller checkpoint into `policy`.
+
+    Args:
+        warm_updates: updates replayed from warm-start histories before
+            this search's first; a checkpoint holds them besides the
+            updates its pointer counts.
 
     Returns:
         The updates the checkpoint holds (0 without one).
@@ -69,12 +75,14 @@ def restore_policy(
                 f"{prefix} does not fit the controller this config "
                 f"builds (search.controller or space changed?): {e}"
             ) from None
-    learned = getattr(policy, "num_updates", updates)
-    if learned != updates:
+    expected = updates + (warm_updates if latest is not None else 0)
+    learned = getattr(policy, "num_updates", expected)
+    if learned != expected:
+        warm = f" and {warm_updates} of the warm start" if warm_updates else ""
         raise SearchStateError(
             f"{search_dir.controller_dir}: the checkpoint holds "
             f"a controller after {learned} updates, its pointer says "
-            f"{updates}"
+            f"{updates}{warm}"
         )
     return updates
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -43,6 +43,7 @@ from nasfpn_tf.search import plots
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search import warm_start as warm_start_lib
 from nasfpn_tf.search.scheduler import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from nasfpn_tf.train.progress import format_duration
 
@@ -124,6 +125,7 @@ def search(
     proxy: proxy_lib.Proxy | None = None,
     top_k: int = TOP_K,
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    warm_start: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Runs (or resumes) the architecture search in `model_dir`.
 
@@ -136,6 +138,10 @@ def search(
         top_k: specs kept in top_specs.json.
         max_consecutive_failures: children failing in a row that stop the
             search (0: never).
+        warm_start: earlier searches' history.jsonl files (or directories)
+            run with the same proxy settings: their rewards fill the cache
+            and teach the controller first (`warm_start.py`). A rerun must
+            give the same.
 
     Returns:
         In a chief or single process: best_reward, best_sample, best_hash,
@@ -152,6 +158,9 @@ def search(
             full disk, no permission); what was recorded stays intact.
         config_lib.ConfigError: a data path the children read matches no
             file.
+        warm_start.WarmStartError: a warm-start history run with other
+            proxy settings, without its config.yaml, or other histories
+            than the search started with.
     """
     start = time.monotonic()
     _export_oracle_address(config)
@@ -167,6 +176,7 @@ def search(
     if part == "worker":
         return _run_worker(config, space, search_dir, factory, oracle_kwargs)
     _warn_about_parallelism(config.search, part)
+    warm = warm_start_lib.load(warm_start, config, model_dir)
     reporter = Reporter(config, search_dir, top_k=top_k)
     oracle = oracle_lib.ControllerOracle(
         space,
@@ -174,6 +184,7 @@ def search(
         search_dir,
         on_sample=reporter.on_sample,
         on_update=reporter.on_update,
+        warm_start=warm,
         **oracle_kwargs,
     )
     reporter.oracle = oracle

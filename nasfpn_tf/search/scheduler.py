@@ -39,6 +39,10 @@ policy's RNG state, so it is the same batch) and replays the finished
 samples of that batch from the history; a child interrupted after its
 result was stored is not trained again.
 
+Warm starts. Given the histories of earlier searches (`warm_start.py`),
+`restore` fills the cache with their rewards first and, before the first
+batch is sampled, updates the policy on them once and checkpoints it.
+
 Not thread-safe: its caller serializes the calls.
 """
 
@@ -60,6 +64,7 @@ from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import resume
+from nasfpn_tf.search import warm_start as warm_start_lib
 
 RUN = "run"
 WAIT = "wait"
@@ -132,6 +137,8 @@ class Scheduler:
         on_sample: called with each new history record.
         on_update: called with an `UpdateInfo` after each update.
         clock: seconds for heartbeats (monotonic).
+        warm_start: earlier searches' histories to start from
+            (`warm_start.load`); a rerun must give the same.
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class Scheduler:
         on_sample: OnSample | None = None,
         on_update: Callable[[UpdateInfo], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        warm_start: warm_start_lib.WarmStart | None = None,
     ):
         check_settings(
             num_samples, samples_per_update, max_consecutive_failures
@@ -168,6 +176,7 @@ class Scheduler:
         self._on_sample = on_sample
         self._on_update = on_update
         self._clock = clock
+        self.warm_start = warm_start
         self.history: history_lib.History | None = None
         self.cache = history_lib.RewardCache()
         self.updates = 0
@@ -191,6 +200,8 @@ class Scheduler:
             resume.SearchStateError: history and checkpoint disagree with
                 the config (other batch size, fewer samples, another
                 algorithm) or with each other.
+            warm_start.WarmStartError: other warm-start sources than the
+                search started with.
         """
         self.history = history_lib.History.open(self.search_dir.history_path)
         records = self.history.records
@@ -201,11 +212,31 @@ class Scheduler:
                 self.samples_per_update,
                 self.search_dir.history_path,
             )
-        self.updates = resume.restore_policy(
-            self.search_dir, self.policy, self.algorithm
+        warm = warm_start_lib.settle(
+            self.search_dir,
+            self.warm_start,
+            started=bool(records),
+            samples_per_update=self.samples_per_update,
+            learns=self.algorithm != "random",
         )
+        warm_updates = 0
+        if warm is not None and self.algorithm != "random":
+            warm_updates = warm.num_updates(self.samples_per_update)
+        self.updates = resume.restore_policy(
+            self.search_dir, self.policy, self.algorithm, warm_updates
+        )
+        if warm_updates and self.policy.num_updates == 0:
+            # No checkpoint yet: replay, and keep the result as update 0.
+            warm_start_lib.replay(
+                self.policy, warm, self.space, self.samples_per_update
+            )
+            self.search_dir.save_policy(self.policy, 0, self.algorithm)
         self._finished = {r.sample: r for r in records}
-        self.cache = history_lib.RewardCache(records)
+        self.cache = history_lib.RewardCache()
+        if warm is not None:
+            warm.fill(self.cache)
+        for record in records:
+            self.cache.add(record)
         resume.check_updates(
             self.updates,
             self.num_samples,
@@ -383,7 +414,8 @@ class Scheduler:
                 if self.reuse_rewards:
                     cached = self.cache.get(key)
                     if cached is not None:
-                        self._record_cached(pos, *cached)
+                        source = self.cache.source(key)
+                        self._record_cached(pos, *cached, source)
                         continue
                     if key in in_flight:
                         continue  # a twin is training; its reward will do
@@ -413,14 +445,17 @@ class Scheduler:
 
     # -- records ---------------------------------------------------------------
 
-    def _record_cached(self, pos: int, reward: float, source: int) -> None:
-        # A repeat reached the rungs its source reached, with its rewards.
-        origin = self._finished.get(source)
+    def _record_cached(
+        self, pos: int, reward: float, sample: int, history: str | None
+    ) -> None:
+        # A repeat reached the rungs its source (of this search) reached.
+        origin = self._finished.get(sample) if history is None else None
         record = self._batch.record(
             pos,
             reward=reward,
             status=history_lib.CACHED,
-            cached_from=source,
+            cached_from=sample,
+            cached_source=history,
             rungs=origin.rungs if origin is not None else (),
         )
         self._append(pos, record)
