@@ -13,6 +13,8 @@ Every mode writes ``config.yaml``; the rest depends on the mode::
       history.jsonl          search: one row per child
       best_spec.json, best_spec.png, top_specs.json, result.json,
       search_progress.png    search: results, rewritten as it goes
+      pareto_specs.json,
+      pareto.png             search: AP-cost front and figure, at the end
       controller/            search: controller checkpoints, latest.json
       trials/                search: one folder per child (result.json,
                              rungs.jsonl with successive halving)
@@ -52,6 +54,8 @@ SEARCH_PLOT_FILE = "search_progress.png"
 DRAWING_FILE = "best_spec.png"
 SUMMARIES_DIR = "summaries"
 WARM_START_FILE = "warm_start.json"
+PARETO_SPECS_FILE = "pareto_specs.json"
+PARETO_PLOT_FILE = "pareto.png"
 
 # Fidelity.
 FIDELITY_LOG_FILE = "fidelity.jsonl"

@@ -16,6 +16,7 @@ EXPECTED_FILES = {
     "nasfpn_r50_1024.yaml",
     "nasfpn_r50_1280_384.yaml",
     "nasfpn_lite_mobilenetv2_320.yaml",
+    "nasfpn_lite_mobilenetv2_320_search.yaml",
     "fpn_r50_640.yaml",
     "tiny.yaml",
 }
@@ -59,6 +60,17 @@ def test_paper_configs_set_paper_sizes():
     assert lite.model.image_size == 320  # not a multiple of 2**7
     assert lite.model.neck.use_separable_conv
     assert lite.model.head.use_separable_conv
+    lite_search = config_lib.load_config(
+        [
+            str(CONFIG_DIR / "nasfpn_lite_mobilenetv2_320.yaml"),
+            str(CONFIG_DIR / "nasfpn_lite_mobilenetv2_320_search.yaml"),
+        ]
+    )
+    assert lite_search.model == lite.model
+    assert lite_search.search.proxy.image_size == 320
+    objective = lite_search.search.objective
+    assert (objective.kind, objective.cost) == ("soft", "latency")
+    assert objective.weight == -0.07 and objective.target > 0
     fpn = config_lib.load_config([str(CONFIG_DIR / "fpn_r50_640.yaml")])
     assert fpn.model.neck.type == "fpn"
     proxy = config_lib.load_config([str(CONFIG_DIR / "proxy_search.yaml")])

@@ -29,6 +29,8 @@ SEARCH_ALGORITHMS = ("ppo", "reinforce", "random")
 # How a child stopped at some rung of successive halving is rewarded
 # (`search.rungs.final_reward`; see `nasfpn_tf/search/rungs.py`).
 RUNG_REWARDS = ("highest", "rank", "first")
+OBJECTIVE_KINDS = ("ap", "soft", "hard")
+OBJECTIVE_COSTS = ("flops", "latency")
 
 # Every feature level must survive the backbone's stride-8 stem and first
 # stage, so an input side must be a multiple of 2**3. Deeper levels are
@@ -637,6 +639,54 @@ class HalvingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What a child's reward is: its held-out AP, or AP traded against a
+    cost (MnasNet, Tan et al., CVPR 2019, Eq. 2; `search/objective.py`).
+
+    Attributes:
+        kind: "ap" (the reward is AP), "soft" (AP * (cost / target) **
+            weight) or "hard" (AP at or below the target, 0 above).
+        cost: "flops" (analytic FLOPs of the child's network at the proxy
+            image size) or "latency" (median measured forward time on the
+            search host).
+        target: the cost aimed at, in GFLOPs (1e9 FLOPs) for "flops" and
+            milliseconds for "latency"; required unless kind is "ap".
+        weight: the exponent of the soft reward, < 0 (MnasNet's -0.07:
+            twice the cost costs about 5% of the reward).
+        latency_runs: timed forward passes per child, of which the median
+            is taken (cost "latency" only).
+    """
+
+    kind: str = "ap"
+    cost: str = "flops"
+    target: float | None = None
+    weight: float = -0.07
+    latency_runs: int = 20
+
+    def __post_init__(self):
+        _choice("search.objective.kind", self.kind, OBJECTIVE_KINDS)
+        _choice("search.objective.cost", self.cost, OBJECTIVE_COSTS)
+        if self.kind != "ap" and not (
+            self.target is not None and self.target > 0
+        ):
+            raise ConfigError(
+                f"search.objective.target must be > 0 for kind {self.kind!r} "
+                f"(GFLOPs or milliseconds); got {self.target!r}."
+            )
+        if self.kind == "soft" and not self.weight < 0:
+            raise ConfigError(
+                "search.objective.weight must be < 0 (a costlier child earns "
+                f"less); got {self.weight!r}."
+            )
+        _positive("search.objective.latency_runs", self.latency_runs)
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether children's latency must be measured."""
+        return self.kind != "ap" and self.cost == "latency"
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """The architecture search.
 
@@ -656,6 +706,7 @@ class SearchConfig:
             a heartbeat before the chief counts it lost and hands the
             child to another worker (`max_retries` times) or records it
             as failed.
+        objective: what a child's reward is (AP, or AP against a cost).
     """
 
     algorithm: str = "ppo"
@@ -671,6 +722,9 @@ class SearchConfig:
     )
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
     rungs: HalvingConfig = dataclasses.field(default_factory=HalvingConfig)
+    objective: ObjectiveConfig = dataclasses.field(
+        default_factory=ObjectiveConfig
+    )
     oracle_host: str = "127.0.0.1"
     oracle_port: int = 8000
     worker_timeout: float = 600.0

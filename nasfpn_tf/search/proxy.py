@@ -51,6 +51,7 @@ from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import describe_error
 from nasfpn_tf.run_files import CHECKPOINT_SUBDIR as CHECKPOINTS_DIR
 from nasfpn_tf.search import rungs as rungs_lib
+from nasfpn_tf.search import objective as objective_lib
 from nasfpn_tf.search.history import FAILED, OK
 
 # What a training reports (the history adds "cached").
@@ -85,6 +86,7 @@ MAX_ERROR_CHAIN = 8
 SEED_MASK = 0x7FFFFFFF
 
 TrainFn = Callable[..., Mapping[str, Any]]
+CostFn = Callable[..., objective_lib.Costs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +94,12 @@ class ProxyResult:
     """What training one child gave.
 
     Attributes:
-        reward: held-out AP, or the penalty reward when the child failed.
+        reward: held-out AP (or `search.objective`'s reward of AP and
+            the costs), or the penalty reward when the child failed.
         status: "ok" or "failed".
         metrics: the child's final metrics (AP, AP50, ..., steps,
-            train_seconds, final_loss), finite numbers only.
+            train_seconds, final_loss; flops, params and latency_ms when
+            measured), finite numbers only.
         seconds: wall time of all attempts together.
         error: "ExceptionType: message" of the last failure, for failed
             children.
@@ -172,6 +176,10 @@ class ProxyTask:
             children at a rung; None reads the `rungs.jsonl` of the
             folders beside the child's work directory (the search's
             trials).
+        cost_fn: `(model_config, spec, objective_config) -> Costs`; None
+            is `objective.measure_costs` when the task trains for real or
+            the objective needs a cost, else no costs are recorded (tests
+            with a fake `train_fn`).
 
     Raises:
         config_lib.ConfigError: the proxy batch sizes do not split over the
@@ -186,6 +194,7 @@ class ProxyTask:
         train_fn: TrainFn | None = None,
         keep_checkpoints: bool = False,
         board: rungs_lib.RungBoard | None = None,
+        cost_fn: CostFn | None = None,
     ):
         self.config = config
         self.halving = config.search.rungs
@@ -210,6 +219,7 @@ class ProxyTask:
         self.max_retries = int(config.search.max_retries)
         self._train_fn = train_fn
         self.keep_checkpoints = keep_checkpoints
+        self._init_costs(cost_fn)
 
     def _train(self) -> TrainFn:
         if self._train_fn is None:
@@ -372,7 +382,9 @@ class ProxyTask:
                     eval_split=EVAL_SPLIT,
                     **stop,
                 )
-                reward = _reward_from(metrics)
+                reward, metrics = self.apply_objective(
+                    spec, _reward_from(metrics), metrics
+                )
                 return ProxyResult(
                     reward=reward,
                     status=OK,
@@ -406,6 +418,33 @@ class ProxyTask:
                     )
             finally:
                 _free_memory()
+
+    # -- search.objective: the reward from AP and the child's costs -------
+
+    def _init_costs(self, cost_fn: CostFn | None) -> None:
+        objective = self.config.search.objective
+        if cost_fn is None and (
+            self._train_fn is None or objective.kind != "ap"
+        ):
+            cost_fn = objective_lib.measure_costs
+        self._cost_fn = cost_fn
+        self._costs: dict[str, objective_lib.Costs] = {}
+
+    def apply_objective(
+        self, spec: NeckSpec, ap: float, metrics: Mapping[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
+        """(reward, metrics with the costs) of a child with held-out `ap`;
+        the costs are measured once per spec (canonical key)."""
+        if self._cost_fn is None:
+            return ap, dict(metrics)
+        key = spec.canonical_key()
+        if key not in self._costs:
+            self._costs[key] = self._cost_fn(
+                self.child_config.model, spec, self.config.search.objective
+            )
+        costs = self._costs[key]
+        reward = objective_lib.reward(ap, costs, self.config.search.objective)
+        return reward, {**metrics, **costs.metrics()}
 
     def release(self, work_dir: str) -> None:
         """Deletes the child's checkpoints unless `keep_checkpoints`."""

@@ -16,7 +16,8 @@ TPU VM); `search.oracle_host` and `search.oracle_port` fill in
 
 The search directory (`history.py` lists it) ends up holding the history,
 `best_spec.json` (train it with `--arch`), `top_specs.json`, the progress
-figure (`plots.py`), a drawing of the best spec, TensorBoard scalars under
+figure (`plots.py`), the AP-cost front (`pareto.py`), a drawing of the
+best spec, TensorBoard scalars under
 `summaries/`, and the controller checkpoints. Rerunning the same command
 resumes: no finished child is lost or trained again, and the controller is
 the one the uninterrupted search would have.
@@ -39,6 +40,7 @@ from nasfpn_tf.arch.spec import NeckSpec, SpecError
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
+from nasfpn_tf.search import pareto as pareto_lib
 from nasfpn_tf.search import plots
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
@@ -145,8 +147,9 @@ def search(
 
     Returns:
         In a chief or single process: best_reward, best_sample, best_hash,
-        best_spec (path), top_specs, history, plot, drawing (paths; None
-        when not written), samples, trained, cached, failed, unique,
+        best_spec (path), top_specs, history, plot, drawing,
+        pareto_specs, pareto_plot (paths; None when not written), samples,
+        trained, cached, failed, unique,
         updates, seconds, role. In a worker: role, tuner, trained.
 
     Raises:
@@ -435,6 +438,9 @@ class Reporter:
         drawing = None
         if best is not None:
             drawing = self._draw(best)
+        pareto = pareto_lib.write_for_search(
+            self.config, search_dir.root, records
+        )
         counts = {s: 0 for s in history_lib.STATUSES}
         for r in records:
             counts[r.status] += 1
@@ -448,6 +454,8 @@ class Reporter:
             "history": search_dir.history_path,
             "plot": plot,
             "drawing": drawing,
+            "pareto_specs": None if pareto is None else pareto["specs"],
+            "pareto_plot": None if pareto is None else pareto["plot"],
             "samples": len(records),
             "trained": counts[history_lib.OK] + counts[history_lib.FAILED],
             "cached": counts[history_lib.CACHED],
@@ -503,7 +511,12 @@ class Reporter:
                 ),
                 f"  top specs:     {summary['top_specs']}",
             ]
-        for label, key in (("progress plot", "plot"), ("drawing", "drawing")):
+        for label, key in (
+            ("progress plot", "plot"),
+            ("drawing", "drawing"),
+            ("pareto specs", "pareto_specs"),
+            ("pareto plot", "pareto_plot"),
+        ):
             if summary[key]:
                 lines.append(f"  {label + ':':<15}{summary[key]}")
         lines.append(f"  scalars:       {self.search_dir.summaries_dir}")

@@ -1,0 +1,115 @@
+"""A child's reward from its held-out AP and its costs (`search.objective`).
+
+MnasNet (Tan et al., CVPR 2019, arXiv:1807.11626, Eq. 2) searches for
+accuracy under a latency target T with the reward ``ACC * (LAT / T) ** w``:
+the soft form uses ``w = -0.07`` on both sides of the target (a child twice
+as costly as another earns about 5% less); the hard form here gives AP at
+or below the target and 0 above it. The cost is either the analytic FLOPs
+of the child's network at the proxy image size (`modeling/flops.py`, cheap
+and the same on every host) or its median measured latency on the search
+host (`modeling/latency.py`).
+
+FLOPs and parameters are recorded for every child whatever the objective
+(they take a build and a trace, seconds for a proxy child); latency only
+when the objective uses it, as timing takes longer and varies with the
+host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.arch.spec import NeckSpec
+
+# The metric names the costs have in a child's metrics (history.jsonl).
+FLOPS = "flops"
+PARAMS = "params"
+LATENCY_MS = "latency_ms"
+# `search.objective.target` is in GFLOPs for the "flops" cost.
+FLOPS_PER_GFLOP = 1e9
+# Cost name -> (metric, units per target unit, axis label).
+COSTS = {
+    "flops": (FLOPS, FLOPS_PER_GFLOP, "GFLOPs"),
+    "latency": (LATENCY_MS, 1.0, "latency (ms)"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """What a child's network costs.
+
+    Attributes:
+        flops: FLOPs of one forward pass at batch 1 (`modeling/flops.py`).
+        params: weights of the detector.
+        latency_ms: median forward time on the search host, or None when
+            not measured.
+    """
+
+    flops: int
+    params: int
+    latency_ms: float | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The costs under their metric names (latency only if measured)."""
+        out = {FLOPS: float(self.flops), PARAMS: float(self.params)}
+        if self.latency_ms is not None:
+            out[LATENCY_MS] = float(self.latency_ms)
+        return out
+
+
+def cost_value(costs: Mapping[str, float], cost: str) -> float | None:
+    """The cost `cost` ("flops" or "latency") in a child's metrics, in the
+    target's units (GFLOPs or ms); None when the metrics lack it (a
+    history older than the costs, or latency not measured)."""
+    metric, per_unit, _ = COSTS[cost]
+    value = costs.get(metric)
+    return None if value is None else float(value) / per_unit
+
+
+def reward(
+    ap: float, costs: Costs, config: config_lib.ObjectiveConfig
+) -> float:
+    """The reward of a child with held-out `ap` and `costs`.
+
+    Raises:
+        ValueError: the objective needs a cost `costs` does not have.
+    """
+    if config.kind == "ap":
+        return ap
+    cost = cost_value(costs.metrics(), config.cost)
+    if cost is None:
+        raise ValueError(
+            f"search.objective.cost {config.cost!r}: the child's costs "
+            "have no measured latency"
+        )
+    ratio = cost / config.target
+    if config.kind == "hard":
+        return ap if ratio <= 1 else 0.0
+    return ap * math.pow(ratio, config.weight)
+
+
+def measure_costs(
+    model_config: config_lib.ModelConfig,
+    spec: NeckSpec,
+    objective: config_lib.ObjectiveConfig,
+) -> Costs:
+    """Builds the child's detector at `model_config.image_size` and
+    counts its FLOPs and parameters, and times it when the objective uses
+    latency."""
+    from nasfpn_tf.modeling import detector, flops, latency
+
+    size = model_config.image_size
+    model = detector.build_detector(model_config, spec=spec, input_size=size)
+    latency_ms = None
+    if objective.uses_latency:
+        latency_ms = latency.model_latency_ms(
+            model, size, objective.latency_runs
+        )
+    return Costs(
+        flops=flops.model_flops(model, size),
+        params=flops.count_params(model),
+        latency_ms=latency_ms,
+    )
