@@ -1,11 +1,14 @@
 """Tests of nasfpn_tf.modeling.flops: analytic FLOPs against tf.profiler."""
 
+import random
+
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.known import NASFPN_SPEC
+from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.modeling import detector, flops
 
 # The analytic count may differ from the profiler's by at most this share.
@@ -80,3 +83,21 @@ def test_unused_outputs_are_not_counted():
         tf.TensorSpec([1, 4, 4, 2])
     )
     assert flops.graph_flops(function.outputs) == 2 * 4 * 4 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    "model_config",
+    [config_lib.ExperimentConfig().model, _lite_model_config()],
+    ids=["tiny_resnet", "tiny_lite"],
+)
+def test_neck_counter_equals_counting_each_detector_whole(model_config):
+    counter = flops.NeckCounter(model_config)
+    space = SearchSpace()
+    rng = random.Random(3)
+    size = model_config.image_size
+    for spec in [NASFPN_SPEC, space.random_spec(rng), space.random_spec(rng)]:
+        model = detector.build_detector(
+            model_config, spec=spec, input_size=size
+        )
+        whole = (flops.model_flops(model, size), flops.count_params(model))
+        assert counter(spec) == whole

@@ -235,3 +235,66 @@ def summary(model: tf_keras.Model, image_size: int) -> Mapping[str, int]:
         "flops": model_flops(model, image_size),
         "params": count_params(model),
     }
+
+
+class NeckCounter:
+    """FLOPs and parameters of detectors that differ only in their neck.
+
+    A search's children share the backbone and the head; only the neck's
+    spec changes. The first call builds and counts one whole detector
+    (`model_flops`, `count_params`) and its neck alone; every later spec
+    traces only its neck, and the shared part is the difference:
+    whole = shared + neck. Equal to counting each detector whole (the
+    tests check it), at a fraction of the build and trace.
+
+    Args:
+        model_config: the children's `ModelConfig`, whose `image_size` is
+            the probe size.
+    """
+
+    def __init__(self, model_config: Any):
+        self.model_config = model_config
+        self._backbone_specs: Mapping[str, tf.TensorShape] | None = None
+        self._shared: tuple[int, int] | None = None
+
+    def __call__(self, spec: Any) -> tuple[int, int]:
+        """(FLOPs, parameters) of the detector with neck `spec`."""
+        from nasfpn_tf.modeling import detector
+
+        if self._shared is None:
+            size = self.model_config.image_size
+            model = detector.build_detector(
+                self.model_config, spec=spec, input_size=size
+            )
+            self._backbone_specs = model.backbone.output_specs
+            neck_flops, neck_params = self._neck(spec)
+            self._shared = (
+                model_flops(model, size) - neck_flops,
+                count_params(model) - neck_params,
+            )
+            return self._shared[0] + neck_flops, self._shared[1] + neck_params
+        neck_flops, neck_params = self._neck(spec)
+        return self._shared[0] + neck_flops, self._shared[1] + neck_params
+
+    def _neck(self, spec: Any) -> tuple[int, int]:
+        from nasfpn_tf.modeling import detector
+
+        config = self.model_config
+        decoder = detector.build_decoder(config, spec, self._backbone_specs)
+        levels = [
+            level_key(level)
+            for level in range(config.min_level, config.max_level + 1)
+        ]
+        inputs = {
+            key: tf.TensorSpec([PROBE_BATCH, *shape[1:]], tf.float32)
+            for key, shape in self._backbone_specs.items()
+            if key in decoder.input
+        }
+
+        def forward(features):
+            pyramid = decoder(features, training=False)
+            return [pyramid[k] for k in levels]
+
+        function = tf.function(forward, autograph=False)
+        graph = function.get_concrete_function(inputs)
+        return graph_flops(graph.outputs), count_params(decoder)

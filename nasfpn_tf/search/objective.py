@@ -113,3 +113,30 @@ def measure_costs(
         params=flops.count_params(model),
         latency_ms=latency_ms,
     )
+
+
+class CostMeter:
+    """`measure_costs` for the children of one search: the same costs,
+    but the backbone and head, which all children share, are counted once
+    (`flops.NeckCounter`); only a latency objective builds each child."""
+
+    def __init__(self):
+        self._counters: dict[config_lib.ModelConfig, object] = {}
+
+    def __call__(
+        self,
+        model_config: config_lib.ModelConfig,
+        spec: NeckSpec,
+        objective: config_lib.ObjectiveConfig,
+    ) -> Costs:
+        if objective.uses_latency:
+            return measure_costs(model_config, spec, objective)
+        from nasfpn_tf.modeling import flops
+
+        counter = self._counters.get(model_config)
+        if counter is None:
+            counter = self._counters[model_config] = flops.NeckCounter(
+                model_config
+            )
+        count, params = counter(spec)
+        return Costs(flops=count, params=params)
