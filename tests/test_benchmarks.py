@@ -420,3 +420,58 @@ def test_search_vs_random_merges_runs_started_side_by_side(
     for summary in summaries.values():
         assert summary["published_retrained"] == "1.0000"
     assert "merged from 2 outputs" in capsys.readouterr().out
+
+
+def test_search_cost_compares_halving_with_full_children(capsys, tmp_path):
+    from benchmarks import search_cost
+
+    args = [
+        "--proxy=curve",
+        "--seeds=0",
+        "--samples-full=4",
+        "--samples-halving=6",
+        "--samples-per-update=2",
+        "--train-steps=30",
+        "--min-steps=4",
+        "--rules=highest,rank",
+        f"--out-dir={tmp_path}",
+        "--params_override=search.controller.lstm_size=8,"
+        "search.controller.embedding_size=8",
+    ]
+    rows = search_cost.main(args)
+    searches = {r["case"]: r for r in rows if "trajectory" in r}
+    assert set(searches) == {"full", "halving-highest", "halving-rank"}
+    full = searches["full"]
+    assert full["child_steps"] == 30 * full["trained"]
+    assert full["per_rung"] == str(full["trained"])
+    for case in ("halving-highest", "halving-rank"):
+        row = searches[case]
+        counts = [int(n) for n in row["per_rung"].split("/")]
+        assert sum(counts) == row["trained"] and len(counts) <= 3
+        # Stopped children cost their rung's steps: 4, 12 or 30 each.
+        assert row["child_steps"] == sum(
+            n * s for n, s in zip(counts, (4, 12, 30))
+        )
+        assert 0 < row["best_quality"] <= 1
+    summaries = {r["case"]: r for r in rows if "trajectory" not in r}
+    assert summaries["full (median of 1)"]["share_of_full"] == 1.0
+    out = tmp_path / "cost.out"
+    out.write_text("a progress line\n" + capsys.readouterr().out)
+    merged = search_cost.main(["--merge", str(out)])
+    assert [r["case"] for r in merged if "trajectory" in r] == list(searches)
+    assert "share_of_full" in capsys.readouterr().out
+
+
+def test_search_cost_steps_to_reach():
+    from benchmarks import search_cost
+
+    points = [
+        {"steps": 4, "best": None},
+        {"steps": 16, "best": 0.1},
+        {"steps": 46, "best": 0.3},
+    ]
+    assert search_cost.steps_to_reach(points, 0.1) == 16
+    assert search_cost.steps_to_reach(points, 0.2) == 46
+    assert search_cost.steps_to_reach(points, 0.4) is None
+    assert search_cost.steps_to_reach(points, None) is None
+    assert search_cost.parse_seeds("0,2-4") == [0, 2, 3, 4]
