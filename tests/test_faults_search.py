@@ -12,6 +12,7 @@ spec), so every run can be compared with an uninterrupted one.
 import contextlib
 import errno
 import glob
+import json
 import math
 import os
 import random
@@ -743,4 +744,174 @@ def test_killed_worker_child_is_retried_then_failed(tmp_path, record_property):
         f"{WORKER_TIMEOUT_S:g} s, max_retries 1)",
         "child handed out again once, then recorded failed; "
         f"{survivor} finished all {len(records)} samples",
+    )
+
+
+# --------------------------------------------------------------------------
+# kill -9 of a search with successive halving, in the middle of promotions.
+
+
+_RUNGS_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    sys.path.insert(0, {repo!r})
+    from nasfpn_tf import config as config_lib
+    from nasfpn_tf.search import proxy as proxy_lib, runner
+
+    def train(config, model_dir, *, strategy, spec, eval_split, until=None):
+        # A learning curve; the step reached is kept as a checkpoint would.
+        path = os.path.join(model_dir, "step.json")
+        start = json.load(open(path)) if os.path.exists(path) else 0
+        with open({log!r}, "a") as f:
+            f.write(
+                f"start {{os.getpid()}} {{os.path.basename(model_dir)}} "
+                f"{{start}} {{until}}\\n"
+            )
+        time.sleep({seconds!r})
+        os.makedirs(model_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(until, f)
+        quality = int(spec.canonical_key()[:8], 16) / 16**8
+        return {{"AP": quality * until / config.train.steps, "steps": until}}
+
+    config = config_lib.from_yaml(open({config!r}).read())
+    proxy = proxy_lib.ProxyTask(config, train_fn=train)
+    runner.search(config, {model_dir!r}, proxy=proxy)
+    """
+)
+
+
+def _rung_starts(log, pid=None):
+    """(pid, trial, start step, until) of each rung started."""
+    if not os.path.exists(log):
+        return []
+    with open(log) as f:
+        rows = [line.split() for line in f if line.startswith("start")]
+    return [
+        (int(p), name, int(start), int(until))
+        for _, p, name, start, until in rows
+        if pid is None or int(p) == pid
+    ]
+
+
+def _logged_rungs(model_dir):
+    """(trial, rung steps) of every rung logged in a rungs.jsonl."""
+    done = set()
+    for path in glob.glob(os.path.join(model_dir, "trials", "*", "rungs.jsonl")):
+        name = os.path.basename(os.path.dirname(path))
+        with open(path) as f:
+            for line in f:
+                try:
+                    done.add((name, json.loads(line)["steps"]))
+                except ValueError:
+                    pass  # a torn last line
+    return done
+
+
+class _DuePromoted:
+    """True `delay` s after the run's first rung past the first started."""
+
+    def __init__(self, log, pid, delay):
+        self.log, self.pid, self.delay = log, pid, delay
+        self.since = None
+
+    def __call__(self):
+        if self.since is None:
+            if not any(s > 0 for _, _, s, _ in _rung_starts(self.log, self.pid)):
+                return False
+            self.since = time.monotonic()
+        return time.monotonic() - self.since >= self.delay
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sigkill_during_promotions_then_rerun(tmp_path, record_property):
+    """kill -9 of a halving search while promoted children train their
+    next rung, rerun after each: no logged rung is trained or decided
+    again, a promoted child resumes from its step, and the history ends
+    as the uninterrupted search's."""
+    config = config_lib.override(
+        tiny_config("ppo", num_samples=9, samples_per_update=3),
+        {
+            "search.reuse_rewards": False,
+            "search.proxy.train_steps": 90,
+            "search.rungs.min_steps": 10,
+            "train.warmup_steps": 5,
+        },
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config_lib.to_yaml(config))
+    env = fh.child_env(str(tmp_path / "data"))
+
+    def script(model_dir, log):
+        path = tmp_path / f"{os.path.basename(model_dir)}.py"
+        path.write_text(
+            _RUNGS_SCRIPT.format(
+                repo=fh.REPO,
+                log=log,
+                seconds=CHILD_SECONDS,
+                config=str(config_path),
+                model_dir=model_dir,
+            )
+        )
+        return [sys.executable, str(path)]
+
+    baseline_dir = str(tmp_path / "baseline")
+    output = str(tmp_path / "runs.log")
+    baseline = fh.start(
+        script(baseline_dir, str(tmp_path / "baseline.log")), env, output
+    )
+    assert fh.finish(baseline) == 0, fh.tail(output)
+    expected = [r.outcome() for r in _records(baseline_dir)]
+    expected_rungs = [r.rungs for r in _records(baseline_dir)]
+    assert any(len(r) > 1 for r in expected_rungs), "no child was promoted"
+
+    model_dir = str(tmp_path / "search")
+    log = str(tmp_path / "children.log")
+    command = script(model_dir, log)
+    rng = random.Random(KILL_SEED)
+    logged_at_kill, kills = [], []
+    for _ in range(3):
+        delay = rng.uniform(0.0, CHILD_SECONDS)
+        process = fh.start(command, env, output)
+        killed = fh.kill_when(
+            process, _DuePromoted(log, process.pid, delay)
+        )
+        if not killed:
+            break  # the search finished first
+        kills.append(f"{delay:.2f}s")
+        logged_at_kill.append(_logged_rungs(model_dir))
+    process = fh.start(command, env, output)
+    assert fh.finish(process) == 0, fh.tail(output)
+    assert kills, "the search finished before the first kill"
+
+    records = _records(model_dir)
+    assert [r.outcome() for r in records] == expected
+    def untimed(all_rungs):
+        return [
+            [{k: v for k, v in e.items() if k != "seconds"} for e in rungs]
+            for rungs in all_rungs
+        ]
+
+    assert untimed(r.rungs for r in records) == untimed(expected_rungs)
+    starts = _rung_starts(log)
+    runs = list(dict.fromkeys(pid for pid, *_ in starts))
+    for k, logged in enumerate(logged_at_kill):
+        later = {
+            (name, until)
+            for pid, name, _, until in starts
+            if runs.index(pid) > k
+        }
+        assert not logged & later, (k, logged & later)
+    # A rung cut by a kill resumed from the step its child had reached (a
+    # kill after the training but before the log: rated again, not
+    # trained: start == until).
+    for _, name, start, until in starts:
+        assert start in (0, 10, 30) and start <= until, (name, start, until)
+    fh.record_fault(
+        record_property,
+        f"search with successive halving (rungs 10/30/90): SIGKILL at "
+        f"[{', '.join(kills)}] after a promoted rung started",
+        "no logged rung trained or decided again, history and rungs "
+        f"equal to the uninterrupted search's; {len(runs)} launches",
     )
