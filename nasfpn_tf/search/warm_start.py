@@ -17,8 +17,8 @@ Reusing a reward is only right when it would be earned again here, so the
 earlier search must have rated its children with the same settings. The
 rule: the child configs (`config.proxy_experiment`) of both searches are
 compared key by key, every key but those in `IGNORED`, which cannot change
-a child's reward, not even its rounding. New config sections (a
-`search.halving` or `search.objective`) are therefore compared without
+a child's reward, not even its rounding. New config sections (such as
+`search.rungs` or `search.objective`) are therefore compared without
 being named here. `runtime.seed` is compared: the children's seeds derive
 from it (`proxy.child_seeds`). A source without its `config.yaml` is
 refused, as its settings are unknown.
