@@ -59,16 +59,16 @@ from benchmarks import common
 
 common.quiet_tensorflow()
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks import search_vs_random  # noqa: E402
-from nasfpn_tf import config as config_lib  # noqa: E402
-from nasfpn_tf.arch import known  # noqa: E402
-from nasfpn_tf.arch.spec import NeckSpec  # noqa: E402
-from nasfpn_tf.search import fidelity, runner  # noqa: E402
-from nasfpn_tf.search import history as history_lib  # noqa: E402
-from nasfpn_tf.search import proxy as proxy_lib  # noqa: E402
-from nasfpn_tf.search import rungs as rungs_lib  # noqa: E402
+from benchmarks import search_vs_random
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.arch import known
+from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.search import fidelity, runner
+from nasfpn_tf.search import history as history_lib
+from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import rungs as rungs_lib
 
 FULL = "full"
 HALVING = "halving"
@@ -322,7 +322,7 @@ def _round(value):
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0,2" -> [0, 2]; "0-3" -> [0, 1, 2, 3]."""
+    """ "0,2" -> [0, 2]; "0-3" -> [0, 1, 2, 3]."""
     seeds = []
     for part in text.split(","):
         if "-" in part:
@@ -345,9 +345,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"final_reward), comma-separated from {rungs_lib.FINAL_REWARDS}",
     )
     parser.add_argument("--seeds", default="0", help='e.g. "0,2" or "0-9"')
-    parser.add_argument(
-        "--samples-full", type=common.positive_int, default=6
-    )
+    parser.add_argument("--samples-full", type=common.positive_int, default=6)
     parser.add_argument(
         "--samples-halving", type=common.positive_int, default=12
     )

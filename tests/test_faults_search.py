@@ -797,7 +797,9 @@ def _rung_starts(log, pid=None):
 def _logged_rungs(model_dir):
     """(trial, rung steps) of every rung logged in a rungs.jsonl."""
     done = set()
-    for path in glob.glob(os.path.join(model_dir, "trials", "*", "rungs.jsonl")):
+    for path in glob.glob(
+        os.path.join(model_dir, "trials", "*", "rungs.jsonl")
+    ):
         name = os.path.basename(os.path.dirname(path))
         with open(path) as f:
             for line in f:
@@ -817,7 +819,9 @@ class _DuePromoted:
 
     def __call__(self):
         if self.since is None:
-            if not any(s > 0 for _, _, s, _ in _rung_starts(self.log, self.pid)):
+            if not any(
+                s > 0 for _, _, s, _ in _rung_starts(self.log, self.pid)
+            ):
                 return False
             self.since = time.monotonic()
         return time.monotonic() - self.since >= self.delay
@@ -874,9 +878,7 @@ def test_sigkill_during_promotions_then_rerun(tmp_path, record_property):
     for _ in range(3):
         delay = rng.uniform(0.0, CHILD_SECONDS)
         process = fh.start(command, env, output)
-        killed = fh.kill_when(
-            process, _DuePromoted(log, process.pid, delay)
-        )
+        killed = fh.kill_when(process, _DuePromoted(log, process.pid, delay))
         if not killed:
             break  # the search finished first
         kills.append(f"{delay:.2f}s")
@@ -887,6 +889,7 @@ def test_sigkill_during_promotions_then_rerun(tmp_path, record_property):
 
     records = _records(model_dir)
     assert [r.outcome() for r in records] == expected
+
     def untimed(all_rungs):
         return [
             [{k: v for k, v in e.items() if k != "seconds"} for e in rungs]

@@ -71,6 +71,17 @@ def test_points_skip_old_failed_and_repeated_records():
     assert pareto.front([]) == []
 
 
+def test_with_successive_halving_only_the_last_rung_counts():
+    rung = {"steps": 10, "reward": 0.0, "seconds": 1.0, "promoted": True}
+    records = [
+        _record(
+            0, "top", 0.30, 2.0, rungs=[{**rung, "rung": r} for r in (0, 1)]
+        ),
+        _record(1, "stopped", 0.01, 0.5, rungs=[{**rung, "rung": 0}]),
+    ]
+    assert [p.record.hash for p in pareto.points(records, "flops")] == ["top"]
+
+
 def test_write_for_search_writes_specs_and_figure(tmp_path):
     records = _crafted() + [_record(8, PUBLISHED, 0.33, 3.5)]
     config = config_lib.ExperimentConfig()

@@ -195,7 +195,9 @@ def _specs(n, seed=0):
 
 def test_children_stop_at_the_rung_where_they_fall_behind(tmp_path):
     specs = _specs(4)
-    quality = {s.canonical_key(): q for s, q in zip(specs, [0.5, 0.2, 0.9, 0.1])}
+    quality = {
+        s.canonical_key(): q for s, q in zip(specs, [0.5, 0.2, 0.9, 0.1])
+    }
     train = CurveTrain(lambda spec: quality[spec.canonical_key()])
     task = proxy_lib.ProxyTask(_halving_config(), train_fn=train)
     assert task.rungs == (10, 30, 90)
@@ -328,10 +330,8 @@ def test_a_search_records_every_rung_of_every_child(tmp_path):
     proxy = proxy_lib.ProxyTask(config, train_fn=train)
     model_dir = str(tmp_path / "search")
     summary = runner.search(config, model_dir, proxy=proxy)
-    records = [
-        json.loads(line)
-        for line in open(os.path.join(model_dir, "history.jsonl"))
-    ]
+    with open(os.path.join(model_dir, "history.jsonl")) as f:
+        records = [json.loads(line) for line in f]
     assert len(records) == 9 and summary["samples"] == 9
     trained = [r for r in records if r["status"] == "ok"]
     assert trained, "every sample was a repeat"

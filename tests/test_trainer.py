@@ -371,7 +371,9 @@ def test_until_stops_at_a_rung_and_a_rerun_resumes_its_weights(
     ]
     assert kernels and len(names) == len(kernels)
     restored = sorted(np.sort(v.numpy().ravel()).tolist() for v in kernels)
-    stored = sorted(np.sort(saved.get_tensor(n).ravel()).tolist() for n in names)
+    stored = sorted(
+        np.sort(saved.get_tensor(n).ravel()).tolist() for n in names
+    )
     assert restored == stored
     # The learning rate at step 2 is the 8-step schedule's, not a 2-step one's.
     assert float(session.learning_rate(2)) > 0

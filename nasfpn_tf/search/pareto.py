@@ -54,9 +54,15 @@ def points(
     records: Sequence[history_lib.SampleRecord], cost: str
 ) -> list[Point]:
     """The rated architectures that have an AP and the cost `cost`
-    ("flops" or "latency"), one per hash, in sample order."""
+    ("flops" or "latency"), one per hash, in sample order. With successive
+    halving only the children rated at the highest rung any reached count:
+    an AP after fewer steps is not comparable."""
+    ranked = history_lib.ranked(records)
+    last_rung = max((len(r.rungs) for r in ranked), default=0)
     out = []
-    for record in sorted(history_lib.ranked(records), key=lambda r: r.sample):
+    for record in sorted(ranked, key=lambda r: r.sample):
+        if len(record.rungs) < last_rung:
+            continue
         value = objective_lib.cost_value(record.metrics, cost)
         ap = record.metrics.get(AP_METRIC)
         if value is not None and ap is not None:

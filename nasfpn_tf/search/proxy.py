@@ -50,8 +50,8 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import describe_error
 from nasfpn_tf.run_files import CHECKPOINT_SUBDIR as CHECKPOINTS_DIR
-from nasfpn_tf.search import rungs as rungs_lib
 from nasfpn_tf.search import objective as objective_lib
+from nasfpn_tf.search import rungs as rungs_lib
 from nasfpn_tf.search.history import FAILED, OK
 
 # What a training reports (the history adds "cached").

@@ -89,7 +89,7 @@ def rung_steps(min_steps: int, eta: int, max_steps: int) -> tuple[int, ...]:
     steps = []
     value = float(min_steps)
     while round(value) < max_steps:
-        steps.append(int(round(value)))
+        steps.append(round(value))
         value *= eta
     return (*steps, max_steps)
 
@@ -186,9 +186,7 @@ class RungEntry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RungEntry:
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = {"rung", "steps", "reward", "seconds", "promoted"} - set(
-            data
-        )
+        missing = {"rung", "steps", "reward", "seconds", "promoted"} - set(data)
         if missing:
             raise RungError(f"missing {sorted(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})
