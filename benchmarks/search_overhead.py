@@ -11,9 +11,23 @@ methods that do them.
 data; `--proxy=sleep` replaces each child by a fixed sleep, which isolates
 the harness's cost from the trainer's.
 
+`--breakdown` looks inside the children instead: it trains `--children`
+default children one after another in this process (as a search does:
+`ProxyTask.reward` then `release`, with the quickstart's 100 proxy steps
+unless `--train-steps` says otherwise) and splits each one's wall time
+into phases (`child_breakdown`). The first child pays the process's
+one-time costs as well; the table shows the first and the mean of the
+others. `--baseline=DIR` runs the same children, alternately, in
+subprocesses that import `nasfpn_tf` from the checkout DIR, and prints its
+table beside this checkout's: a before/after comparison under the same
+load. Pin it to one core for figures that compare:
+
   python benchmarks/search_overhead.py --samples 6 --algorithms ppo,random
   python benchmarks/search_overhead.py --proxy sleep --child-seconds 2 \
       --samples 40
+  TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 1 \
+      python benchmarks/search_overhead.py --breakdown --train-steps 100 \
+      --children 3 --baseline=/path/to/other/checkout
 """
 
 from __future__ import annotations
@@ -22,12 +36,17 @@ import argparse
 import collections
 import contextlib
 import functools
+import json
 import os
 import pathlib
+import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+
+_START = time.perf_counter()
 
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -44,7 +63,11 @@ from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import runner
 
+_IMPORTED = time.perf_counter()
+
 PROXIES = ("train", "sleep")
+# Training steps of each child of the timed search.
+SEARCH_TRAIN_STEPS = 10
 # (part, class, method): the harness's work outside the children.
 PARTS = (
     ("sample", controller_lib.Controller, "sample"),
@@ -163,6 +186,260 @@ def run_case(config, algorithm, model_dir, proxy) -> dict:
     return row
 
 
+# --------------------------------------------------------------------------
+# Inside a child (--breakdown).
+
+# (phase, owner, attribute) of the methods a child's phases are timed by,
+# each by its own time, less the time of the phases called inside it, so
+# that the phases of a child add up to its wall time. Owners are named
+# "module:object"; one missing in the checkout measured is skipped.
+CHILD_PHASES = (
+    ("proxy: other", "nasfpn_tf.search.proxy:ProxyTask", "train"),
+    ("session set-up", "nasfpn_tf.train.trainer:_Session", "__init__"),
+    ("run files", "nasfpn_tf.train.trainer:_Session", "_write_run_files"),
+    ("data check", "nasfpn_tf.train.trainer:_Session", "_check_data"),
+    ("model build", "nasfpn_tf.modeling.detector", "build_detector"),
+    (
+        "optimizer build",
+        "nasfpn_tf.train.trainer:_Session",
+        "_build_trainer",
+    ),
+    ("trainer set-up", "nasfpn_tf.train.loops:DetectionTrainer", "__init__"),
+    (
+        "checkpoint manager",
+        "nasfpn_tf.train.trainer:_Session",
+        "_make_checkpoint_manager",
+    ),
+    (
+        "orbit controller",
+        "nasfpn_tf.train.trainer:_Session",
+        "_make_controller",
+    ),
+    ("datasets", "nasfpn_tf.data.pipeline", "build_dataset"),
+    ("fit: other", "nasfpn_tf.train.trainer:_Session", "fit"),
+    ("orbit train: other", "orbit:Controller", "train"),
+    ("train loops", "nasfpn_tf.train.loops:DetectionTrainer", "train"),
+    (
+        "loop-end checks",
+        "nasfpn_tf.train.loops:DetectionTrainer",
+        "train_loop_end",
+    ),
+    (
+        "progress: logs, summaries",
+        "nasfpn_tf.train.progress:Progress",
+        "on_train",
+    ),
+    ("checkpoint saves", "tensorflow:train.CheckpointManager", "save"),
+    ("eval: tracing + run", "orbit:Controller", "evaluate"),
+    (
+        "eval: COCO set-up",
+        "nasfpn_tf.train.loops:DetectionTrainer",
+        "eval_begin",
+    ),
+    (
+        "eval: COCO update",
+        "nasfpn_tf.train.loops:DetectionTrainer",
+        "eval_reduce",
+    ),
+    (
+        "eval: COCO result",
+        "nasfpn_tf.train.loops:DetectionTrainer",
+        "eval_end",
+    ),
+    ("eval: bookkeeping", "nasfpn_tf.train.progress:Progress", "on_eval"),
+    ("clear_session + gc", "nasfpn_tf.search.proxy", "_free_memory"),
+    ("release", "nasfpn_tf.search.proxy:ProxyTask", "release"),
+)
+# "train loops" is split into these two: the first loop's time beyond
+# what its steps take at the later loops' pace is tracing (and graph
+# optimisation, the iterator's creation); the rest is steps.
+TRACING = "train: tracing (first loop)"
+STEPS = "train steps"
+IMPORTS = "imports (first child only)"
+UNTIMED = "untimed"
+
+
+def _resolve(owner: str):
+    """ "module:dotted.object" (or a module) -> the object."""
+    import importlib
+
+    module, _, path = owner.partition(":")
+    value = importlib.import_module(module)
+    for name in filter(None, path.split(".")):
+        value = getattr(value, name)
+    return value
+
+
+class PhaseClock:
+    """Times the `CHILD_PHASES` methods, each by its own (exclusive) time.
+
+    Train loops are also recorded one by one with their step counts, for
+    the split into tracing and steps.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: dict[str, int] = collections.defaultdict(int)
+        self.loops: list[tuple[float, int]] = []
+        self._inner: list[float] = []  # time of nested phases, per level
+
+    def reset(self):
+        self.seconds.clear()
+        self.calls.clear()
+        self.loops = []
+
+    def wrap(self, phase: str, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self._inner.append(0.0)
+            result = None
+            try:
+                result = fn(*args, **kwargs)
+                return result
+            finally:
+                elapsed = time.perf_counter() - start
+                own = elapsed - self._inner.pop()
+                if self._inner:
+                    self._inner[-1] += elapsed
+                self.seconds[phase] += own
+                # A manager's save returns None when it is not yet due.
+                if phase != "checkpoint saves" or result is not None:
+                    self.calls[phase] += 1
+                if phase == "train loops":
+                    self.loops.append((own, int(args[1])))
+
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Wraps every phase's method while inside; skips missing ones."""
+        undo = []
+        for phase, owner_name, name in CHILD_PHASES:
+            try:
+                owner = _resolve(owner_name)
+            except (ImportError, AttributeError):
+                continue
+            if not hasattr(owner, name):
+                continue
+            own = vars(owner).get(name, _MISSING)
+            setattr(owner, name, self.wrap(phase, getattr(owner, name)))
+            undo.append((owner, name, own))
+        try:
+            yield self
+        finally:
+            for owner, name, own in reversed(undo):
+                if own is _MISSING:
+                    delattr(owner, name)  # inherited: unshadow it
+                else:
+                    setattr(owner, name, own)
+
+    def phases(self, wall: float) -> dict[str, float]:
+        """Phase -> seconds of the child just timed, `train loops` split
+        into tracing and steps, and `untimed` the rest of `wall`."""
+        phases = dict(self.seconds)
+        loops = phases.pop("train loops", 0.0)
+        tracing = 0.0
+        if len(self.loops) > 1:
+            later_s = sum(s for s, _ in self.loops[1:])
+            later_steps = sum(n for _, n in self.loops[1:])
+            first_s, first_steps = self.loops[0]
+            tracing = max(0.0, first_s - first_steps * later_s / later_steps)
+        phases[TRACING] = tracing
+        phases[STEPS] = loops - tracing
+        phases[UNTIMED] = wall - sum(phases.values())
+        return phases
+
+
+_MISSING = object()
+
+
+def child_specs(config, count: int, seed: int) -> list:
+    """The specs of the children: drawn from the search space by `seed`,
+    the same sequence in every checkout."""
+    space = runner.make_space(config)
+    rng = random.Random(seed)
+    return [space.random_spec(rng) for _ in range(count)]
+
+
+def run_children(config, count: int, seed: int) -> list[dict]:
+    """Trains `count` children as a search does and times their phases.
+
+    Returns:
+        One row per child: `child`, `wall_s`, `reward`, `steps` and
+        `phases` (phase -> seconds; see `PhaseClock.phases`).
+    """
+    proxy = proxy_lib.ProxyTask(config)
+    clock = PhaseClock()
+    rows = []
+    out_dir = tempfile.mkdtemp(prefix="child_breakdown_")
+    try:
+        with clock.installed():
+            for index, spec in enumerate(child_specs(config, count, seed)):
+                work_dir = os.path.join(out_dir, f"child{index}")
+                clock.reset()
+                start = time.perf_counter()
+                with contextlib.redirect_stdout(sys.stderr):
+                    result = proxy.reward(spec, work_dir)
+                    proxy.release(work_dir)
+                wall = time.perf_counter() - start
+                phases = clock.phases(wall)
+                if index == 0:
+                    phases[IMPORTS] = _IMPORTED - _START
+                    wall += phases[IMPORTS]
+                rows.append(
+                    {
+                        "case": "child",
+                        "child": index,
+                        "spec": spec.canonical_key()[:12],
+                        "status": result.status,
+                        "reward": result.reward,
+                        "steps": result.metrics.get("steps"),
+                        "wall_s": round(wall, 3),
+                        "checkpoint_saves": clock.calls["checkpoint saves"],
+                        "phases": {k: round(v, 4) for k, v in phases.items()},
+                    }
+                )
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return rows
+
+
+def phase_names(rows: list[dict]) -> list[str]:
+    """The phases of `rows` in a child's order."""
+    order = [p for p, _, _ in CHILD_PHASES if p != "train loops"]
+    names = [IMPORTS, *order, TRACING, STEPS, UNTIMED]
+    names += [p for row in rows for p in row["phases"]]
+    return list(dict.fromkeys(names))
+
+
+def mean_phases(rows: list[dict]) -> tuple[dict[str, float], float]:
+    """Mean seconds of each phase over `rows`, and their mean wall time."""
+    names = phase_names(rows)
+    means = {
+        name: sum(r["phases"].get(name, 0.0) for r in rows) / len(rows)
+        for name in names
+    }
+    return means, sum(r["wall_s"] for r in rows) / len(rows)
+
+
+def breakdown_rows(columns: dict[str, list[dict]]) -> list[dict]:
+    """Table rows: per phase, `<column>_s` and `<column>_share` (of that
+    column's wall time) for each column's mean child; the last row is
+    the wall time."""
+    means = {name: mean_phases(rows) for name, rows in columns.items()}
+    names = phase_names([r for rows in columns.values() for r in rows])
+    table = []
+    for phase in [*names, "child wall time"]:
+        row = {"phase": phase}
+        for name, (phases, wall) in means.items():
+            seconds = wall if phase == "child wall time" else phases[phase]
+            row[f"{name}_s"] = round(seconds, 3)
+            row[f"{name}_share"] = round(seconds / wall, 4)
+        table.append(row)
+    return table
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=common.positive_int, default=6)
@@ -172,8 +449,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--train-steps",
         type=common.positive_int,
-        default=10,
-        help="training steps of each child (search.proxy.train_steps)",
+        default=None,
+        help="training steps of each child (search.proxy.train_steps); "
+        f"default {SEARCH_TRAIN_STEPS}, with --breakdown the config's",
     )
     parser.add_argument("--algorithms", default="ppo,random")
     parser.add_argument("--proxy", choices=PROXIES, default="train")
@@ -183,15 +461,179 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1.0,
         help="duration of each child with --proxy=sleep",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="time the phases inside children instead of a search",
+    )
+    parser.add_argument(
+        "--children",
+        type=common.positive_int,
+        default=3,
+        help="children trained one after another with --breakdown",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the children's specs with --breakdown",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="with --breakdown: a checkout whose nasfpn_tf is timed too, "
+        "alternately with this one's, each in its own processes",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=common.positive_int,
+        default=1,
+        help="with --baseline: processes per checkout, taken alternately",
+    )
     parser.add_argument("--config_file", action="append", default=[])
     parser.add_argument("--params_override", default="")
     args = parser.parse_args(argv)
     args.algorithms = parse_algorithms(parser, args.algorithms)
+    if args.baseline and not args.breakdown:
+        parser.error("--baseline needs --breakdown")
     return args
+
+
+def breakdown_config(args: argparse.Namespace):
+    """The files and override; `--train-steps` if given."""
+    config = config_lib.load_config(args.config_file, args.params_override)
+    if args.train_steps is None:
+        return config
+    return config_lib.override(
+        config, {"search.proxy.train_steps": args.train_steps}
+    )
+
+
+def side_command(args: argparse.Namespace, script: str) -> list[str]:
+    """The command that times children in another process."""
+    command = [
+        sys.executable,
+        script,
+        "--breakdown",
+        f"--children={args.children}",
+        f"--seed={args.seed}",
+        f"--params_override={args.params_override}",
+    ]
+    command += [f"--config_file={path}" for path in args.config_file]
+    if args.train_steps is not None:
+        command.append(f"--train-steps={args.train_steps}")
+    return command
+
+
+def compare_checkouts(args: argparse.Namespace) -> list[dict]:
+    """Times the children under `--baseline`'s nasfpn_tf and this one's,
+    alternately, each in fresh processes; prints both tables side by side
+    and each child's reward under both."""
+    sides = {
+        "before": os.path.abspath(args.baseline),
+        "after": str(pathlib.Path(__file__).resolve().parents[1]),
+    }
+    # A copy of these benchmarks outside both checkouts, so that the
+    # PYTHONPATH alone says whose nasfpn_tf a process imports.
+    copy_dir = tempfile.mkdtemp(prefix="search_overhead_bench_")
+    shutil.copytree(
+        pathlib.Path(__file__).resolve().parent,
+        os.path.join(copy_dir, "benchmarks"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    script = os.path.join(copy_dir, "benchmarks", "search_overhead.py")
+    children: dict[str, list[dict]] = {side: [] for side in sides}
+    try:
+        for round_ in range(args.rounds):
+            order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                env = dict(os.environ, PYTHONPATH=sides[side])
+                done = subprocess.run(
+                    side_command(args, script),
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                rows = [
+                    json.loads(line)
+                    for line in done.stdout.splitlines()
+                    if line.startswith("{")
+                ]
+                rows = [r for r in rows if r.get("case") == "child"]
+                if done.returncode or not rows:
+                    sys.stderr.write(done.stderr[-4000:])
+                    raise RuntimeError(f"the {side} side failed")
+                for row in rows:
+                    common.emit({**row, "side": side, "round": round_})
+                children[side] += rows
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+    return report_breakdown(children)
+
+
+def report_breakdown(children: dict[str, list[dict]]) -> list[dict]:
+    """Prints the phase tables (warm children, first children) and the
+    rewards of `children` (column -> child rows)."""
+    warm = {k: [r for r in v if r["child"] > 0] for k, v in children.items()}
+    first = {k: [r for r in v if r["child"] == 0] for k, v in children.items()}
+    tables = []
+    for title, columns in (
+        ("children after the first (mean)", warm),
+        ("first child of a process (mean)", first),
+    ):
+        if not all(columns.values()):
+            continue
+        rows = breakdown_rows(columns)
+        names = [
+            f"{name}_{unit}" for name in columns for unit in ("s", "share")
+        ]
+        common.print_table(
+            f"Phases of a child: {title}", rows, ["phase", *names]
+        )
+        tables += rows
+    rewards = collections.defaultdict(dict)
+    for name, rows in children.items():
+        for row in rows:
+            key = (row["child"], row["spec"])
+            rewards[key].setdefault(f"{name}_reward", []).append(row["reward"])
+            rewards[key].setdefault(f"{name}_wall_s", []).append(row["wall_s"])
+            rewards[key][f"{name}_saves"] = row["checkpoint_saves"]
+    reward_rows = []
+    for (child, spec), values in sorted(rewards.items()):
+        row = {"child": child, "spec": spec}
+        for key, value in values.items():
+            row[key] = (
+                " ".join(f"{v:.4f}" for v in value)
+                if key.endswith("reward")
+                else (
+                    round(sum(value) / len(value), 2)
+                    if isinstance(value, list)
+                    else value
+                )
+            )
+        reward_rows.append(row)
+    columns = ["child", "spec"] + [
+        k for k in reward_rows[0] if k not in ("child", "spec")
+    ]
+    common.print_table(
+        "Rewards and wall times of the children", reward_rows, columns
+    )
+    return tables
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.breakdown:
+        if args.baseline:
+            return compare_checkouts(args)
+        common.emit({"case": "machine", **common.machine_info()})
+        rows = run_children(breakdown_config(args), args.children, args.seed)
+        for row in rows:
+            common.emit(row)
+        return report_breakdown({"this": rows})
+    if args.train_steps is None:
+        args.train_steps = SEARCH_TRAIN_STEPS
     config = base_config(args)
     common.emit({"case": "machine", **common.machine_info()})
     out_dir = tempfile.mkdtemp(prefix="search_overhead_")

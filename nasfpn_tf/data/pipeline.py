@@ -377,6 +377,13 @@ def _batch(
     batches = examples.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
+    # Autotuning's model thread sleeps between optimisations (periods
+    # doubling up to a minute) and deleting an iterator waits for it: a
+    # search child's clear_session + gc.collect waited 7-30 s for the
+    # training iterator. Parallel calls and prefetch left at AUTOTUNE use
+    # the cores' count instead; the training steps of a child on one core
+    # were no slower (benchmarks/search_overhead.py --breakdown).
+    options.autotune.enabled = False
     return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
