@@ -207,6 +207,24 @@ def test_image_without_boxes_is_all_background(tmp_path):
     assert labels["cls_weights"].numpy().min() == 1.0
 
 
+def test_autotune_follows_the_config_and_children_turn_it_off(records_file):
+    from nasfpn_tf import config as config_lib
+
+    for autotune in (True, False):
+        dataset = pipeline.build_dataset(
+            records_file,
+            pipeline.InputConfig(image_size=64, autotune=autotune, **LEVELS),
+            is_training=True,
+            batch_size=2,
+            seed=1,
+        )
+        assert dataset.options().autotune.enabled is autotune
+    default = config_lib.ExperimentConfig()
+    assert pipeline.InputConfig.from_experiment(default).autotune
+    child = config_lib.proxy_experiment(default)
+    assert not pipeline.InputConfig.from_experiment(child).autotune
+
+
 def test_corrupt_records_are_skipped_not_fatal(tmp_path, caplog):
     good = [
         _example(_image(64, i), [[0.1, 0.1, 0.5, 0.5]], [1], i + 1)

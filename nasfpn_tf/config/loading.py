@@ -343,7 +343,7 @@ def proxy_experiment(config: ExperimentConfig) -> ExperimentConfig:
     """The config a search child trains with: `search.proxy` applied.
 
     The proxy filters set both neck and head widths and its eval steps
-    apply to the held-out reward split. Warmup and step boundaries are cut
+    apply to the held-out reward split; tf.data autotuning is off. Warmup and step boundaries are cut
     to fit the shorter run; a step schedule left without boundaries
     becomes cosine.
     """
@@ -365,6 +365,8 @@ def proxy_experiment(config: ExperimentConfig) -> ExperimentConfig:
             "train.step_boundaries": boundaries,
             "train.schedule": config.train.schedule if boundaries else "cosine",
             "eval.steps": proxy.eval_steps,
+            # A child's iterators die young; see `data.autotune`.
+            "data.autotune": False,
         },
     )
 

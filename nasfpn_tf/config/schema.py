@@ -317,6 +317,10 @@ class DataConfig:
         aug_rand_hflip: random horizontal flips in training.
         shuffle_buffer: tf.data shuffle buffer of training examples.
         cache: cache decoded examples in memory.
+        autotune: let tf.data tune its parallelism and buffers as it
+            runs. A search's children turn it off (`proxy_experiment`):
+            deleting an iterator waits for the tuning thread's sleep (up
+            to a minute), which a short child pays at its end.
     """
 
     train_path: str = ""
@@ -331,6 +335,7 @@ class DataConfig:
     aug_rand_hflip: bool = True
     shuffle_buffer: int = 64
     cache: bool = False
+    autotune: bool = True
     synthetic: SyntheticConfig = dataclasses.field(
         default_factory=SyntheticConfig
     )

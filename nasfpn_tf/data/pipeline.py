@@ -85,6 +85,7 @@ class InputConfig:
       aug_rand_hflip: random horizontal flip (training).
       shuffle_buffer: records in the shuffle buffer (training).
       cache: keep the serialized records in memory after the first pass.
+      autotune: tf.data autotuning (``data.autotune``).
       dtype: image dtype, ``"bfloat16"`` on TPU (``IMAGE_DTYPES`` of
         ``train.mixed_precision``).
       pad: pad to a multiple of 2**max_level (see the module docstring).
@@ -106,6 +107,7 @@ class InputConfig:
     aug_rand_hflip: bool = _DEFAULT.data.aug_rand_hflip
     shuffle_buffer: int = _DEFAULT.data.shuffle_buffer
     cache: bool = _DEFAULT.data.cache
+    autotune: bool = _DEFAULT.data.autotune
     dtype: str = IMAGE_DTYPES[_DEFAULT.train.mixed_precision]
     pad: bool = True
 
@@ -130,6 +132,7 @@ class InputConfig:
             aug_rand_hflip=data.aug_rand_hflip,
             shuffle_buffer=data.shuffle_buffer,
             cache=data.cache,
+            autotune=data.autotune,
             dtype=IMAGE_DTYPES[config.train.mixed_precision],
         )
 
@@ -319,7 +322,13 @@ def build_dataset(
     )
     records = _cache_and_shuffle(records, config, is_training, seed)
     examples = _parse(records, config, is_training, skip_errors)
-    return _batch(examples, per_replica_batch, drop_remainder, deterministic)
+    return _batch(
+        examples,
+        per_replica_batch,
+        drop_remainder,
+        deterministic,
+        autotune=config.autotune,
+    )
 
 
 def _per_replica_batch(
@@ -373,6 +382,7 @@ def _batch(
     batch_size: int,
     drop_remainder: bool,
     deterministic: bool,
+    autotune: bool = True,
 ) -> tf.data.Dataset:
     batches = examples.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
@@ -380,10 +390,10 @@ def _batch(
     # Autotuning's model thread sleeps between optimisations (periods
     # doubling up to a minute) and deleting an iterator waits for it: a
     # search child's clear_session + gc.collect waited 7-30 s for the
-    # training iterator. Parallel calls and prefetch left at AUTOTUNE use
-    # the cores' count instead; the training steps of a child on one core
-    # were no slower (benchmarks/search_overhead.py --breakdown).
-    options.autotune.enabled = False
+    # training iterator. Without it, parallel calls and prefetch left at
+    # AUTOTUNE use the cores' count; the training steps of a child on one
+    # core were no slower (benchmarks/search_overhead.py --breakdown).
+    options.autotune.enabled = autotune
     return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
