@@ -140,3 +140,13 @@ class CostMeter:
             )
         count, params = counter(spec)
         return Costs(flops=count, params=params)
+
+
+_SHARED_METER = CostMeter()
+
+
+def shared_meter() -> CostMeter:
+    """The process's `CostMeter`: the proxy's children and the search's
+    end (the published spec's cost) count the shared backbone and head
+    once between them."""
+    return _SHARED_METER

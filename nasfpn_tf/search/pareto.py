@@ -217,7 +217,8 @@ def published_cost(
     except SpecError:
         return None
     try:
-        costs = objective_lib.measure_costs(
+        # The children's meter: only the published neck is traced anew.
+        costs = objective_lib.shared_meter()(
             config_lib.proxy_experiment(config).model, NASFPN_SPEC, objective
         )
     except Exception as error:  # noqa: BLE001 (the line is optional)

@@ -177,7 +177,7 @@ class ProxyTask:
             folders beside the child's work directory (the search's
             trials).
         cost_fn: `(model_config, spec, objective_config) -> Costs`; None
-            is an `objective.CostMeter` when the task trains for real or
+            is `objective.shared_meter()` when the task trains for real or
             the objective needs a cost, else no costs are recorded (tests
             with a fake `train_fn`).
 
@@ -426,7 +426,7 @@ class ProxyTask:
         if cost_fn is None and (
             self._train_fn is None or objective.kind != "ap"
         ):
-            cost_fn = objective_lib.CostMeter()
+            cost_fn = objective_lib.shared_meter()
         self._cost_fn = cost_fn
         self._costs: dict[str, objective_lib.Costs] = {}
 
