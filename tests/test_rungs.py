@@ -277,6 +277,45 @@ def test_final_reward_rule_from_the_config(tmp_path, rule):
     assert first.reward == expected
 
 
+def test_a_promoted_child_keeps_its_trainer_session(tmp_path, monkeypatch):
+    """With the trainer's own train function, a child asks it to keep
+    its session for the next rung (not after the last) and releases it,
+    freeing memory once, when it stops."""
+    from nasfpn_tf.train import trainer
+
+    curve = CurveTrain(lambda spec: 0.5)
+    calls, released, freed = [], [], []
+
+    def train_and_evaluate(config, model_dir, **kwargs):
+        keep = kwargs.pop("keep", False)
+        result = curve(config, model_dir, **kwargs)
+        calls.append((os.path.basename(model_dir), result["steps"], keep))
+        return result
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", train_and_evaluate)
+    monkeypatch.setattr(
+        trainer, "release_session", lambda d: released.append(d) or True
+    )
+    monkeypatch.setattr(proxy_lib, "_free_memory", lambda: freed.append(1))
+    task = proxy_lib.ProxyTask(_halving_config())
+    spec_a, spec_b = _specs(2)
+    a, b = tmp_path / "trial_0", tmp_path / "trial_1"
+    a.mkdir()
+    b.mkdir()
+    assert len(task.reward(spec_a, str(a)).rungs) == 3
+    assert calls == [
+        ("trial_0", 10, True),
+        ("trial_0", 30, True),
+        ("trial_0", 90, False),  # the last rung: nothing to keep
+    ]
+    # freed after the last rung's training and on the release
+    assert released == [str(a)] and len(freed) == 2
+    curve.quality = lambda spec: 0.1  # behind trial_0 at rung 0: stops
+    assert len(task.reward(spec_b, str(b)).rungs) == 1
+    assert calls[3:] == [("trial_1", 10, True)]
+    assert released == [str(a), str(b)] and len(freed) == 3
+
+
 def test_without_rungs_the_trainer_is_called_as_before(tmp_path):
     calls = []
 

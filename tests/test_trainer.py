@@ -18,7 +18,14 @@ import tf_keras
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.modeling import detector, losses
-from nasfpn_tf.train import checkpoints, inputs, progress, schedule, trainer
+from nasfpn_tf.train import (
+    checkpoints,
+    inputs,
+    loops,
+    progress,
+    schedule,
+    trainer,
+)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS_DIR)
@@ -384,6 +391,49 @@ def test_until_stops_at_a_rung_and_a_rerun_resumes_its_weights(
         session.fit(eval_every=0, until=9)
 
 
+def test_a_kept_session_goes_on_without_a_rebuild(
+    tiny_model, tmp_path, monkeypatch
+):
+    """A promoted rung (`keep=True`) trains on in the same session: no
+    rebuild, the step and the data iterator go on; a session whose
+    checkpoints moved on since, or another config, is built anew."""
+    built = []
+    init = trainer._Session.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(args[1])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer._Session, "__init__", counting_init)
+    monkeypatch.setattr(trainer._Session, "_evaluate", lambda self: {"AP": 0})
+    model_dir = str(tmp_path / "child")
+    config = fast_config(**{"train.steps": 8, "train.checkpoint_every": 4})
+    first = trainer.train_and_evaluate(config, model_dir, until=2, keep=True)
+    session = trainer._KEPT[model_dir][1]
+    iterator = session.trainer._train_iter
+    second = trainer.train_and_evaluate(config, model_dir, until=4, keep=True)
+    assert (first["steps"], second["steps"]) == (2, 4)
+    assert len(built) == 1
+    assert trainer._KEPT[model_dir][1] is session
+    assert session.trainer._train_iter is iterator  # the batches go on
+    assert 0 < second["train_seconds"] < first["train_seconds"] + 60
+    assert [r["step"] for r in _train_rows(model_dir)] == [2, 4]
+    # Another session trained this model_dir on: the kept one is stale.
+    trainer._Session(config, model_dir, None, mode="train").fit(
+        eval_every=0, until=6
+    )
+    third = trainer.train_and_evaluate(config, model_dir, until=8)
+    assert third["steps"] == 8 and len(built) == 3
+    assert not trainer.release_session(model_dir)  # keep=False: not kept
+    trainer.train_and_evaluate(config, model_dir, keep=True)
+    other = config_lib.override(config, {"train.log_every": 4})
+    trainer.train_and_evaluate(other, model_dir)
+    assert len(built) == 5  # another config: built anew
+    trainer.train_and_evaluate(config, model_dir, keep=True)
+    assert trainer.release_session(model_dir)
+    assert not trainer.release_session(model_dir)
+
+
 def test_one_line_per_interval_and_orbits_lines_only_in_the_log(
     tiny_model, tmp_path, capsys, caplog
 ):
@@ -496,7 +546,10 @@ def test_backbone_initializer_loads_only_the_backbone(tmp_path):
     assert os.path.exists(path + ".index")
 
 
-def test_non_finite_weights_are_caught(tiny_model):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_non_finite_weights_are_caught(tiny_model, monkeypatch, traced):
+    # The first checks run eagerly, later ones through the traced check.
+    monkeypatch.setattr(loops, "EAGER_FINITE_CHECKS", 0 if traced else 99)
     config = fast_config()
     model = tiny_detector(config.model)
     optimizer = schedule.build_optimizer(config.train)
@@ -509,6 +562,7 @@ def test_non_finite_weights_are_caught(tiny_model):
         tf.fill(model.trainable_variables[0].shape, float("inf"))
     )
     assert not loop.state_is_finite()
+    assert (loop._traced_finite_check is not None) == traced
 
 
 @pytest.mark.parametrize(

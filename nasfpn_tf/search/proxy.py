@@ -27,7 +27,9 @@ subprocess would pay the TensorFlow import and the accelerator set-up
 child, while the search's children are short. Between children the Keras
 session is cleared and Python garbage collected. A child that crashes the
 process itself (a segfault, the kernel's OOM killer) stops the search, and
-rerunning the command resumes it.
+rerunning the command resumes it. With successive halving a promoted
+child keeps its trainer session between rungs (no rebuild, restore or
+retrace) and the Keras session is cleared when it stops.
 """
 
 from __future__ import annotations
@@ -218,6 +220,9 @@ class ProxyTask:
         self.penalty_reward = float(config.search.penalty_reward)
         self.max_retries = int(config.search.max_retries)
         self._train_fn = train_fn
+        # The trainer's own train_and_evaluate keeps a promoted child's
+        # session between its rungs; an injected train_fn does not.
+        self._keeps_sessions = train_fn is None
         self.keep_checkpoints = keep_checkpoints
         self._init_costs(cost_fn)
 
@@ -258,10 +263,12 @@ class ProxyTask:
         work_dir: str,
         seeds: Sequence[int],
         until: int | None = None,
+        keep: bool = False,
     ) -> ProxyResult:
-        """One training per seed (to step `until`), combined."""
+        """One training per seed (to step `until`), combined; with one
+        seed, `keep` keeps its session for the next rung."""
         if len(seeds) == 1:
-            return self.train(spec, work_dir, seeds[0], until=until)
+            return self.train(spec, work_dir, seeds[0], until=until, keep=keep)
         results = []
         for index, seed in enumerate(seeds):
             result = self.train(
@@ -284,45 +291,56 @@ class ProxyTask:
         )
         last_rung = len(self.rungs) - 1
         attempts = 0
-        for rung, steps in enumerate(self.rungs):
-            entry = log.get(rung)
-            if entry is None:
-                result = self._train_seeds(spec, work_dir, seeds, until=steps)
-                attempts += result.attempts
-                if result.status == FAILED:
-                    return dataclasses.replace(
-                        result,
-                        seconds=result.seconds
-                        + sum(e.seconds for e in log.entries),
-                        attempts=attempts,
-                        rungs=tuple(e.to_dict() for e in log.entries),
+        try:
+            for rung, steps in enumerate(self.rungs):
+                entry = log.get(rung)
+                if entry is None:
+                    result = self._train_seeds(
+                        spec,
+                        work_dir,
+                        seeds,
+                        until=steps,
+                        # A promoted child goes on in the same session.
+                        keep=self._keeps_sessions and rung < last_rung,
                     )
-                others = board.rewards(rung, exclude=work_dir)
-                promoted = rung < last_rung and rungs_lib.promotes(
-                    result.reward, others, self.halving.eta
-                )
-                entry = log.append(
-                    rungs_lib.RungEntry(
-                        rung=rung,
-                        steps=steps,
-                        reward=result.reward,
-                        seconds=result.seconds,
-                        promoted=promoted,
-                        metrics=dict(result.metrics),
+                    attempts += result.attempts
+                    if result.status == FAILED:
+                        return dataclasses.replace(
+                            result,
+                            seconds=result.seconds
+                            + sum(e.seconds for e in log.entries),
+                            attempts=attempts,
+                            rungs=tuple(e.to_dict() for e in log.entries),
+                        )
+                    others = board.rewards(rung, exclude=work_dir)
+                    promoted = rung < last_rung and rungs_lib.promotes(
+                        result.reward, others, self.halving.eta
                     )
-                )
-                logging.info(
-                    "Child in %s: rung %d (%d steps) reward %.4f among %d "
-                    "others: %s",
-                    work_dir,
-                    rung,
-                    steps,
-                    result.reward,
-                    len(others),
-                    "goes on" if promoted else "stops",
-                )
-            if not entry.promoted:
-                break
+                    entry = log.append(
+                        rungs_lib.RungEntry(
+                            rung=rung,
+                            steps=steps,
+                            reward=result.reward,
+                            seconds=result.seconds,
+                            promoted=promoted,
+                            metrics=dict(result.metrics),
+                        )
+                    )
+                    logging.info(
+                        "Child in %s: rung %d (%d steps) reward %.4f among %d "
+                        "others: %s",
+                        work_dir,
+                        rung,
+                        steps,
+                        result.reward,
+                        len(others),
+                        "goes on" if promoted else "stops",
+                    )
+                if not entry.promoted:
+                    break
+        finally:
+            if self._keeps_sessions and _release_session(work_dir):
+                _free_memory()
         return self._rungs_result(log.entries, board, work_dir, attempts)
 
     def _rungs_result(
@@ -362,10 +380,13 @@ class ProxyTask:
         work_dir: str,
         seed: int,
         until: int | None = None,
+        keep: bool = False,
     ) -> ProxyResult:
         """One training of `spec` from `seed` (`runtime.seed` of the
         child), to step `until` (None: the whole schedule), retried on
-        transient errors; never raises Exception."""
+        transient errors; never raises Exception. `keep` (the trainer's
+        own train function only) keeps its session in memory for the
+        next call, until `_release_session`."""
         config = config_lib.override(self.child_config, {"runtime.seed": seed})
         start = time.monotonic()
         attempt = 0
@@ -374,6 +395,8 @@ class ProxyTask:
             try:
                 # A train_fn without `until` serves children without rungs.
                 stop = {} if until is None else {"until": until}
+                if keep:
+                    stop["keep"] = True
                 metrics = self._train()(
                     config,
                     work_dir,
@@ -417,7 +440,8 @@ class ProxyTask:
                         attempts=attempt,
                     )
             finally:
-                _free_memory()
+                if not keep:  # a kept session is freed on its release
+                    _free_memory()
 
     # -- search.objective: the reward from AP and the child's costs -------
 
@@ -559,6 +583,13 @@ def storage_error_of(error: BaseException) -> BaseException | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _release_session(work_dir: str) -> bool:
+    """Drops the trainer's session kept for `work_dir`, if any."""
+    from nasfpn_tf.train import trainer
+
+    return trainer.release_session(work_dir)
 
 
 def _free_memory() -> None:

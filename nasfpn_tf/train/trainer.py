@@ -45,6 +45,7 @@ from nasfpn_tf.train.loops import DetectionTrainer, NonFiniteLossError
 __all__ = [
     "DetectionTrainer",
     "NonFiniteLossError",
+    "release_session",
     "run",
     "train_and_evaluate",
 ]
@@ -101,6 +102,7 @@ def train_and_evaluate(
     spec: NeckSpec | None = None,
     eval_split: str = "val",
     until: int | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Trains to `train.steps` (resuming), then evaluates once.
 
@@ -117,6 +119,13 @@ def train_and_evaluate(
         until: stop at this step (<= `train.steps`) and checkpoint; the
             learning rate schedule stays that of `train.steps`, so a rerun
             with a larger `until` goes on as if never stopped.
+        keep: keep this call's model, data iterator and traced functions
+            in memory for the next call with the same arguments and
+            `model_dir` (a promoted rung), which then goes on without a
+            rebuild, restore or retrace, its batches those a straight
+            training would take. A call that finds the checkpoints moved
+            on, or other arguments, builds anew; `release_session` frees
+            it.
 
     Returns:
         `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` on `eval_split`,
@@ -125,15 +134,45 @@ def train_and_evaluate(
     Raises:
         NonFiniteLossError: training diverged.
     """
-    session = _Session(
-        config,
-        model_dir,
-        strategy,
-        mode="train_and_eval",
-        spec=spec,
-        eval_split=eval_split,
-    )
-    return session.fit(eval_every=0, until=until)
+    key = (config, spec, eval_split, strategy)
+    session = _take_kept(model_dir, key)
+    if session is None:
+        session = _Session(
+            config,
+            model_dir,
+            strategy,
+            mode="train_and_eval",
+            spec=spec,
+            eval_split=eval_split,
+        )
+    metrics = session.fit(eval_every=0, until=until)
+    if keep:
+        _KEPT[model_dir] = (key, session)
+    return metrics
+
+
+# model_dir -> (what made the session, the session) kept by
+# `train_and_evaluate(..., keep=True)` for its next call.
+_KEPT: dict[str, tuple[tuple[Any, ...], "_Session"]] = {}
+
+
+def _take_kept(model_dir: str, key: tuple[Any, ...]) -> "_Session | None":
+    """The session kept for `model_dir`, if it was made from `key` and
+    its last checkpoint is still the newest there; it leaves the store."""
+    kept = _KEPT.pop(model_dir, None)
+    if kept is None:
+        return None
+    kept_key, session = kept
+    latest = tf.train.latest_checkpoint(checkpoints.checkpoint_dir(model_dir))
+    if kept_key != key or latest != session.manager.latest_checkpoint:
+        return None  # other arguments, or trained elsewhere: build anew
+    return session
+
+
+def release_session(model_dir: str) -> bool:
+    """Drops the session `train_and_evaluate(..., keep=True)` kept for
+    `model_dir`; True if there was one."""
+    return _KEPT.pop(model_dir, None) is not None
 
 
 class _Session:
@@ -334,19 +373,21 @@ class _Session:
                 )
             total = until
         train_data = self.train_data
-        inputs.log_split("train", train_data)
-        # A rerun reshuffles from another seed rather than replaying the
-        # batches the first run began with.
-        self.trainer.train_dataset = orbit.utils.make_distributed_dataset(
-            self.strategy,
-            inputs.dataset_fn(
-                self.config,
-                train_data.file_pattern,
-                is_training=True,
-                seed=self.config.runtime.seed + self.start_step,
-            ),
-        )
-        self.progress.start(self.start_step)
+        if self.trainer.train_dataset is None:  # a later fit goes on
+            inputs.log_split("train", train_data)
+            # A rerun reshuffles from another seed rather than replaying
+            # the batches the first run began with.
+            self.trainer.train_dataset = orbit.utils.make_distributed_dataset(
+                self.strategy,
+                inputs.dataset_fn(
+                    self.config,
+                    train_data.file_pattern,
+                    is_training=True,
+                    seed=self.config.runtime.seed + self.start_step,
+                ),
+            )
+        self.progress.start(self.step)
+        seconds_before = self.progress.train_seconds
         if not self.resumed:
             # Step 0 (or the pretrained start) is the first good state, and
             # it starts the checkpoint interval at 0. Every worker saves or
@@ -376,13 +417,14 @@ class _Session:
             # The training data repeats forever unless a whole pass
             # yields no usable example.
             raise inputs.no_examples_error("train", train_data) from None
+        self.resumed = True  # a later fit goes on from here
         if self.eval_data is not None and (not metrics or not eval_every):
             metrics = self._evaluate()
         last = self.progress.last_train or {}
         return {
             **metrics,
             "steps": self.step,
-            "train_seconds": self.progress.train_seconds,
+            "train_seconds": self.progress.train_seconds - seconds_before,
             "final_loss": last.get("total_loss", float("nan")),
         }
 
