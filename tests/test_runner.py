@@ -276,6 +276,12 @@ def test_aborted_search_raises_after_writing_results(tmp_path):
 
 
 def test_oracle_address_comes_from_config(monkeypatch):
+    # Set below by the runner: monkeypatch restores them after the test
+    # (setenv records their absence), so that later searches in this
+    # process are not made workers.
+    for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     config = tiny_config(oracle_host="10.0.0.2", oracle_port=8123)
     runner._export_oracle_address(config)
     assert "KERASTUNER_ORACLE_IP" not in os.environ  # not distributed
