@@ -36,6 +36,12 @@ process with two threads), then merge what they printed:
       --no-published > random.out &
   wait
   python benchmarks/search_vs_random.py --merge ppo.out random.out
+
+PPO and random search sample alike until PPO's first update, and a
+child's reward depends only on the search seed and the spec
+(`proxy.child_seeds`), so the random arm can reuse the PPO arm's rewards
+instead of training the same children again: run both in one process,
+PPO first, with `--share-rewards` (`--algorithms ppo,random`).
 """
 
 from __future__ import annotations
@@ -153,12 +159,15 @@ def run_search(
     model_dir: str,
     proxy,
     proxy_kind: str,
+    warm_start: tuple[str, ...] = (),
 ) -> dict:
     config = config_lib.override(
         config, {"search.algorithm": algorithm, "runtime.seed": seed}
     )
     start = time.perf_counter()
-    summary = runner.search(config, model_dir, proxy=proxy)
+    summary = runner.search(
+        config, model_dir, proxy=proxy, warm_start=warm_start
+    )
     seconds = time.perf_counter() - start
     row = {"case": algorithm, "seed": seed, "proxy_kind": proxy_kind}
     row.update(
@@ -257,6 +266,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip training the published NAS-FPN spec as a reference",
     )
     parser.add_argument(
+        "--share-rewards",
+        action="store_true",
+        help="a random arm reuses the rewards of the specs the arms before "
+        "it (same seed) trained, through the search's --warm_start: a "
+        "reward depends on the seed and spec only, and random search "
+        "learns nothing from them; learning arms are never warm-started",
+    )
+    parser.add_argument(
         "--retrain-seeds",
         type=int,
         default=0,
@@ -336,12 +353,21 @@ def main(argv=None) -> list[dict]:
     published: list[float] = []
     try:
         for seed in range(args.seeds):
+            histories: list[str] = []
             for algorithm in args.algorithms:
                 proxy = MatchProxy(space) if args.proxy == "match" else None
                 model_dir = os.path.join(out_dir, f"{algorithm}-seed{seed}")
+                shared = args.share_rewards and algorithm == "random"
                 row = run_search(
-                    config, algorithm, seed, model_dir, proxy, args.proxy
+                    config,
+                    algorithm,
+                    seed,
+                    model_dir,
+                    proxy,
+                    args.proxy,
+                    warm_start=tuple(histories) if shared else (),
                 )
+                histories.append(os.path.join(model_dir, "history.jsonl"))
                 if args.retrain_seeds and row["best_spec"]:
                     spec = NeckSpec.load(row["best_spec"])
                     row["retrained_rewards"] = retrain(

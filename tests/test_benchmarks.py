@@ -388,6 +388,32 @@ def test_search_vs_random_retrains_best_specs_and_summarizes(
     assert "retrained" in capsys.readouterr().out
 
 
+def test_search_vs_random_random_arm_reuses_the_ppo_arms_rewards(tmp_path):
+    from benchmarks import search_vs_random
+
+    rows = search_vs_random.main(
+        [
+            "--proxy=match",
+            "--samples=4",
+            "--samples-per-update=2",
+            "--algorithms=ppo,random",
+            "--share-rewards",
+            "--no-published",
+            f"--out-dir={tmp_path}",
+            "--params_override=search.controller.lstm_size=8,"
+            "search.controller.embedding_size=8",
+        ]
+    )
+    ppo, random_ = [r for r in rows if "seed" in r]
+    assert ppo["cached"] == 0
+    # Both sample the same specs before PPO's first update (2 samples).
+    assert random_["cached"] >= 2
+    assert random_["trained"] + random_["cached"] == 4
+    assert random_["rewards"][:2] == ppo["rewards"][:2]
+    warm = (tmp_path / "random-seed0" / "warm_start.json").read_text()
+    assert "ppo-seed0" in warm
+
+
 def test_search_vs_random_merges_runs_started_side_by_side(
     capsys, tmp_path
 ):

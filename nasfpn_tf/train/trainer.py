@@ -153,10 +153,10 @@ def train_and_evaluate(
 
 # model_dir -> (what made the session, the session) kept by
 # `train_and_evaluate(..., keep=True)` for its next call.
-_KEPT: dict[str, tuple[tuple[Any, ...], "_Session"]] = {}
+_KEPT: dict[str, tuple[tuple[Any, ...], _Session]] = {}
 
 
-def _take_kept(model_dir: str, key: tuple[Any, ...]) -> "_Session | None":
+def _take_kept(model_dir: str, key: tuple[Any, ...]) -> _Session | None:
     """The session kept for `model_dir`, if it was made from `key` and
     its last checkpoint is still the newest there; it leaves the store."""
     kept = _KEPT.pop(model_dir, None)
