@@ -144,6 +144,28 @@ def test_proxy_rewards_by_the_objective_and_records_costs(tmp_path):
     assert costs.calls == [(32, spec.canonical_key())]
 
 
+def test_hard_objective_does_not_train_children_over_the_target(tmp_path):
+    train = FakeTrain()
+    over = proxy_lib.ProxyTask(
+        _config(kind="hard", target=1.0), train_fn=train, cost_fn=FakeCosts(2.0)
+    )
+    result = over.reward(known.NASFPN_SPEC, str(tmp_path / "over"))
+    assert train.calls == 0
+    assert (result.status, result.reward, result.attempts) == ("ok", 0.0, 0)
+    assert result.metrics == {
+        "flops": 2e9,
+        "params": 1000,
+        proxy_lib.OVER_TARGET: 1.0,
+    }
+    # At the target it trains, and earns its AP.
+    at = proxy_lib.ProxyTask(
+        _config(kind="hard", target=2.0), train_fn=train, cost_fn=FakeCosts(2.0)
+    )
+    result = at.reward(known.NASFPN_SPEC, str(tmp_path / "at"))
+    assert train.calls == 1 and result.reward == AP
+    assert proxy_lib.OVER_TARGET not in result.metrics
+
+
 def test_fake_training_alone_records_no_costs(tmp_path):
     task = proxy_lib.ProxyTask(_config(), train_fn=FakeTrain())
     result = task.reward(known.NASFPN_SPEC, str(tmp_path))

@@ -61,6 +61,9 @@ STATUSES = (OK, FAILED)
 # The final metric that is the reward, as the evaluator names COCO AP.
 REWARD_METRIC = "AP"
 EVAL_SPLIT = "heldout"
+# Metric of a child rated 0 untrained, its cost over the hard objective's
+# target.
+OVER_TARGET = "over_target"
 # Errors of the machine, not the architecture: worth another try.
 TRANSIENT_ERRORS = (
     tf.errors.UnavailableError,
@@ -248,6 +251,9 @@ class ProxyTask:
             An "ok" result with reward = held-out AP, or a "failed" one with
             the penalty reward and the error.
         """
+        skipped = self._over_hard_target(spec)
+        if skipped is not None:
+            return skipped
         seeds = child_seeds(
             self.config.runtime.seed,
             spec.canonical_key(),
@@ -461,14 +467,49 @@ class ProxyTask:
         the costs are measured once per spec (canonical key)."""
         if self._cost_fn is None:
             return ap, dict(metrics)
+        costs = self._costs_of(spec)
+        reward = objective_lib.reward(ap, costs, self.config.search.objective)
+        return reward, {**metrics, **costs.metrics()}
+
+    def _costs_of(self, spec: NeckSpec) -> objective_lib.Costs:
         key = spec.canonical_key()
         if key not in self._costs:
             self._costs[key] = self._cost_fn(
                 self.child_config.model, spec, self.config.search.objective
             )
-        costs = self._costs[key]
-        reward = objective_lib.reward(ap, costs, self.config.search.objective)
-        return reward, {**metrics, **costs.metrics()}
+        return self._costs[key]
+
+    def _over_hard_target(self, spec: NeckSpec) -> ProxyResult | None:
+        """Under the hard objective, a child whose cost is over the target
+        earns 0 whatever its AP: it is rated without training (reward 0,
+        its costs and `over_target` in the metrics, no AP). None when it
+        must train, or when its cost cannot be measured here (training
+        then measures it again and fails the child on the error)."""
+        objective = self.config.search.objective
+        if objective.kind != "hard" or self._cost_fn is None:
+            return None
+        start = time.monotonic()
+        try:
+            costs = self._costs_of(spec)
+        except Exception:  # the training's own attempt reports it
+            return None
+        cost = objective_lib.cost_value(costs.metrics(), objective.cost)
+        if cost is None or cost <= objective.target:
+            return None
+        logging.info(
+            "Child %s: %s %.4g over the hard target %.4g; not trained.",
+            spec.canonical_key()[:12],
+            objective.cost,
+            cost,
+            objective.target,
+        )
+        return ProxyResult(
+            reward=0.0,
+            status=OK,
+            metrics={**costs.metrics(), OVER_TARGET: 1.0},
+            seconds=time.monotonic() - start,
+            attempts=0,
+        )
 
     def release(self, work_dir: str) -> None:
         """Deletes the child's checkpoints unless `keep_checkpoints`."""
