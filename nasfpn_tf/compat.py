@@ -32,6 +32,12 @@ TensorFlow (2.20):
   `convert_variables_to_constants` (modeling/frozen.py):
   `tensorflow.python.framework.convert_to_constants
   .convert_variables_to_constants_v2`, which freezes a concrete function.
+  `custom_gradient_names`, `drop_custom_gradients` (search/proxy.py):
+  `tensorflow.python.framework.ops._gradient_registry`, where every
+  `tf.custom_gradient` traced into a graph registers its gradient as
+  "CustomGradient-<uid>" and is never removed; each entry holds its
+  graph, so a search leaked one child's graph per child (about 55,000
+  objects and 50 MB each) until its children's entries were dropped.
 
 KerasTuner (1.4): kept in `search/oracle.py`, the one module that imports
 keras_tuner, and checked with every public KerasTuner API it relies on by
@@ -126,3 +132,40 @@ def convert_variables_to_constants(concrete: Any) -> Any:
     from tensorflow.python.framework import convert_to_constants
 
     return convert_to_constants.convert_variables_to_constants_v2(concrete)
+
+
+CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
+
+
+def _gradient_registry() -> dict[str, Any]:
+    from tensorflow.python.framework import ops
+
+    return ops._gradient_registry._registry
+
+
+def custom_gradient_names() -> frozenset[str]:
+    """The custom gradients registered so far in this process."""
+    return frozenset(
+        name
+        for name in _gradient_registry()
+        if name.startswith(CUSTOM_GRADIENT_PREFIX)
+    )
+
+
+def drop_custom_gradients(keep: frozenset[str]) -> int:
+    """Unregisters the custom gradients registered since `keep` was
+    taken (`custom_gradient_names`), and returns how many.
+
+    Only for graphs that are done with: a graph whose gradient is built
+    after this (a tf.function differentiated from outside) no longer finds
+    the gradients of its custom_gradient ops.
+    """
+    registry = _gradient_registry()
+    added = [
+        name
+        for name in registry
+        if name.startswith(CUSTOM_GRADIENT_PREFIX) and name not in keep
+    ]
+    for name in added:
+        del registry[name]
+    return len(added)

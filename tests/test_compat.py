@@ -190,3 +190,30 @@ def test_convert_variables_to_constants_freezes_a_function():
         assert not kinds & {"VarHandleOp", "ReadVariableOp"}, kinds
         x = tf.constant([[1.0, 1.0]])
         np.testing.assert_allclose(frozen(x)[0].numpy(), [[5.0]])
+
+
+def test_custom_gradients_traced_in_a_graph_can_be_dropped():
+    with _touch(
+        "tensorflow.python.framework.ops._gradient_registry",
+        "nasfpn_tf/search/proxy.py",
+    ):
+        before = compat.custom_gradient_names()
+
+        @tf.custom_gradient
+        def doubled_gradient(x):
+            return tf.identity(x), lambda dy: 2.0 * dy
+
+        @tf.function
+        def gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = doubled_gradient(x)
+            return tape.gradient(y, x)
+
+        assert float(gradient(tf.constant(1.0))) == 2.0
+        added = compat.custom_gradient_names() - before
+        assert len(added) == 1, added
+        assert compat.drop_custom_gradients(before) == 1
+        assert compat.custom_gradient_names() == before
+        # The traced function has its gradient already: it still runs.
+        assert float(gradient(tf.constant(3.0))) == 2.0

@@ -6,6 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
+from nasfpn_tf import compat
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch import known
 from nasfpn_tf.search import proxy as proxy_lib
@@ -199,12 +200,15 @@ def test_real_tiny_child_trains_and_earns_heldout_ap(tmp_path):
             "data.synthetic.num_val": 4,
         },
     )
+    gradients = compat.custom_gradient_names()
     task = proxy_lib.ProxyTask(config)
     work_dir = str(tmp_path / "child")
     result = task.reward(known.NASFPN_SPEC, work_dir)
     assert result.status == "ok", result.error
     assert 0.0 <= result.reward <= 1.0
     assert result.metrics["AP"] == result.reward
+    # The child's custom gradients (which hold its graph) are dropped.
+    assert compat.custom_gradient_names() == gradients
     assert os.path.isdir(os.path.join(work_dir, "checkpoints"))
     task.release(work_dir)
     assert not os.path.exists(os.path.join(work_dir, "checkpoints"))

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import tensorflow as tf
 from absl import logging
 
+from nasfpn_tf import compat
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import describe_error
@@ -226,6 +227,9 @@ class ProxyTask:
         # The trainer's own train_and_evaluate keeps a promoted child's
         # session between its rungs; an injected train_fn does not.
         self._keeps_sessions = train_fn is None
+        # The custom gradients a child registers hold its graph: those
+        # registered after this are dropped when its memory is freed.
+        self._gradients_before = compat.custom_gradient_names()
         self.keep_checkpoints = keep_checkpoints
         self._init_costs(cost_fn)
 
@@ -346,7 +350,7 @@ class ProxyTask:
                     break
         finally:
             if self._keeps_sessions and _release_session(work_dir):
-                _free_memory()
+                self._free_memory()
         return self._rungs_result(log.entries, board, work_dir, attempts)
 
     def _rungs_result(
@@ -447,7 +451,7 @@ class ProxyTask:
                     )
             finally:
                 if not keep:  # a kept session is freed on its release
-                    _free_memory()
+                    self._free_memory()
 
     # -- search.objective: the reward from AP and the child's costs -------
 
@@ -510,6 +514,12 @@ class ProxyTask:
             seconds=time.monotonic() - start,
             attempts=0,
         )
+
+    def _free_memory(self) -> None:
+        """Drops the custom gradients children registered (each holds its
+        child's graph), clears the Keras session and collects garbage."""
+        compat.drop_custom_gradients(self._gradients_before)
+        _free_memory()
 
     def release(self, work_dir: str) -> None:
         """Deletes the child's checkpoints unless `keep_checkpoints`."""
