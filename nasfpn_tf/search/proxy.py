@@ -295,63 +295,84 @@ class ProxyTask:
         """Successive halving: trains to each rung's steps in turn, rated
         at each, while the rung's board promotes the child. What `work_dir`
         logged (`rungs.jsonl`) is neither trained nor decided again."""
+        try:
+            return self._climb_rungs(spec, work_dir, seeds)
+        finally:
+            # The session kept for a promotion that did not come (or for
+            # a rung that failed) is freed.
+            if self._keeps_sessions and _release_session(work_dir):
+                self._free_memory()
+
+    def _climb_rungs(
+        self, spec: NeckSpec, work_dir: str, seeds: Sequence[int]
+    ) -> ProxyResult:
         log = rungs_lib.RungLog(work_dir)
         board = self.board or rungs_lib.RungBoard(
             os.path.dirname(os.path.normpath(work_dir))
         )
         last_rung = len(self.rungs) - 1
         attempts = 0
-        try:
-            for rung, steps in enumerate(self.rungs):
-                entry = log.get(rung)
-                if entry is None:
-                    result = self._train_seeds(
-                        spec,
-                        work_dir,
-                        seeds,
-                        until=steps,
-                        # A promoted child goes on in the same session.
-                        keep=self._keeps_sessions and rung < last_rung,
+        for rung, steps in enumerate(self.rungs):
+            entry = log.get(rung)
+            if entry is None:
+                result = self._train_seeds(
+                    spec,
+                    work_dir,
+                    seeds,
+                    until=steps,
+                    # A promoted child goes on in the same session.
+                    keep=self._keeps_sessions and rung < last_rung,
+                )
+                attempts += result.attempts
+                if result.status == FAILED:
+                    return dataclasses.replace(
+                        result,
+                        seconds=result.seconds
+                        + sum(e.seconds for e in log.entries),
+                        attempts=attempts,
+                        rungs=tuple(e.to_dict() for e in log.entries),
                     )
-                    attempts += result.attempts
-                    if result.status == FAILED:
-                        return dataclasses.replace(
-                            result,
-                            seconds=result.seconds
-                            + sum(e.seconds for e in log.entries),
-                            attempts=attempts,
-                            rungs=tuple(e.to_dict() for e in log.entries),
-                        )
-                    others = board.rewards(rung, exclude=work_dir)
-                    promoted = rung < last_rung and rungs_lib.promotes(
-                        result.reward, others, self.halving.eta
-                    )
-                    entry = log.append(
-                        rungs_lib.RungEntry(
-                            rung=rung,
-                            steps=steps,
-                            reward=result.reward,
-                            seconds=result.seconds,
-                            promoted=promoted,
-                            metrics=dict(result.metrics),
-                        )
-                    )
-                    logging.info(
-                        "Child in %s: rung %d (%d steps) reward %.4f among %d "
-                        "others: %s",
-                        work_dir,
-                        rung,
-                        steps,
-                        result.reward,
-                        len(others),
-                        "goes on" if promoted else "stops",
-                    )
-                if not entry.promoted:
-                    break
-        finally:
-            if self._keeps_sessions and _release_session(work_dir):
-                self._free_memory()
+                entry = self._log_rung(
+                    result, rung, steps, log, board, work_dir
+                )
+            if not entry.promoted:
+                break
         return self._rungs_result(log.entries, board, work_dir, attempts)
+
+    def _log_rung(
+        self,
+        result: ProxyResult,
+        rung: int,
+        steps: int,
+        log: rungs_lib.RungLog,
+        board: rungs_lib.RungBoard,
+        work_dir: str,
+    ) -> rungs_lib.RungEntry:
+        """Decides the child's promotion at `rung` from the board and logs
+        it with the rung's reward."""
+        others = board.rewards(rung, exclude=work_dir)
+        promoted = rung < len(self.rungs) - 1 and rungs_lib.promotes(
+            result.reward, others, self.halving.eta
+        )
+        logging.info(
+            "Child in %s: rung %d (%d steps) reward %.4f among %d others: %s",
+            work_dir,
+            rung,
+            steps,
+            result.reward,
+            len(others),
+            "goes on" if promoted else "stops",
+        )
+        return log.append(
+            rungs_lib.RungEntry(
+                rung=rung,
+                steps=steps,
+                reward=result.reward,
+                seconds=result.seconds,
+                promoted=promoted,
+                metrics=dict(result.metrics),
+            )
+        )
 
     def _rungs_result(
         self,
@@ -495,7 +516,7 @@ class ProxyTask:
         start = time.monotonic()
         try:
             costs = self._costs_of(spec)
-        except Exception:  # the training's own attempt reports it
+        except Exception:  # noqa: BLE001 (training reports it again)
             return None
         cost = objective_lib.cost_value(costs.metrics(), objective.cost)
         if cost is None or cost <= objective.target:
