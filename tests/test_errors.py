@@ -35,8 +35,21 @@ def test_user_facing_errors_derive_from_user_error(module):
         assert main_lib.is_user_error(error("bad"))
 
 
+# Bases every exception has; a UserError needs a builtin base beyond these.
+_GENERIC_BASES = (Exception, BaseException, object)
+
+
+def _specific_builtin_bases(error: type) -> list[type]:
+    return [
+        b
+        for b in error.__mro__
+        if b.__module__ == "builtins" and b not in _GENERIC_BASES
+    ]
+
+
 def test_every_user_error_keeps_a_builtin_base():
     # Library callers catch ValueError / RuntimeError as before.
+    checked = set()
     for info in pkgutil.walk_packages(nasfpn_tf.__path__, "nasfpn_tf."):
         module = importlib.import_module(info.name)
         for _, value in inspect.getmembers(module, inspect.isclass):
@@ -44,10 +57,25 @@ def test_every_user_error_keeps_a_builtin_base():
                 issubclass(value, errors.UserError)
                 and value is not errors.UserError
             ):
-                builtin = [
-                    b for b in value.__mro__ if b.__module__ == "builtins"
-                ]
-                assert len(builtin) > 2, value  # more than Exception, object
+                assert _specific_builtin_bases(value), value
+                checked.add(value)
+    listed = {
+        getattr(importlib.import_module(m), n)
+        for m, names in USER_FACING.items()
+        for n in names
+    }
+    assert listed <= checked
+
+
+def test_a_user_error_without_a_builtin_base_is_caught():
+    class Bare(errors.UserError):
+        pass
+
+    class Kept(errors.UserError, RuntimeError):
+        pass
+
+    assert _specific_builtin_bases(Bare) == []
+    assert _specific_builtin_bases(Kept) == [RuntimeError]
 
 
 def test_other_errors_are_not_user_errors():
