@@ -24,15 +24,41 @@ def test_list_voc_with_and_without_image_sets(tmp_path):
         voc.list_voc(str(cvat), "test")
 
 
-def test_class_flag_lists_take_the_name(tmp_path):
+def test_class_flag_lists_drop_the_flag_and_keep_the_name(tmp_path):
     cvat = exports_helpers.cvat_voc(tmp_path)
     lists = cvat / "ImageSets" / "Main"
-    (lists / "tree_default.txt").write_text("frame 001  1\nframe 002 -1\n")
-    assert [p.rsplit("/", 1)[1] for p in voc.list_voc(str(cvat), "tree_default")
-            ] == ["frame.xml", "frame.xml"]  # fmt: skip
+    (lists / "tree_default.txt").write_text(
+        "frame 001  1\nframe 002 -1\nframe 003\t0\n"
+    )
+    assert voc.list_voc(str(cvat), "tree_default") == [
+        str(cvat / "Annotations" / f"frame 00{i}.xml") for i in (1, 2, 3)
+    ]
     (cvat / "Annotations" / "a.xml").write_text("<annotation/>")
-    (lists / "flags.txt").write_text("a  1\n")
-    assert voc.list_voc(str(cvat), "flags")[0].endswith("/a.xml")
+    (lists / "flags.txt").write_text("a  1\n000005 -1\n")
+    assert voc.list_voc(str(cvat), "flags") == [
+        str(cvat / "Annotations" / "a.xml"),
+        str(cvat / "Annotations" / "000005.xml"),
+    ]
+
+
+def test_a_listed_name_ending_in_a_digit_stays_whole(tmp_path):
+    cvat = exports_helpers.cvat_voc(tmp_path)
+    (cvat / "Annotations" / "frame 1.xml").write_text("<annotation/>")
+    (cvat / "ImageSets" / "Main" / "odd.txt").write_text("frame 1\n")
+    assert voc.list_voc(str(cvat), "odd") == [
+        str(cvat / "Annotations" / "frame 1.xml")
+    ]
+
+
+def test_class_flag_lists_read_the_listed_annotations(tmp_path):
+    cvat = exports_helpers.cvat_voc(tmp_path)
+    (cvat / "ImageSets" / "Main" / "tree_default.txt").write_text(
+        "frame 001  1\nframe 002 -1\n"
+    )
+    stats = sources.ConversionStats()
+    parsed = voc.read_voc_annotations([(str(cvat), "tree_default")], stats)
+    assert [a.name for a in parsed] == ["frame 001", "frame 002"]
+    assert stats["annotations_unreadable"] == 0
 
 
 def test_annotations_label_map_and_source(tmp_path):

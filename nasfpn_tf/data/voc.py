@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from xml.etree import ElementTree
 
@@ -67,6 +68,10 @@ class VocAnnotation:
     objects: tuple[VocObject, ...]
 
 
+# An ImageSets/Main/<class>_<set>.txt line: a name, spaces, -1, 0 or 1.
+_CLASS_FLAG_LINE = re.compile(r"(.+?)\s+(?:-1|0|1)")
+
+
 def list_voc(voc_dir: str, image_set: str | None = None) -> list[str]:
     """XML files of a VOC folder, listed or found.
 
@@ -98,12 +103,7 @@ def list_voc(voc_dir: str, image_set: str | None = None) -> list[str]:
         with tf.io.gfile.GFile(list_path) as f:
             lines = [line.strip() for line in f if line.strip()]
         present = set(tf.io.gfile.listdir(annotations))
-        # A line is a name (which may hold spaces, as CVAT's do) or, in
-        # Pascal VOC's per-class lists, a name and a -1/0/1 flag.
-        names = [
-            line if f"{line}.xml" in present else line.split()[0]
-            for line in lines
-        ]
+        names = [_listed_name(line, present) for line in lines]
         return [os.path.join(annotations, f"{name}.xml") for name in names]
     paths = sorted(
         os.path.join(annotations, name)
@@ -282,8 +282,15 @@ def _int_or_zero(text: str | None) -> int:
         return 0
 
 
-def _int_or_zero(text: str | None) -> int:
-    try:
-        return max(int(float(text)), 0)
-    except (TypeError, ValueError):
-        return 0
+def _listed_name(line: str, present: set[str]) -> str:
+    """The annotation name of one ``ImageSets`` line.
+
+    A line is a name, which may hold spaces (CVAT's ``frame 001``), or, in
+    Pascal VOC's per-class lists, a name and a -1/0/1 flag
+    (``000005 -1``): the flag is dropped, the rest of the name kept. A line
+    that is itself a present name stays whole, so ``frame 1`` is not cut.
+    """
+    if f"{line}.xml" in present:
+        return line
+    flagged = _CLASS_FLAG_LINE.fullmatch(line)
+    return flagged.group(1) if flagged else line
