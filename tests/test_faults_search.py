@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_runner import FormulaProxy, formula, tiny_config
+from test_scheduler import Clock
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf import main as main_lib
@@ -508,7 +509,7 @@ def _records_allowing_torn(model_dir):
 # A worker of a distributed search killed mid-child, for good.
 
 
-def _oracle(tmp_path, max_retries):
+def _oracle(tmp_path, max_retries, clock):
     from nasfpn_tf.arch.space import SearchSpace
     from nasfpn_tf.search import controller
 
@@ -525,6 +526,7 @@ def _oracle(tmp_path, max_retries):
         reuse_rewards=False,
         penalty_reward=-1.0,
         max_retries=max_retries,
+        clock=clock,
     )
     oracle.restore()
     return oracle
@@ -534,22 +536,24 @@ def test_a_silent_tuner_loses_its_child_to_the_next_then_it_fails(tmp_path):
     """The chief's side of a lost worker, in process: heartbeats keep a
     child; silence past the timeout hands it out again (max_retries=1),
     a second loss records it as failed."""
-    oracle = _oracle(tmp_path, max_retries=1)
+    clock = Clock()
+    oracle = _oracle(tmp_path, max_retries=1, clock=clock)
     trial = oracle.create_trial("t0")
     assert trial.trial_id == "000000"
-    time.sleep(0.05)
+    clock.now = 5.0
     oracle.get_trial(trial.trial_id)  # a heartbeat
-    assert oracle.reclaim_lost_trials(silent_for=0.04) == []
-    time.sleep(0.05)
-    assert oracle.reclaim_lost_trials(silent_for=0.04) == ["000000"]
+    clock.now = 8.0
+    assert oracle.reclaim_lost_trials(silent_for=4.0) == []
+    clock.now = 10.0
+    assert oracle.reclaim_lost_trials(silent_for=4.0) == ["000000"]
     assert "t0" not in oracle.scheduler.running
     again = oracle.create_trial("t1")
     assert again.trial_id == "000000"  # the same child, the same directory
     other = oracle.create_trial("t2")
     assert other.trial_id == "000001"
-    time.sleep(0.05)
+    clock.now = 20.0
     oracle.get_trial(other.trial_id)
-    assert oracle.reclaim_lost_trials(silent_for=0.04) == ["000000"]
+    assert oracle.reclaim_lost_trials(silent_for=4.0) == ["000000"]
     (record,) = oracle.records
     assert record.sample == 0 and record.status == "failed"
     assert record.reward == -1.0
@@ -559,13 +563,14 @@ def test_a_silent_tuner_loses_its_child_to_the_next_then_it_fails(tmp_path):
 
 
 def test_a_lost_worker_that_stored_its_result_is_not_retrained(tmp_path):
-    oracle = _oracle(tmp_path, max_retries=3)
+    clock = Clock()
+    oracle = _oracle(tmp_path, max_retries=3, clock=clock)
     trial = oracle.create_trial("t0")
     key = oracle.scheduler.spec_key(0)
     result = proxy_lib.ProxyResult(0.25, "ok", {"AP": 0.25}, 1.0)
     results_lib.write_result(oracle.search_dir, 0, key, result, "t0")
-    time.sleep(0.05)  # died after storing, before reporting
-    assert oracle.reclaim_lost_trials(silent_for=0.01) == [trial.trial_id]
+    clock.now = 10.0  # died after storing, before reporting
+    assert oracle.reclaim_lost_trials(silent_for=1.0) == [trial.trial_id]
     (record,) = oracle.records
     assert (record.status, record.reward, record.tuner) == ("ok", 0.25, "t0")
 
