@@ -234,3 +234,105 @@ def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     assert {json.loads(r)["status"] for r in rows} == {"ok"}
     assert result["complete_specs"] == 2
     assert os.path.exists(result["plot"])
+
+
+# --------------------------------------------------------------------------
+# The verdict: what the figures show, what they leave unknown.
+
+
+def _figures(rho, interval, snr, within=0.01):
+    return {
+        "spearman": rho,
+        "spearman_interval": list(interval),
+        "snr": snr,
+        "within_spec_std": within,
+    }
+
+
+def test_one_seed_leaves_the_noise_unknown_and_says_what_to_run(tmp_path):
+    """A new user's first run: 5 specs, one proxy training each. The
+    ranking agrees perfectly, so it is not called loose; the noise is
+    unknown, and the advised rerun trains only the missing seeds."""
+    one = {"fidelity.num_specs": 5, "fidelity.seeds": 1}
+    calls = []
+    result = fidelity.run(
+        _config(**one), str(tmp_path), proxies=_proxies(calls)
+    )
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["snr"] is None and result["within_spec_std"] is None
+    text = result["verdict"]
+    assert text.startswith("undecided: the proxy ranks specs like the ")
+    assert "loosely" not in text
+    assert "noise is unknown" in text and "fidelity.seeds: 3" in text
+    rerun = []
+    result = fidelity.run(
+        _config(**{**one, "fidelity.seeds": 3}),
+        str(tmp_path),
+        proxies=_proxies(rerun),
+    )
+    assert len(rerun) == 5 * 2  # the two new proxy seeds per spec
+    assert result["snr"] > fidelity.MIN_SNR
+    assert result["verdict"].startswith("usable")
+
+
+def test_a_perfect_ranking_is_never_called_loose():
+    for snr, within, start in [
+        (None, None, "undecided"),
+        (0.5, 0.01, "weak"),
+        (None, 0.0, "usable"),  # the seeds agreed exactly: no noise
+        (5.0, 0.01, "usable"),
+    ]:
+        text = fidelity.verdict(_figures(1.0, (1.0, 1.0), snr, within))
+        assert text.startswith(start), text
+        assert "loosely" not in text, text
+    noisy = fidelity.verdict(_figures(1.0, (1.0, 1.0), 0.5))
+    assert "other seeds may reorder them" in noisy
+
+
+def test_crafted_figures_reach_every_verdict():
+    verdict = fidelity.verdict
+    assert verdict(_figures(0.9, (0.6, 1.0), 3.0)).startswith("usable")
+    loose = verdict(_figures(0.4, (-0.3, 0.9), 3.0))
+    assert loose.startswith("weak: the proxy ranks specs only loosely")
+    assert verdict(_figures(0.6, (0.1, 0.9), 1.0)).startswith("weak")
+    for rho in (0.0, -0.5):
+        text = verdict(_figures(rho, (-0.9, 0.5), 3.0))
+        assert text.startswith("unusable"), text
+    assert verdict(_figures(-0.5, (-1.0, 0.2), None, None)).startswith(
+        "unusable"
+    )
+
+
+class _Noisy(FormulaProxy):
+    """The spec's hash term plus a seed term as large as the specs' spread."""
+
+    def train(self, spec, work_dir, seed):
+        result = super().train(spec, work_dir, seed)
+        reward = result.reward + (seed % 7) * 0.1
+        return proxy_lib.ProxyResult(reward, "ok", {"AP": reward}, 0.5)
+
+
+class _Reversed(FormulaProxy):
+    """Ranks the specs in the reverse of the hash term's order."""
+
+    def train(self, spec, work_dir, seed):
+        result = super().train(spec, work_dir, seed)
+        return proxy_lib.ProxyResult(
+            1.0 - result.reward, "ok", {"AP": 1.0 - result.reward}, 0.5
+        )
+
+
+@pytest.mark.parametrize(
+    "proxy, expected", [(_Noisy, "weak"), (_Reversed, "unusable")]
+)
+def test_crafted_proxies_end_weak_or_unusable(tmp_path, proxy, expected):
+    calls = []
+    result = fidelity.run(
+        _config(**{"fidelity.num_specs": 5, "fidelity.seeds": 3}),
+        str(tmp_path),
+        proxies={
+            fidelity.PROXY: proxy(0.5, calls),
+            fidelity.REFERENCE: FormulaProxy(1.0, calls),
+        },
+    )
+    assert result["verdict"].startswith(expected), result["verdict"]

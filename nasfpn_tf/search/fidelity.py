@@ -60,6 +60,9 @@ SETTINGS = (PROXY, REFERENCE)
 # more than its noise.
 MIN_SNR = 2.0
 GOOD_CORRELATION = 0.5
+# Proxy trainings per spec the verdict asks for when one left the noise
+# unknown.
+_SEEDS_FOR_NOISE = 3
 
 
 class FidelityError(UserError, ValueError):
@@ -358,7 +361,8 @@ def noise_figures(per_spec: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def verdict(result: Mapping[str, Any]) -> str:
-    """One line: whether the proxy's reward ranks like the reference."""
+    """One line: whether the proxy's reward ranks like the reference, what
+    the figures leave unknown, and what to run next."""
     rho, (low, high) = result["spearman"], result["spearman_interval"]
     snr = result["snr"]
     if rho is None:
@@ -367,22 +371,41 @@ def verdict(result: Mapping[str, Any]) -> str:
             "results."
         )
     figures = f"Spearman {rho:.2f} [{_fmt(low)}, {_fmt(high)}], SNR {_fmt(snr)}"
-    if (
-        low is not None
-        and low > 0
-        and rho >= GOOD_CORRELATION
-        and (snr is not None and snr >= MIN_SNR)
-    ):
-        return f"usable: the proxy ranks specs like the reference ({figures})."
-    if rho > 0:
+    if rho <= 0:
         return (
-            f"weak: the proxy ranks specs only loosely like the reference "
-            f"({figures}); lengthen the proxy (search.proxy.train_steps, "
-            "image_size) or average seeds (search.proxy.seeds)."
+            f"unusable: the proxy does not rank specs like the reference "
+            f"({figures}); a search with it would follow noise."
+        )
+    ranks_alike = low is not None and low > 0 and rho >= GOOD_CORRELATION
+    ranking = (
+        "the proxy ranks specs like the reference"
+        if ranks_alike
+        else "the proxy ranks specs only loosely like the reference"
+    )
+    if result["within_spec_std"] is None:
+        # One proxy training per spec: no within-spec spread to compare.
+        return (
+            f"undecided: {ranking} ({figures}), but with one proxy training "
+            "per spec its seed-to-seed noise is unknown; rerun with "
+            f"fidelity.seeds: {_SEEDS_FOR_NOISE} and the same --model_dir "
+            "(finished trainings are kept)."
+        )
+    # No SNR with a known noise: the seeds agreed exactly (noise 0).
+    quiet = snr is None or snr >= MIN_SNR
+    if ranks_alike and quiet:
+        return f"usable: {ranking} ({figures})."
+    if ranks_alike:
+        return (
+            f"weak: {ranking} ({figures}), but its seed-to-seed noise is "
+            f"close to the differences between specs (SNR under {MIN_SNR:g}), "
+            "so other seeds may reorder them; average seeds "
+            "(search.proxy.seeds) or lengthen the proxy "
+            "(search.proxy.train_steps, image_size)."
         )
     return (
-        f"unusable: the proxy does not rank specs like the reference "
-        f"({figures}); a search with it would follow noise."
+        f"weak: {ranking} ({figures}); lengthen the proxy "
+        "(search.proxy.train_steps, image_size) or average seeds "
+        "(search.proxy.seeds)."
     )
 
 
