@@ -27,9 +27,9 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf import main as main_lib
 from nasfpn_tf.arch import known
 from nasfpn_tf.arch.spec import MAX_CELLS, CellSpec, NeckSpec
-from nasfpn_tf.data import pipeline
+from nasfpn_tf.data import inputs, pipeline
 from nasfpn_tf.modeling import detector
-from nasfpn_tf.train import inputs, trainer
+from nasfpn_tf.train import trainer
 
 PACKAGE = os.path.join(fh.REPO, "nasfpn_tf")
 SUBPROCESS_TIMEOUT_S = 240

@@ -328,7 +328,7 @@ def test_numerics_variants_set_the_documented_config_keys():
 @pytest.mark.slow
 def test_numerics_quick_trains_each_variant(capsys, tmp_path, monkeypatch):
     from benchmarks import numerics
-    from nasfpn_tf.train import inputs
+    from nasfpn_tf.data import inputs
 
     monkeypatch.setenv(inputs.DATA_DIR_ENV, str(tmp_path / "data"))
     numerics.main(

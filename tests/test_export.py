@@ -662,7 +662,7 @@ def coco_ap(signature, records: list[bytes], annotation_file: str) -> dict:
 @pytest.mark.slow
 def test_trained_run_exports_with_its_eval_ap(tmp_path, monkeypatch):
     from nasfpn_tf import main as main_lib
-    from nasfpn_tf.train import inputs
+    from nasfpn_tf.data import inputs
 
     monkeypatch.setenv(inputs.DATA_DIR_ENV, str(tmp_path / "data"))
     model_dir = str(tmp_path / "run")

@@ -20,8 +20,9 @@ import pytest
 import tensorflow as tf
 from test_trainer import fast_config, tiny_detector
 
+from nasfpn_tf.data import inputs
 from nasfpn_tf.modeling import detector
-from nasfpn_tf.train import checkpoints, inputs, trainer
+from nasfpn_tf.train import checkpoints, trainer
 
 pytestmark = pytest.mark.faults
 

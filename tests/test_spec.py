@@ -748,13 +748,6 @@ def test_key_differs_after_random_mutation():
         assert _key(_replace_cell(spec, i, op=flipped)) != _key(spec)
 
 
-def test_to_dot_delegates_to_draw():
-    from nasfpn_tf.arch import draw
-
-    spec = known.NASFPN_SPEC
-    assert spec.to_dot() == draw.to_dot(spec)
-
-
 def test_block_specs_is_output_must_be_a_bool():
     blocks = [list(block) for block in known.NASFPN_BLOCK_SPECS]
     blocks[0][3] = "False"

@@ -17,10 +17,10 @@ import tensorflow as tf
 import tf_keras
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf.data import inputs
 from nasfpn_tf.modeling import detector, losses
 from nasfpn_tf.train import (
     checkpoints,
-    inputs,
     loops,
     progress,
     schedule,

@@ -419,12 +419,6 @@ class NeckSpec:
                 raise SpecError(f"block_specs[{i}].{e}") from None
         return cls(tuple(cells), min_level=min_level, max_level=max_level)
 
-    def to_dot(self) -> str:
-        """Graphviz DOT text of the spec (see ``arch/draw.py``)."""
-        from nasfpn_tf.arch import draw
-
-        return draw.to_dot(self)
-
 
 def _validate(spec: NeckSpec) -> None:
     for name in ("min_level", "max_level"):
@@ -499,7 +493,6 @@ def _as_pair(value: Any) -> tuple:
     if isinstance(value, (list, tuple)):
         return tuple(value)
     raise SpecError(f"inputs: expected two node indices, got {value!r}")
-
 
 
 def _map_nodes(ops: tuple, mapping: Mapping[int, Any]) -> tuple:

@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_lib.ConfigError as error:
         print(f"Config error: {error}", file=sys.stderr)
         return 1
-    from nasfpn_tf.train import inputs
+    from nasfpn_tf.data import inputs
 
     data = inputs.resolve_split(config, args.split)
     try:

@@ -103,7 +103,7 @@ def check_data(config: config_lib.ExperimentConfig) -> None:
     Raises:
         config_lib.ConfigError: naming the key and the path.
     """
-    from nasfpn_tf.train import inputs
+    from nasfpn_tf.data import inputs
 
     for split in ("train", proxy_lib.EVAL_SPLIT):
         if getattr(config.data, f"{split}_path"):

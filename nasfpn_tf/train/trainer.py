@@ -36,9 +36,10 @@ import tf_keras
 from nasfpn_tf import config as config_lib
 from nasfpn_tf import evaluation
 from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.data import inputs
 from nasfpn_tf.modeling import detector
 from nasfpn_tf.run_files import EVAL_SUBDIR, SPEC_FILENAME
-from nasfpn_tf.train import checkpoints, inputs, progress, schedule
+from nasfpn_tf.train import checkpoints, progress, schedule
 from nasfpn_tf.train import strategy as strategy_lib
 from nasfpn_tf.train.loops import DetectionTrainer, NonFiniteLossError
 
