@@ -5,6 +5,8 @@ import io
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import exports_helpers
@@ -543,6 +545,14 @@ def test_cli_errors_are_one_line_naming_the_file(tmp_path):
     assert "no class names" in _cli_error(
         ["--format=yolo", out, f"--train_images={empty}"]
     )
+    labels = tmp_path / "labels.pbtxt"
+    labels.write_text("item { name: 'tree' }\n")
+    assert f"{labels}: item without name or id: \"name: 'tree'\"" in (
+        _cli_error(
+            ["--format=yolo", out, f"--label_map={labels}"]
+            + [f"--train_images={empty}"]
+        )
+    )
     bad_yaml = tmp_path / "data.yaml"
     bad_yaml.write_text("names: {0: a, 2: b}\n")
     assert f"{bad_yaml}: 'names' keys must be 0..n-1" in _cli_error(
@@ -599,3 +609,45 @@ def test_val_carved_from_one_folder_never_meets_heldout(tmp_path):
             ["--format=voc", "--output_dir=x", f"--train_sets={folder}",
              f"--val_sets={folder}", "--val_fraction=0.2"]
         )  # fmt: skip
+
+
+# A child starts TensorFlow on a shared CPU before it reads its input.
+CLI_TIMEOUT_S = 120
+
+
+def _run_converter(*argv):
+    """The converter as a user runs it, TensorFlow's C++ log level unset
+    (the module must quiet it itself)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (repo, env.get("PYTHONPATH", "")) if p
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "nasfpn_tf.data.convert", *argv],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_the_command_reports_bad_input_in_one_line_on_stderr(tmp_path):
+    """Status 1 and one line naming the file and the field: no traceback,
+    no TensorFlow start-up lines, nothing else (the messages themselves
+    are checked in process above)."""
+    coco = tmp_path / "instances.json"
+    coco.write_text(json.dumps({"images": {}, "categories": []}))
+    (tmp_path / "images").mkdir()
+    done = _run_converter(
+        "--format=coco",
+        f"--train_annotations={coco}",
+        f"--train_images={tmp_path / 'images'}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--no_progress",
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [f"Error: {coco}: no 'images' list"]
+    assert done.stdout == ""
