@@ -620,6 +620,60 @@ def test_proxy_task_stops_on_a_full_disk_instead_of_failing_the_child(
         task.reward(known.NASFPN_SPEC, str(tmp_path))
 
 
+# Room for a child's config, spec and event files, not for its first
+# checkpoint (3 MB for the published spec at the default sizes).
+SMALL_TMPFS = "1m"
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path):
+    """A tmpfs of SMALL_TMPFS mounted at `path`; skips where mount is not
+    allowed (not root, or a container without CAP_SYS_ADMIN)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_TMPFS}", "tmpfs", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", path], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_real_full_disk_under_a_child_stops_the_proxy(tmp_path):
+    """TensorFlow's own "No space left on device" from a real child's
+    checkpoint write is told from a child error: the proxy raises it
+    instead of rating the child as failed."""
+    config = config_lib.override(
+        config_lib.ExperimentConfig(),
+        {
+            "search.proxy.train_steps": 4,
+            "train.warmup_steps": 1,
+            "data.synthetic.num_train": 8,
+            "data.synthetic.num_heldout": 4,
+            "data.synthetic.num_val": 4,
+        },
+    )
+    with _small_tmpfs(tmp_path / "small") as small:
+        task = proxy_lib.ProxyTask(config)
+        with pytest.raises(Exception) as raised:
+            task.reward(known.NASFPN_SPEC, str(small / "child"))
+        error = proxy_lib.storage_error_of(raised.value)
+        assert error is not None, repr(raised.value)
+        text = str(getattr(error, "message", error))
+        assert "No space left on device" in text, text
+        assert os.path.join(str(small), "child", "checkpoints") in text, text
+        task.release(str(small / "child"))
+
+
 _WORKER_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
