@@ -620,38 +620,15 @@ def test_proxy_task_stops_on_a_full_disk_instead_of_failing_the_child(
         task.reward(known.NASFPN_SPEC, str(tmp_path))
 
 
-# Room for a child's config, spec and event files, not for its first
-# checkpoint (3 MB for the published spec at the default sizes).
-SMALL_TMPFS = "1m"
-
-
-@contextlib.contextmanager
-def _small_tmpfs(path):
-    """A tmpfs of SMALL_TMPFS mounted at `path`; skips where mount is not
-    allowed (not root, or a container without CAP_SYS_ADMIN)."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_TMPFS}", "tmpfs", path],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", path], check=True)
-
-
 @pytest.mark.slow
 @pytest.mark.faults
-def test_a_real_full_disk_under_a_child_stops_the_proxy(tmp_path):
+def test_a_real_full_disk_under_a_child_stops_the_proxy(
+    tmp_path, record_property
+):
     """TensorFlow's own "No space left on device" from a real child's
     checkpoint write is told from a child error: the proxy raises it
-    instead of rating the child as failed."""
+    instead of rating the child as failed. SMALL_DISK holds the child's
+    config, spec and events, not its first checkpoint (3 MB)."""
     config = config_lib.override(
         config_lib.ExperimentConfig(),
         {
@@ -662,16 +639,24 @@ def test_a_real_full_disk_under_a_child_stops_the_proxy(tmp_path):
             "data.synthetic.num_val": 4,
         },
     )
-    with _small_tmpfs(tmp_path / "small") as small:
+    disk = str(tmp_path / "disk")
+    work_dir = os.path.join(disk, "child")
+    with _small_disk(disk):
         task = proxy_lib.ProxyTask(config)
         with pytest.raises(Exception) as raised:
-            task.reward(known.NASFPN_SPEC, str(small / "child"))
-        error = proxy_lib.storage_error_of(raised.value)
-        assert error is not None, repr(raised.value)
-        text = str(getattr(error, "message", error))
-        assert "No space left on device" in text, text
-        assert os.path.join(str(small), "child", "checkpoints") in text, text
-        task.release(str(small / "child"))
+            task.reward(known.NASFPN_SPEC, work_dir)
+        task.release(work_dir)
+    error = proxy_lib.storage_error_of(raised.value)
+    assert error is not None, repr(raised.value)
+    text = str(getattr(error, "message", error))
+    assert "No space left on device" in text, text
+    assert os.path.join(work_dir, "checkpoints") in text, text
+    fh.record_fault(
+        record_property,
+        "proxy: a real child's checkpoint on a full tmpfs",
+        f"{type(error).__name__} (No space left on device) raised, the "
+        "child not rated",
+    )
 
 
 _WORKER_SCRIPT = textwrap.dedent(
