@@ -195,28 +195,28 @@ def run_case(config, algorithm, model_dir, proxy) -> dict:
 # "module:object"; one missing in the checkout measured is skipped.
 CHILD_PHASES = (
     ("proxy: other", "nasfpn_tf.search.proxy:ProxyTask", "train"),
-    ("session set-up", "nasfpn_tf.train.trainer:_Session", "__init__"),
-    ("run files", "nasfpn_tf.train.trainer:_Session", "_write_run_files"),
-    ("data check", "nasfpn_tf.train.trainer:_Session", "_check_data"),
+    ("session set-up", "nasfpn_tf.train.trainer:Session", "__init__"),
+    ("run files", "nasfpn_tf.train.trainer:Session", "_write_run_files"),
+    ("data check", "nasfpn_tf.train.trainer:Session", "_check_data"),
     ("model build", "nasfpn_tf.modeling.detector", "build_detector"),
     (
         "optimizer build",
-        "nasfpn_tf.train.trainer:_Session",
+        "nasfpn_tf.train.trainer:Session",
         "_build_trainer",
     ),
     ("trainer set-up", "nasfpn_tf.train.loops:DetectionTrainer", "__init__"),
     (
         "checkpoint manager",
-        "nasfpn_tf.train.trainer:_Session",
+        "nasfpn_tf.train.trainer:Session",
         "_make_checkpoint_manager",
     ),
     (
         "orbit controller",
-        "nasfpn_tf.train.trainer:_Session",
+        "nasfpn_tf.train.trainer:Session",
         "_make_controller",
     ),
     ("datasets", "nasfpn_tf.data.pipeline", "build_dataset"),
-    ("fit: other", "nasfpn_tf.train.trainer:_Session", "fit"),
+    ("fit: other", "nasfpn_tf.train.trainer:Session", "fit"),
     ("orbit train: other", "orbit:Controller", "train"),
     ("train loops", "nasfpn_tf.train.loops:DetectionTrainer", "train"),
     (

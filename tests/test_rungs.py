@@ -277,43 +277,123 @@ def test_final_reward_rule_from_the_config(tmp_path, rule):
     assert first.reward == expected
 
 
-def test_a_promoted_child_keeps_its_trainer_session(tmp_path, monkeypatch):
-    """With the trainer's own train function, a child asks it to keep
-    its session for the next rung (not after the last) and releases it,
-    freeing memory once, when it stops."""
+class FakeSession:
+    """`trainer.open_session`'s session over a `CurveTrain`: `fit` trains
+    on, `evaluate` rates what it reached; `events` records the calls."""
+
+    def __init__(self, curve, events, config, model_dir, **kwargs):
+        self.curve, self.events = curve, events
+        self.config, self.model_dir, self.kwargs = config, model_dir, kwargs
+        self.name = os.path.basename(model_dir)
+        self.current = True
+        events.append(("open", self.name))
+
+    def is_current(self):
+        return self.current
+
+    def fit(self, until):
+        self.events.append(("fit", self.name, until))
+        self.last = self.curve(
+            self.config, self.model_dir, until=until, **self.kwargs
+        )
+        return {"steps": self.last["steps"], "train_seconds": 0.01}
+
+    def evaluate(self):
+        return {"AP": self.last["AP"]}
+
+    def close(self):
+        self.events.append(("close", self.name))
+
+
+def _fake_sessions(monkeypatch, curve):
+    """Fakes the trainer's sessions and the freeing of memory; returns
+    (events, freed, sessions opened)."""
     from nasfpn_tf.train import trainer
 
-    curve = CurveTrain(lambda spec: 0.5)
-    calls, released, freed = [], [], []
+    events, freed, opened = [], [], []
 
-    def train_and_evaluate(config, model_dir, **kwargs):
-        keep = kwargs.pop("keep", False)
-        result = curve(config, model_dir, **kwargs)
-        calls.append((os.path.basename(model_dir), result["steps"], keep))
-        return result
+    def open_session(config, model_dir, **kwargs):
+        opened.append(FakeSession(curve, events, config, model_dir, **kwargs))
+        return opened[-1]
 
-    monkeypatch.setattr(trainer, "train_and_evaluate", train_and_evaluate)
-    monkeypatch.setattr(
-        trainer, "release_session", lambda d: released.append(d) or True
-    )
+    monkeypatch.setattr(trainer, "open_session", open_session)
     monkeypatch.setattr(proxy_lib, "_free_memory", lambda: freed.append(1))
+    return events, freed, opened
+
+
+def test_a_promoted_child_holds_one_trainer_session(tmp_path, monkeypatch):
+    """With the trainer's own training, a child opens one session at its
+    first rung, trains on in it at each promotion, and closes it when it
+    stops, freeing memory once."""
+    curve = CurveTrain(lambda spec: 0.5)
+    events, freed, _ = _fake_sessions(monkeypatch, curve)
     task = proxy_lib.ProxyTask(_halving_config())
     spec_a, spec_b = _specs(2)
     a, b = tmp_path / "trial_0", tmp_path / "trial_1"
     a.mkdir()
     b.mkdir()
-    assert len(task.reward(spec_a, str(a)).rungs) == 3
-    assert calls == [
-        ("trial_0", 10, True),
-        ("trial_0", 30, True),
-        ("trial_0", 90, False),  # the last rung: nothing to keep
+    result = task.reward(spec_a, str(a))
+    assert len(result.rungs) == 3 and result.reward == pytest.approx(0.5)
+    assert events == [
+        ("open", "trial_0"),
+        ("fit", "trial_0", 10),
+        ("fit", "trial_0", 30),
+        ("fit", "trial_0", 90),
+        ("close", "trial_0"),
     ]
-    # freed after the last rung's training and on the release
-    assert released == [str(a)] and len(freed) == 2
+    assert len(freed) == 1
     curve.quality = lambda spec: 0.1  # behind trial_0 at rung 0: stops
     assert len(task.reward(spec_b, str(b)).rungs) == 1
-    assert calls[3:] == [("trial_1", 10, True)]
-    assert released == [str(a), str(b)] and len(freed) == 3
+    assert events[5:] == [
+        ("open", "trial_1"),
+        ("fit", "trial_1", 10),
+        ("close", "trial_1"),
+    ]
+    assert len(freed) == 2
+
+
+def test_a_held_session_opens_anew_after_a_failure_or_when_stale(
+    tmp_path, monkeypatch
+):
+    """A transient failure closes the held session (memory freed) and the
+    retry opens a new one; so does a session whose work directory was
+    trained on elsewhere."""
+    curve = CurveTrain(lambda spec: 0.5)
+    events, freed, opened = _fake_sessions(monkeypatch, curve)
+    fit = FakeSession.fit
+    failures = [ConnectionError("storage blinked")]
+
+    def flaky_fit(self, until):
+        if until == 30 and failures:
+            self.events.append(("fit", self.name, until))
+            raise failures.pop()
+        result = fit(self, until)
+        if until == 30:
+            self.current = False  # as if another worker trained it on
+        return result
+
+    monkeypatch.setattr(FakeSession, "fit", flaky_fit)
+    work_dir = tmp_path / "trial_0"
+    work_dir.mkdir()
+    result = proxy_lib.ProxyTask(_halving_config()).reward(
+        _specs(1)[0], str(work_dir)
+    )
+    assert result.status == "ok" and result.attempts == 4
+    assert [e["rung"] for e in result.rungs] == [0, 1, 2]
+    assert events == [
+        ("open", "trial_0"),
+        ("fit", "trial_0", 10),
+        ("fit", "trial_0", 30),  # fails
+        ("close", "trial_0"),
+        ("open", "trial_0"),
+        ("fit", "trial_0", 30),
+        ("close", "trial_0"),  # stale
+        ("open", "trial_0"),
+        ("fit", "trial_0", 90),
+        ("close", "trial_0"),
+    ]
+    assert len(opened) == 3
+    assert len(freed) == 2  # after the failure, and at the end
 
 
 def test_without_rungs_the_trainer_is_called_as_before(tmp_path):

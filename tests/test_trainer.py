@@ -361,14 +361,12 @@ def test_until_stops_at_a_rung_and_a_rerun_resumes_its_weights(
     the weights are the saved ones, the schedule is the whole run's)."""
     model_dir = str(tmp_path / "child")
     config = fast_config(**{"train.steps": 8, "train.checkpoint_every": 4})
-    first = trainer._Session(config, model_dir, None, mode="train").fit(
-        eval_every=0, until=2
-    )
+    first = trainer.Session(config, model_dir, None, mode="train").fit(2)
     assert first["steps"] == 2
     latest = tf.train.latest_checkpoint(checkpoints.checkpoint_dir(model_dir))
     assert latest.endswith("ckpt-2")  # saved at the rung, off the interval
     saved = tf.train.load_checkpoint(latest)
-    session = trainer._Session(config, model_dir, None, mode="train")
+    session = trainer.Session(config, model_dir, None, mode="train")
     assert session.start_step == 2
     kernels = [v for v in session.trainer.model.weights if "kernel" in v.name]
     names = [
@@ -384,61 +382,58 @@ def test_until_stops_at_a_rung_and_a_rerun_resumes_its_weights(
     assert restored == stored
     # The learning rate at step 2 is the 8-step schedule's, not a 2-step one's.
     assert float(session.learning_rate(2)) > 0
-    second = session.fit(eval_every=0, until=6)
+    second = session.fit(6)
     assert second["steps"] == 6
     assert [r["step"] for r in _train_rows(model_dir)] == [2, 4, 6]
     with pytest.raises(ValueError, match="until"):
-        session.fit(eval_every=0, until=9)
+        session.fit(9)
 
 
-def test_a_kept_session_goes_on_without_a_rebuild(
+def test_an_open_session_goes_on_without_a_rebuild(
     tiny_model, tmp_path, monkeypatch
 ):
-    """A promoted rung (`keep=True`) trains on in the same session: no
-    rebuild, the step and the data iterator go on; a session whose
-    checkpoints moved on since, or another config, is built anew."""
+    """A promoted rung trains on in the session the caller holds: no
+    rebuild, the step and the data iterator go on, nothing retraces; a
+    session knows when something else has trained its model_dir on, and
+    a closed one refuses to train."""
     built = []
-    init = trainer._Session.__init__
+    init = trainer.Session.__init__
 
     def counting_init(self, *args, **kwargs):
         built.append(args[1])
         init(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer._Session, "__init__", counting_init)
-    monkeypatch.setattr(trainer._Session, "_evaluate", lambda self: {"AP": 0})
+    monkeypatch.setattr(trainer.Session, "__init__", counting_init)
+    monkeypatch.setattr(trainer.Session, "evaluate", lambda self: {"AP": 0})
     model_dir = str(tmp_path / "child")
     config = fast_config(**{"train.steps": 8, "train.checkpoint_every": 4})
-    first = trainer.train_and_evaluate(config, model_dir, until=2, keep=True)
-    session = trainer._KEPT[model_dir][1]
+    session = trainer.open_session(config, model_dir)
+    first = session.fit(2)
     iterator = session.trainer._train_iter
     # orbit's traced train loop (a tf.function); no retrace keeps its count.
     loop_fn = session.trainer._train_loop_fn
     traces = loop_fn.experimental_get_tracing_count()
     assert traces == 1
-    second = trainer.train_and_evaluate(config, model_dir, until=4, keep=True)
+    assert session.is_current()
+    second = session.fit(4)
     assert (first["steps"], second["steps"]) == (2, 4)
     assert len(built) == 1
-    assert trainer._KEPT[model_dir][1] is session
     assert session.trainer._train_iter is iterator  # the batches go on
     assert session.trainer._train_loop_fn is loop_fn
     assert loop_fn.experimental_get_tracing_count() == traces  # no retrace
     # The first call's seconds hold the trace; two traced steps cost less.
     assert 0 < second["train_seconds"] < first["train_seconds"]
     assert [r["step"] for r in _train_rows(model_dir)] == [2, 4]
-    # Another session trained this model_dir on: the kept one is stale.
-    trainer._Session(config, model_dir, None, mode="train").fit(
-        eval_every=0, until=6
-    )
+    # Another session trained this model_dir on: the open one is stale.
+    trainer.Session(config, model_dir, None, mode="train").fit(6)
+    assert not session.is_current()
+    session.close()
+    session.close()  # harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        session.fit(8)
+    # The one-shot function opens (resuming at 6), trains and closes.
     third = trainer.train_and_evaluate(config, model_dir, until=8)
-    assert third["steps"] == 8 and len(built) == 3
-    assert not trainer.release_session(model_dir)  # keep=False: not kept
-    trainer.train_and_evaluate(config, model_dir, keep=True)
-    other = config_lib.override(config, {"train.log_every": 4})
-    trainer.train_and_evaluate(other, model_dir)
-    assert len(built) == 5  # another config: built anew
-    trainer.train_and_evaluate(config, model_dir, keep=True)
-    assert trainer.release_session(model_dir)
-    assert not trainer.release_session(model_dir)
+    assert third == {**third, "AP": 0, "steps": 8} and len(built) == 3
 
 
 def test_one_line_per_interval_and_orbits_lines_only_in_the_log(

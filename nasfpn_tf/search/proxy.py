@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import gc
 import hashlib
 import math
@@ -92,6 +93,8 @@ MAX_ERROR_CHAIN = 8
 SEED_MASK = 0x7FFFFFFF
 
 TrainFn = Callable[..., Mapping[str, Any]]
+# A child's training to a step (None: the whole schedule) -> its metrics.
+FitFn = Callable[[int | None], Mapping[str, Any]]
 CostFn = Callable[..., objective_lib.Costs]
 
 
@@ -224,8 +227,8 @@ class ProxyTask:
         self.penalty_reward = float(config.search.penalty_reward)
         self.max_retries = int(config.search.max_retries)
         self._train_fn = train_fn
-        # The trainer's own train_and_evaluate keeps a promoted child's
-        # session between its rungs; an injected train_fn does not.
+        # With the trainer's own training a promoted child goes on in the
+        # session of its first rung; an injected train_fn trains anew.
         self._keeps_sessions = train_fn is None
         # The custom gradients a child registers hold its graph: those
         # registered after this are dropped when its memory is freed.
@@ -273,12 +276,10 @@ class ProxyTask:
         work_dir: str,
         seeds: Sequence[int],
         until: int | None = None,
-        keep: bool = False,
     ) -> ProxyResult:
-        """One training per seed (to step `until`), combined; with one
-        seed, `keep` keeps its session for the next rung."""
+        """One training per seed (to step `until`), combined."""
         if len(seeds) == 1:
-            return self.train(spec, work_dir, seeds[0], until=until, keep=keep)
+            return self.train(spec, work_dir, seeds[0], until=until)
         results = []
         for index, seed in enumerate(seeds):
             result = self.train(
@@ -294,35 +295,45 @@ class ProxyTask:
     ) -> ProxyResult:
         """Successive halving: trains to each rung's steps in turn, rated
         at each, while the rung's board promotes the child. What `work_dir`
-        logged (`rungs.jsonl`) is neither trained nor decided again."""
+        logged (`rungs.jsonl`) is neither trained nor decided again. With
+        one seed and the trainer's own training, the child holds one
+        trainer session across its rungs."""
+        held = None
+        if self._keeps_sessions and len(seeds) == 1:
+            held = _HeldSession(
+                _open_session(),
+                self._seeded(seeds[0]),
+                work_dir,
+                strategy=self.strategy,
+                spec=spec,
+                eval_split=EVAL_SPLIT,
+            )
+
+            def train(until: int) -> ProxyResult:
+                return self._rate(held, spec, work_dir, until)
+        else:
+
+            def train(until: int) -> ProxyResult:
+                return self._train_seeds(spec, work_dir, seeds, until)
+
         try:
-            return self._climb_rungs(spec, work_dir, seeds)
+            return self._climb_rungs(train, work_dir)
         finally:
-            # The session kept for a promotion that did not come (or for
-            # a rung that failed) is freed.
-            if self._keeps_sessions and _release_session(work_dir):
+            if held is not None and held.close():
                 self._free_memory()
 
     def _climb_rungs(
-        self, spec: NeckSpec, work_dir: str, seeds: Sequence[int]
+        self, train: Callable[[int], ProxyResult], work_dir: str
     ) -> ProxyResult:
         log = rungs_lib.RungLog(work_dir)
         board = self.board or rungs_lib.RungBoard(
             os.path.dirname(os.path.normpath(work_dir))
         )
-        last_rung = len(self.rungs) - 1
         attempts = 0
         for rung, steps in enumerate(self.rungs):
             entry = log.get(rung)
             if entry is None:
-                result = self._train_seeds(
-                    spec,
-                    work_dir,
-                    seeds,
-                    until=steps,
-                    # A promoted child goes on in the same session.
-                    keep=self._keeps_sessions and rung < last_rung,
-                )
+                result = train(steps)
                 attempts += result.attempts
                 if result.status == FAILED:
                     return dataclasses.replace(
@@ -411,31 +422,41 @@ class ProxyTask:
         work_dir: str,
         seed: int,
         until: int | None = None,
-        keep: bool = False,
     ) -> ProxyResult:
         """One training of `spec` from `seed` (`runtime.seed` of the
         child), to step `until` (None: the whole schedule), retried on
-        transient errors; never raises Exception. `keep` (the trainer's
-        own train function only) keeps its session in memory for the
-        next call, until `_release_session`."""
-        config = config_lib.override(self.child_config, {"runtime.seed": seed})
+        transient errors; never raises Exception."""
+        config = self._seeded(seed)
+
+        def fit(until: int | None) -> Mapping[str, Any]:
+            # A train_fn without `until` serves children without rungs.
+            stop = {} if until is None else {"until": until}
+            return self._train()(
+                config,
+                work_dir,
+                strategy=self.strategy,
+                spec=spec,
+                eval_split=EVAL_SPLIT,
+                **stop,
+            )
+
+        return self._rate(fit, spec, work_dir, until)
+
+    def _seeded(self, seed: int) -> config_lib.ExperimentConfig:
+        return config_lib.override(self.child_config, {"runtime.seed": seed})
+
+    def _rate(
+        self, fit: FitFn, spec: NeckSpec, work_dir: str, until: int | None
+    ) -> ProxyResult:
+        """`fit(until)`'s training rated, retried on transient errors;
+        never raises Exception. Memory is freed after each attempt unless
+        `fit` holds its session open for the next rung."""
         start = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
-                # A train_fn without `until` serves children without rungs.
-                stop = {} if until is None else {"until": until}
-                if keep:
-                    stop["keep"] = True
-                metrics = self._train()(
-                    config,
-                    work_dir,
-                    strategy=self.strategy,
-                    spec=spec,
-                    eval_split=EVAL_SPLIT,
-                    **stop,
-                )
+                metrics = fit(until)
                 reward, metrics = self.apply_objective(
                     spec, _reward_from(metrics), metrics
                 )
@@ -471,7 +492,7 @@ class ProxyTask:
                         attempts=attempt,
                     )
             finally:
-                if not keep:  # a kept session is freed on its release
+                if not (isinstance(fit, _HeldSession) and fit.is_open):
                     self._free_memory()
 
     # -- search.objective: the reward from AP and the child's costs -------
@@ -657,11 +678,56 @@ def storage_error_of(error: BaseException) -> BaseException | None:
     return None
 
 
-def _release_session(work_dir: str) -> bool:
-    """Drops the trainer's session kept for `work_dir`, if any."""
+class _HeldSession:
+    """A child's trainer session held across its rungs: each call trains
+    on (`fit(until)`) and rates (`evaluate()`) in the same model, data
+    iterator and traced functions, as a straight training would.
+
+    The session opens at the first call; after a failure it is closed, and
+    a retry opens a new one from the last checkpoint, as it does when
+    something else has trained the work directory on since.
+    """
+
+    def __init__(
+        self,
+        open_session: Callable[..., Any],
+        config: config_lib.ExperimentConfig,
+        work_dir: str,
+        **kwargs: Any,
+    ):
+        self._open = functools.partial(open_session, config, work_dir, **kwargs)
+        self._session = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None
+
+    def __call__(self, until: int | None) -> Mapping[str, Any]:
+        if self._session is not None and not self._session.is_current():
+            self.close()
+        if self._session is None:
+            self._session = self._open()
+        try:
+            trained = self._session.fit(until)
+            return {**self._session.evaluate(), **trained}
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> bool:
+        """Closes the session; whether one was open."""
+        if self._session is None:
+            return False
+        self._session.close()
+        self._session = None
+        return True
+
+
+def _open_session() -> Callable[..., Any]:
+    """The trainer's `open_session` (imported when a child trains)."""
     from nasfpn_tf.train import trainer
 
-    return trainer.release_session(work_dir)
+    return trainer.open_session
 
 
 def _free_memory() -> None:

@@ -12,10 +12,10 @@ steps) but stops at each rung to be rated on the held-out split. It goes
 on to the next rung only while it is in the top 1/e of the children rated
 at that rung so far (itself included; the first child at a rung always
 goes on). A promoted child goes on in the same trainer session (model,
-data iterator and traced functions kept: `train_and_evaluate(...,
-keep=True)`), so a child that reaches the last rung has trained exactly
-as a child without rungs does; after a restart it resumes from its own
-checkpoint at the rung.
+data iterator and traced functions kept: `trainer.open_session`, held by
+the proxy across the child's rungs), so a child that reaches the last
+rung has trained exactly as a child without rungs does; after a restart
+it resumes from its own checkpoint at the rung.
 
 The decision is made by the worker that trains the child, from what every
 child of the search has logged: each child's work directory holds

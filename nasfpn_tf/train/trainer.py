@@ -2,7 +2,8 @@
 
 NAS-FPN (Ghiasi, Lin, Pang, Le, CVPR 2019, arXiv:1904.07392) models are
 RetinaNets trained with SGD; this trains them, the full models as well as
-the search's short proxy runs (`train_and_evaluate`).
+the search's short proxy runs (`train_and_evaluate`, or an `open_session`
+held across successive halving's rungs).
 
 Orbit runs it, as Model Garden's `train_lib` does: `loops.DetectionTrainer`
 holds the inner loops, an `orbit.Controller` the outer one, and restores
@@ -46,7 +47,8 @@ from nasfpn_tf.train.loops import DetectionTrainer, NonFiniteLossError
 __all__ = [
     "DetectionTrainer",
     "NonFiniteLossError",
-    "release_session",
+    "Session",
+    "open_session",
     "run",
     "train_and_evaluate",
 ]
@@ -90,10 +92,55 @@ def run(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
-    session = _Session(config, model_dir, strategy, mode=mode)
-    if mode == "eval":
-        return session.evaluate_latest()
-    return session.fit(eval_every=config.eval.every if mode != "train" else 0)
+    session = Session(config, model_dir, strategy, mode=mode)
+    try:
+        if mode == "eval":
+            return session.evaluate_latest()
+        eval_every = config.eval.every if mode != "train" else 0
+        trained = session.fit(eval_every=eval_every)
+        # It evaluated on the way unless eval_every is 0 or no step was left.
+        evaluated = any(evaluation.is_metric(name) for name in trained)
+        if session.evaluating and not evaluated:
+            return {**session.evaluate(), **trained}
+        return trained
+    finally:
+        session.close()
+
+
+def open_session(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    spec: NeckSpec | None = None,
+    eval_split: str = "val",
+) -> Session:
+    """A training run the caller holds across calls: `fit(until)` trains
+    on, `evaluate()` rates, `close()` lets go.
+
+    Successive halving holds one per promoted child, so each rung goes on
+    in the same model, data iterator and traced functions (no rebuild,
+    restore or retrace): the batches are those a straight training takes,
+    and a child that reaches the last rung ends with the same weights.
+    The session builds and restores once, here; it assumes nothing else
+    trains `model_dir` while it is open (`is_current` says whether that
+    still holds).
+
+    Args:
+        config: the run's config.
+        model_dir: the run's directory; an open session resumes from it.
+        strategy: None makes the config's.
+        spec: the neck topology; None resolves `model.neck.arch`.
+        eval_split: the split `evaluate` reads: "val" or "heldout".
+    """
+    return Session(
+        config,
+        model_dir,
+        strategy,
+        mode="train_and_eval",
+        spec=spec,
+        eval_split=eval_split,
+    )
 
 
 def train_and_evaluate(
@@ -103,13 +150,12 @@ def train_and_evaluate(
     spec: NeckSpec | None = None,
     eval_split: str = "val",
     until: int | None = None,
-    keep: bool = False,
 ) -> dict[str, Any]:
     """Trains to `train.steps` (resuming), then evaluates once.
 
     The search's proxy task calls this with `proxy_experiment(config)` and
-    `eval_split="heldout"`; with successive halving, with `until` at each
-    rung in turn.
+    `eval_split="heldout"`; a child that goes through rungs holds an
+    `open_session` instead.
 
     Args:
         config: the run's config.
@@ -120,13 +166,6 @@ def train_and_evaluate(
         until: stop at this step (<= `train.steps`) and checkpoint; the
             learning rate schedule stays that of `train.steps`, so a rerun
             with a larger `until` goes on as if never stopped.
-        keep: keep this call's model, data iterator and traced functions
-            in memory for the next call with the same arguments and
-            `model_dir` (a promoted rung), which then goes on without a
-            rebuild, restore or retrace, its batches those a straight
-            training would take. A call that finds the checkpoints moved
-            on, or other arguments, builds anew; `release_session` frees
-            it.
 
     Returns:
         `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` on `eval_split`,
@@ -135,49 +174,22 @@ def train_and_evaluate(
     Raises:
         NonFiniteLossError: training diverged.
     """
-    key = (config, spec, eval_split, strategy)
-    session = _take_kept(model_dir, key)
-    if session is None:
-        session = _Session(
-            config,
-            model_dir,
-            strategy,
-            mode="train_and_eval",
-            spec=spec,
-            eval_split=eval_split,
-        )
-    metrics = session.fit(eval_every=0, until=until)
-    if keep:
-        _KEPT[model_dir] = (key, session)
-    return metrics
+    session = open_session(
+        config, model_dir, strategy=strategy, spec=spec, eval_split=eval_split
+    )
+    try:
+        trained = session.fit(until)
+        return {**session.evaluate(), **trained}
+    finally:
+        session.close()
 
 
-# model_dir -> (what made the session, the session) kept by
-# `train_and_evaluate(..., keep=True)` for its next call.
-_KEPT: dict[str, tuple[tuple[Any, ...], _Session]] = {}
+class Session:
+    """One run's model, data, trainer and orbit Controller.
 
-
-def _take_kept(model_dir: str, key: tuple[Any, ...]) -> _Session | None:
-    """The session kept for `model_dir`, if it was made from `key` and
-    its last checkpoint is still the newest there; it leaves the store."""
-    kept = _KEPT.pop(model_dir, None)
-    if kept is None:
-        return None
-    kept_key, session = kept
-    latest = tf.train.latest_checkpoint(checkpoints.checkpoint_dir(model_dir))
-    if kept_key != key or latest != session.manager.latest_checkpoint:
-        return None  # other arguments, or trained elsewhere: build anew
-    return session
-
-
-def release_session(model_dir: str) -> bool:
-    """Drops the session `train_and_evaluate(..., keep=True)` kept for
-    `model_dir`; True if there was one."""
-    return _KEPT.pop(model_dir, None) is not None
-
-
-class _Session:
-    """One run's model, data, trainer and orbit Controller."""
+    Made by `open_session` (or `run`); `close` drops what it holds in
+    memory, the files stay.
+    """
 
     def __init__(
         self,
@@ -191,6 +203,7 @@ class _Session:
         self.config = config
         self.model_dir = model_dir
         self.eval_split = eval_split
+        self.closed = False
         self.training = mode != "eval"
         self.evaluating = mode != "train"
         self.strategy = strategy or strategy_lib.make_strategy(config.runtime)
@@ -362,10 +375,25 @@ class _Session:
             self.step, self.trainer.loop_means, self.trainer.loop_seconds
         )
 
-    def fit(self, eval_every: int, until: int | None = None) -> dict[str, Any]:
-        """Trains to `train.steps` (or step `until`, before it), evaluating
-        every `eval_every` steps (0: only at the end, if this session
-        evaluates)."""
+    def fit(
+        self, until: int | None = None, *, eval_every: int = 0
+    ) -> dict[str, Any]:
+        """Trains to `train.steps` (or step `until`, before it) and
+        checkpoints there; a later call goes on from that step.
+
+        Args:
+            until: the step to stop at; the learning rate schedule stays
+                that of `train.steps`.
+            eval_every: evaluate every this many steps on the way (0:
+                not at all).
+
+        Returns:
+            `steps` (the global step reached), `train_seconds` (this
+            call's) and `final_loss` (mean total loss of the last logged
+            interval); with `eval_every`, the metrics of the last
+            evaluation on the way, if any.
+        """
+        self._check_open()
         total = self.config.train.steps
         if until is not None:
             if not 0 < until <= total:
@@ -407,8 +435,8 @@ class _Session:
                     self.controller.train(
                         target, checkpoint_at_completion=False
                     )
-                if eval_every and self.eval_data is not None:
-                    metrics = self._evaluate()
+                if eval_every and self.evaluating:
+                    metrics = self.evaluate()
             with progress.library_lines_to_log():
                 self.controller.save_checkpoint()
         except NonFiniteLossError as error:
@@ -419,8 +447,6 @@ class _Session:
             # yields no usable example.
             raise inputs.no_examples_error("train", train_data) from None
         self.resumed = True  # a later fit goes on from here
-        if self.eval_data is not None and (not metrics or not eval_every):
-            metrics = self._evaluate()
         last = self.progress.last_train or {}
         return {
             **metrics,
@@ -436,9 +462,15 @@ class _Session:
                 f"No checkpoint in {checkpoints.checkpoint_dir(self.model_dir)}"
                 "; train first (--mode=train)."
             )
-        return {**self._evaluate(), "steps": self.step}
+        return {**self.evaluate(), "steps": self.step}
 
-    def _evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
+        """COCO metrics (`AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`) of the
+        current weights on the session's eval split, also written to
+        metrics.jsonl and the eval summaries."""
+        self._check_open()
+        if not self.evaluating:
+            raise ValueError("A session of mode 'train' does not evaluate.")
         steps = self.config.eval.steps or WHOLE_SPLIT
         with progress.library_lines_to_log():
             metrics = self.controller.evaluate(steps=steps)
@@ -447,6 +479,26 @@ class _Session:
         }
         self.progress.on_eval(self.step, self.eval_split, metrics)
         return metrics
+
+    def is_current(self) -> bool:
+        """Whether the newest checkpoint of model_dir is still the one this
+        session saved last (nothing else has trained model_dir on)."""
+        self._check_open()
+        latest = tf.train.latest_checkpoint(
+            checkpoints.checkpoint_dir(self.model_dir)
+        )
+        return latest == self.manager.latest_checkpoint
+
+    def close(self) -> None:
+        """Lets go of the model, optimizer, data and traced functions (the
+        files stay); clearing the Keras session then frees their memory.
+        Closing twice is harmless."""
+        self.trainer = self.controller = self.manager = None
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"The session of {self.model_dir} is closed.")
 
 
 @contextlib.contextmanager
