@@ -3,6 +3,8 @@
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 
@@ -119,3 +121,32 @@ def test_describe_error_keeps_the_first_lines():
         == "RuntimeError: first second"
     )
     assert errors.describe_error(error, max_chars=12) == "RuntimeEr..."
+
+
+def test_transient_errors_are_worth_another_try():
+    import tensorflow as tf
+
+    assert errors.is_transient_error(tf.errors.UnavailableError(None, None, ""))
+    assert errors.is_transient_error(tf.errors.AbortedError(None, None, ""))
+    assert errors.is_transient_error(ConnectionResetError())
+    assert errors.is_transient_error(TimeoutError())
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM")
+    assert not errors.is_transient_error(oom)
+    assert not errors.is_transient_error(ValueError("cannot build"))
+
+
+def test_error_rules_load_and_answer_without_tensorflow():
+    code = (
+        "import errno, sys\n"
+        "from nasfpn_tf import errors\n"
+        "full = OSError(errno.ENOSPC, 'No space left on device')\n"
+        "assert errors.storage_error_of(RuntimeError()) is None\n"
+        "try:\n"
+        "    raise RuntimeError('wrapped') from full\n"
+        "except RuntimeError as error:\n"
+        "    assert errors.storage_error_of(error) is full\n"
+        "assert not errors.is_transient_error(ValueError())\n"
+        "assert errors.is_transient_error(TimeoutError())\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -126,11 +126,38 @@ def _config(**objective_changes):
     return config_lib.override(config_lib.ExperimentConfig(), changes)
 
 
+def _objective(config, cost_fn):
+    return objective.Objective(config.search.objective, cost_fn)
+
+
+def test_objective_measures_once_per_spec_and_model():
+    costs = FakeCosts(gflops=2.0)
+    config = _config(kind="soft", target=1.0)
+    rates = _objective(config, costs)
+    child = config_lib.proxy_experiment(config).model
+    spec = known.NASFPN_SPEC
+    reward, metrics = rates.rate(child, spec, AP, {"AP": AP})
+    assert reward == pytest.approx(AP * 2.0**-0.07)
+    assert metrics == {"AP": AP, "flops": 2e9, "params": 1000.0}
+    assert rates.rate(child, spec, AP, {})[0] == reward
+    assert rates.over_target(child, spec) is None  # soft: always trains
+    assert costs.calls == [(32, spec.canonical_key())]
+    bigger = config_lib.override(config, {"search.proxy.image_size": 64})
+    rates.costs(config_lib.proxy_experiment(bigger).model, spec)
+    assert [size for size, _ in costs.calls] == [32, 64]
+    # Without a cost function the reward is the AP, nothing measured.
+    plain = objective.Objective(ObjectiveConfig())
+    assert plain.rate(child, spec, AP, {"AP": AP}) == (AP, {"AP": AP})
+    assert plain.over_target(child, spec) is None
+
+
 def test_proxy_rewards_by_the_objective_and_records_costs(tmp_path):
     costs = FakeCosts(gflops=2.0)
     config = _config(kind="soft", target=1.0)
     config = config_lib.override(config, {"search.proxy.seeds": 2})
-    task = proxy_lib.ProxyTask(config, train_fn=FakeTrain(), cost_fn=costs)
+    task = proxy_lib.ProxyTask(
+        config, train_fn=FakeTrain(), objective=_objective(config, costs)
+    )
     spec = known.NASFPN_SPEC
     result = task.reward(spec, str(tmp_path / "a"))
     again = task.reward(spec, str(tmp_path / "b"))
@@ -146,8 +173,9 @@ def test_proxy_rewards_by_the_objective_and_records_costs(tmp_path):
 
 def test_hard_objective_does_not_train_children_over_the_target(tmp_path):
     train = FakeTrain()
+    config = _config(kind="hard", target=1.0)
     over = proxy_lib.ProxyTask(
-        _config(kind="hard", target=1.0), train_fn=train, cost_fn=FakeCosts(2.0)
+        config, train_fn=train, objective=_objective(config, FakeCosts(2.0))
     )
     result = over.reward(known.NASFPN_SPEC, str(tmp_path / "over"))
     assert train.calls == 0
@@ -155,15 +183,16 @@ def test_hard_objective_does_not_train_children_over_the_target(tmp_path):
     assert result.metrics == {
         "flops": 2e9,
         "params": 1000,
-        proxy_lib.OVER_TARGET: 1.0,
+        objective.OVER_TARGET: 1.0,
     }
     # At the target it trains, and earns its AP.
+    config = _config(kind="hard", target=2.0)
     at = proxy_lib.ProxyTask(
-        _config(kind="hard", target=2.0), train_fn=train, cost_fn=FakeCosts(2.0)
+        config, train_fn=train, objective=_objective(config, FakeCosts(2.0))
     )
     result = at.reward(known.NASFPN_SPEC, str(tmp_path / "at"))
     assert train.calls == 1 and result.reward == AP
-    assert proxy_lib.OVER_TARGET not in result.metrics
+    assert objective.OVER_TARGET not in result.metrics
 
 
 def test_fake_training_alone_records_no_costs(tmp_path):
@@ -177,8 +206,9 @@ def test_failing_cost_measurement_fails_the_child(tmp_path):
     def broken(*args):
         raise MemoryError("too big")
 
+    config = _config(kind="hard", target=1.0)
     task = proxy_lib.ProxyTask(
-        _config(kind="hard", target=1.0), train_fn=FakeTrain(), cost_fn=broken
+        config, train_fn=FakeTrain(), objective=_objective(config, broken)
     )
     result = task.reward(known.NASFPN_SPEC, str(tmp_path))
     assert result.status == "failed"

@@ -1,6 +1,7 @@
 """Tests of successive halving: rung arithmetic, promotion, rung logs, the
 proxy's rungs, and a search with rungs."""
 
+import functools
 import json
 import os
 import random
@@ -507,3 +508,30 @@ def test_progress_plot_counts_children_per_rung(tmp_path):
     path = str(tmp_path / "progress.png")
     plots.save_progress_plot(records, path)
     assert os.path.getsize(path) > 0
+
+
+def test_climb_trains_through_the_callable_it_is_given(tmp_path):
+    """`rungs.climb` knows no trainer: `train(steps)` trains and rates; a
+    second climb of the same work directory finds every rung logged."""
+    from nasfpn_tf.search.rater import ProxyResult
+
+    trained = []
+
+    def train(until):
+        trained.append(until)
+        metrics = {"AP": until / 900, "train_seconds": 1.0}
+        return ProxyResult(until / 900, "ok", metrics, seconds=2.0)
+
+    work_dir = tmp_path / "trial_0"
+    work_dir.mkdir()
+    climb = functools.partial(
+        rungs_lib.climb, eta=3, final_rule=rungs_lib.HIGHEST
+    )
+    result = climb(train, str(work_dir), (10, 30, 90))
+    assert trained == [10, 30, 90]  # the first child goes on at every rung
+    assert result.reward == pytest.approx(0.1)
+    assert result.metrics["rung"] == 2 and result.attempts == 3
+    assert result.metrics["train_seconds"] == 3.0 and result.seconds == 6.0
+    again = climb(train, str(work_dir), (10, 30, 90))
+    assert trained == [10, 30, 90]
+    assert (again.reward, again.rungs) == (result.reward, result.rungs)

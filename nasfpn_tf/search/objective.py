@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from absl import logging
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
@@ -28,6 +31,9 @@ from nasfpn_tf.arch.spec import NeckSpec
 FLOPS = "flops"
 PARAMS = "params"
 LATENCY_MS = "latency_ms"
+# Metric of a child rated 0 untrained, its cost over the hard objective's
+# target.
+OVER_TARGET = "over_target"
 # `search.objective.target` is in GFLOPs for the "flops" cost.
 FLOPS_PER_GFLOP = 1e9
 # Cost name -> (metric, units per target unit, axis label).
@@ -60,6 +66,11 @@ class Costs:
         return out
 
 
+CostFn = Callable[
+    [config_lib.ModelConfig, NeckSpec, config_lib.ObjectiveConfig], Costs
+]
+
+
 def cost_value(costs: Mapping[str, float], cost: str) -> float | None:
     """The cost `cost` ("flops" or "latency") in a child's metrics, in the
     target's units (GFLOPs or ms); None when the metrics lack it (a
@@ -89,6 +100,77 @@ def reward(
     if config.kind == "hard":
         return ap if ratio <= 1 else 0.0
     return ap * math.pow(ratio, config.weight)
+
+
+class Objective:
+    """`search.objective` applied to a search's children: the reward of a
+    child from its held-out AP and its costs, which are measured once per
+    spec (canonical key) and model config.
+
+    Args:
+        config: `search.objective`.
+        cost_fn: `(model_config, spec, objective_config) -> Costs`, e.g.
+            `shared_meter()`; None records no costs and the reward is the
+            AP (for the "ap" objective only).
+    """
+
+    def __init__(
+        self,
+        config: config_lib.ObjectiveConfig,
+        cost_fn: CostFn | None = None,
+    ):
+        self.config = config
+        self.cost_fn = cost_fn
+        self._costs: dict[tuple[config_lib.ModelConfig, str], Costs] = {}
+
+    def costs(
+        self, model_config: config_lib.ModelConfig, spec: NeckSpec
+    ) -> Costs:
+        """What the child `spec` with `model_config` costs."""
+        key = (model_config, spec.canonical_key())
+        if key not in self._costs:
+            self._costs[key] = self.cost_fn(model_config, spec, self.config)
+        return self._costs[key]
+
+    def rate(
+        self,
+        model_config: config_lib.ModelConfig,
+        spec: NeckSpec,
+        ap: float,
+        metrics: Mapping[str, Any],
+    ) -> tuple[float, dict[str, Any]]:
+        """(reward, `metrics` with the costs) of a child with held-out
+        `ap`."""
+        if self.cost_fn is None:
+            return ap, dict(metrics)
+        costs = self.costs(model_config, spec)
+        return reward(ap, costs, self.config), {**metrics, **costs.metrics()}
+
+    def over_target(
+        self, model_config: config_lib.ModelConfig, spec: NeckSpec
+    ) -> dict[str, float] | None:
+        """Under the hard objective, a child whose cost is over the target
+        earns 0 whatever its AP, so it need not train: its metrics then
+        (its costs and `over_target`, no AP). None when it must train, or
+        when its cost cannot be measured here (training then measures it
+        again and fails the child on the error)."""
+        if self.config.kind != "hard" or self.cost_fn is None:
+            return None
+        try:
+            costs = self.costs(model_config, spec)
+        except Exception:  # noqa: BLE001 (training reports it again)
+            return None
+        cost = cost_value(costs.metrics(), self.config.cost)
+        if cost is None or cost <= self.config.target:
+            return None
+        logging.info(
+            "Child %s: %s %.4g over the hard target %.4g; not trained.",
+            spec.canonical_key()[:12],
+            self.config.cost,
+            cost,
+            self.config.target,
+        )
+        return {**costs.metrics(), OVER_TARGET: 1.0}
 
 
 def measure_costs(

@@ -1,4 +1,4 @@
-"""The proxy task: a child spec in, a reward out.
+"""The proxy task: a child spec in, a rated record out.
 
 NAS-FPN (Ghiasi et al., CVPR 2019, arXiv:1904.07392, Sec. 3) rates each
 sampled architecture by training a small RetinaNet with it for a short
@@ -8,8 +8,12 @@ sizes and steps applied to the main config) through
 `trainer.train_and_evaluate(..., eval_split="heldout")`, and its reward is
 the held-out COCO AP.
 
-The proxy knows nothing of reinforcement learning: it maps a spec to a
-`ProxyResult`. A child that raises is not fatal to the search: it is
+The proxy knows nothing of reinforcement learning: it is a `rater.Rater`,
+mapping a spec to a `ProxyResult`. What it is given decides the rest:
+`search.objective` turns AP and costs into the reward
+(`objective.Objective`), and with successive halving `rungs.climb` trains
+the child rung by rung through the callable the proxy hands it. A child
+that raises is not fatal to the search: it is
 recorded as failed with its error and earns `search.penalty_reward`.
 Transient errors (a lost connection to storage or to a TPU worker) are
 retried up to `search.max_retries` times first; the child's work directory
@@ -19,7 +23,8 @@ come with the architecture, such as running out of accelerator memory
 (`NonFiniteLossError`), would only repeat and are not retried. Errors of
 the storage (a full disk, a directory that cannot be written) are not the
 child's either: every child would fail alike and their penalty rewards
-would mislead the controller, so they propagate and stop the search.
+would mislead the controller, so they propagate and stop the search
+(`errors.is_transient_error`, `errors.is_storage_error`).
 
 Children train in the search process, not in a subprocess per child: a
 subprocess would pay the TensorFlow import and the accelerator set-up
@@ -28,14 +33,14 @@ child, while the search's children are short. Between children the Keras
 session is cleared and Python garbage collected. A child that crashes the
 process itself (a segfault, the kernel's OOM killer) stops the search, and
 rerunning the command resumes it. With successive halving a promoted
-child keeps its trainer session between rungs (no rebuild, restore or
-retrace) and the Keras session is cleared when it stops.
+child holds its trainer session (`trainer.open_session`) between rungs
+(no rebuild, restore or retrace) and the Keras session is cleared when it
+stops.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import gc
 import hashlib
@@ -44,7 +49,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import tensorflow as tf
 from absl import logging
@@ -52,120 +57,30 @@ from absl import logging
 from nasfpn_tf import compat
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
-from nasfpn_tf.errors import describe_error
+from nasfpn_tf.errors import (  # noqa: F401 (the search reads them here)
+    describe_error,
+    is_storage_error,
+    is_transient_error,
+    storage_error_of,
+)
 from nasfpn_tf.run_files import CHECKPOINT_SUBDIR as CHECKPOINTS_DIR
 from nasfpn_tf.search import objective as objective_lib
 from nasfpn_tf.search import rungs as rungs_lib
 from nasfpn_tf.search.history import FAILED, OK
+from nasfpn_tf.search.rater import STATUSES, ProxyResult, Rater  # noqa: F401
 
-# What a training reports (the history adds "cached").
-STATUSES = (OK, FAILED)
 # The final metric that is the reward, as the evaluator names COCO AP.
 REWARD_METRIC = "AP"
 EVAL_SPLIT = "heldout"
-# Metric of a child rated 0 untrained, its cost over the hard objective's
-# target.
-OVER_TARGET = "over_target"
-# Errors of the machine, not the architecture: worth another try.
-TRANSIENT_ERRORS = (
-    tf.errors.UnavailableError,
-    tf.errors.AbortedError,
-    tf.errors.DeadlineExceededError,
-    ConnectionError,
-    TimeoutError,
-)
-
-# Errors of the storage, not of the child: a full disk or quota, a
-# read-only or forbidden directory (OSError numbers; TensorFlow's file
-# system reports the same conditions as OpErrors with these messages).
-STORAGE_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-)
-STORAGE_MESSAGES = (
-    "No space left on device",
-    "Disk quota exceeded",
-    "Read-only file system",
-    "Permission denied",
-)
-# How far down `__cause__` / `__context__` a storage error is looked for.
-MAX_ERROR_CHAIN = 8
 # Child seeds fit a signed 32-bit int (TensorFlow and NumPy seeds).
 SEED_MASK = 0x7FFFFFFF
+# The rater protocol's name from before it had its own module.
+Proxy = Rater
+OVER_TARGET = objective_lib.OVER_TARGET
 
 TrainFn = Callable[..., Mapping[str, Any]]
 # A child's training to a step (None: the whole schedule) -> its metrics.
 FitFn = Callable[[int | None], Mapping[str, Any]]
-CostFn = Callable[..., objective_lib.Costs]
-
-
-@dataclasses.dataclass(frozen=True)
-class ProxyResult:
-    """What training one child gave.
-
-    Attributes:
-        reward: held-out AP (or `search.objective`'s reward of AP and
-            the costs), or the penalty reward when the child failed.
-        status: "ok" or "failed".
-        metrics: the child's final metrics (AP, AP50, ..., steps,
-            train_seconds, final_loss; flops, params and latency_ms when
-            measured), finite numbers only.
-        seconds: wall time of all attempts together.
-        error: "ExceptionType: message" of the last failure, for failed
-            children.
-        attempts: trainings started (1 + retries).
-        rungs: with successive halving, the child's `RungEntry.to_dict()`
-            of every rung it was rated at, first rung first.
-    """
-
-    reward: float
-    status: str
-    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
-    error: str | None = None
-    attempts: int = 1
-    rungs: tuple[Mapping[str, Any], ...] = ()
-
-    def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(
-                f"status must be one of {STATUSES}; got {self.status!r}."
-            )
-        if not math.isfinite(self.reward):
-            raise ValueError(f"reward must be finite; got {self.reward!r}.")
-        if (self.status == FAILED) != (self.error is not None):
-            raise ValueError(
-                "error is set for failed results and only for them; got "
-                f"status {self.status!r} with error {self.error!r}."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["metrics"] = dict(self.metrics)
-        if self.rungs:
-            data["rungs"] = [dict(r) for r in self.rungs]
-        else:
-            del data["rungs"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProxyResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        if "rungs" in values:
-            values["rungs"] = tuple(values["rungs"])
-        return cls(**values)
-
-
-class Proxy(Protocol):
-    """Anything that rates a spec. `ProxyTask` trains; tests use formulas.
-
-    A proxy may also define `release(work_dir)`, called once the result is
-    stored, to delete what the child no longer needs.
-    """
-
-    def reward(self, spec: NeckSpec, work_dir: str) -> ProxyResult:
-        """Rates `spec`, using `work_dir` for the child's files."""
-        ...
 
 
 class ProxyTask:
@@ -185,10 +100,10 @@ class ProxyTask:
             children at a rung; None reads the `rungs.jsonl` of the
             folders beside the child's work directory (the search's
             trials).
-        cost_fn: `(model_config, spec, objective_config) -> Costs`; None
-            is `objective.shared_meter()` when the task trains for real or
-            the objective needs a cost, else no costs are recorded (tests
-            with a fake `train_fn`).
+        objective: the reward of a child from its AP and costs; None is
+            `search.objective` with `objective.shared_meter()` when the
+            task trains for real or the objective needs a cost, else
+            without costs (tests with a fake `train_fn`).
 
     Raises:
         config_lib.ConfigError: the proxy batch sizes do not split over the
@@ -203,7 +118,7 @@ class ProxyTask:
         train_fn: TrainFn | None = None,
         keep_checkpoints: bool = False,
         board: rungs_lib.RungBoard | None = None,
-        cost_fn: CostFn | None = None,
+        objective: objective_lib.Objective | None = None,
     ):
         self.config = config
         self.halving = config.search.rungs
@@ -234,7 +149,13 @@ class ProxyTask:
         # registered after this are dropped when its memory is freed.
         self._gradients_before = compat.custom_gradient_names()
         self.keep_checkpoints = keep_checkpoints
-        self._init_costs(cost_fn)
+        if objective is None:
+            settings = config.search.objective
+            measure = train_fn is None or settings.kind != "ap"
+            objective = objective_lib.Objective(
+                settings, objective_lib.shared_meter() if measure else None
+            )
+        self.objective = objective
 
     def _train(self) -> TrainFn:
         if self._train_fn is None:
@@ -252,15 +173,22 @@ class ProxyTask:
         the mean held-out AP and every seed's reward is kept in the
         metrics (`reward_seed{i}`, with `seed{i}`). With successive
         halving (`search.rungs`) the child is rated at each rung it
-        reaches (`rungs.py`).
+        reaches (`rungs.climb`).
 
         Returns:
             An "ok" result with reward = held-out AP, or a "failed" one with
             the penalty reward and the error.
         """
-        skipped = self._over_hard_target(spec)
-        if skipped is not None:
-            return skipped
+        start = time.monotonic()
+        over = self.objective.over_target(self.child_config.model, spec)
+        if over is not None:  # rated 0 without training
+            return ProxyResult(
+                reward=0.0,
+                status=OK,
+                metrics=over,
+                seconds=time.monotonic() - start,
+                attempts=0,
+            )
         seeds = child_seeds(
             self.config.runtime.seed,
             spec.canonical_key(),
@@ -317,104 +245,17 @@ class ProxyTask:
                 return self._train_seeds(spec, work_dir, seeds, until)
 
         try:
-            return self._climb_rungs(train, work_dir)
+            return rungs_lib.climb(
+                train,
+                work_dir,
+                self.rungs,
+                eta=self.halving.eta,
+                final_rule=self.halving.final_reward,
+                board=self.board,
+            )
         finally:
             if held is not None and held.close():
                 self._free_memory()
-
-    def _climb_rungs(
-        self, train: Callable[[int], ProxyResult], work_dir: str
-    ) -> ProxyResult:
-        log = rungs_lib.RungLog(work_dir)
-        board = self.board or rungs_lib.RungBoard(
-            os.path.dirname(os.path.normpath(work_dir))
-        )
-        attempts = 0
-        for rung, steps in enumerate(self.rungs):
-            entry = log.get(rung)
-            if entry is None:
-                result = train(steps)
-                attempts += result.attempts
-                if result.status == FAILED:
-                    return dataclasses.replace(
-                        result,
-                        seconds=result.seconds
-                        + sum(e.seconds for e in log.entries),
-                        attempts=attempts,
-                        rungs=tuple(e.to_dict() for e in log.entries),
-                    )
-                entry = self._log_rung(
-                    result, rung, steps, log, board, work_dir
-                )
-            if not entry.promoted:
-                break
-        return self._rungs_result(log.entries, board, work_dir, attempts)
-
-    def _log_rung(
-        self,
-        result: ProxyResult,
-        rung: int,
-        steps: int,
-        log: rungs_lib.RungLog,
-        board: rungs_lib.RungBoard,
-        work_dir: str,
-    ) -> rungs_lib.RungEntry:
-        """Decides the child's promotion at `rung` from the board and logs
-        it with the rung's reward."""
-        others = board.rewards(rung, exclude=work_dir)
-        promoted = rung < len(self.rungs) - 1 and rungs_lib.promotes(
-            result.reward, others, self.halving.eta
-        )
-        logging.info(
-            "Child in %s: rung %d (%d steps) reward %.4f among %d others: %s",
-            work_dir,
-            rung,
-            steps,
-            result.reward,
-            len(others),
-            "goes on" if promoted else "stops",
-        )
-        return log.append(
-            rungs_lib.RungEntry(
-                rung=rung,
-                steps=steps,
-                reward=result.reward,
-                seconds=result.seconds,
-                promoted=promoted,
-                metrics=dict(result.metrics),
-            )
-        )
-
-    def _rungs_result(
-        self,
-        entries: Sequence[rungs_lib.RungEntry],
-        board: rungs_lib.RungBoard,
-        work_dir: str,
-        attempts: int,
-    ) -> ProxyResult:
-        """A halving child's result: the rule's reward, the last rung's
-        metrics with `rung` (its index) and the rungs' total
-        `train_seconds`."""
-        last = entries[-1]
-        reward = rungs_lib.final_reward(
-            self.halving.final_reward,
-            entries,
-            board.rewards(last.rung, exclude=work_dir),
-            len(self.rungs),
-        )
-        metrics = dict(last.metrics)
-        metrics["rung"] = float(last.rung)
-        metrics["train_seconds"] = sum(
-            e.metrics.get("train_seconds", 0.0) for e in entries
-        )
-        return ProxyResult(
-            reward=reward,
-            status=OK,
-            metrics=metrics,
-            seconds=sum(e.seconds for e in entries),
-            attempts=max(attempts, 1),
-            rungs=tuple(e.to_dict() for e in entries),
-        )
 
     def train(
         self,
@@ -457,8 +298,11 @@ class ProxyTask:
             attempt += 1
             try:
                 metrics = fit(until)
-                reward, metrics = self.apply_objective(
-                    spec, _reward_from(metrics), metrics
+                reward, metrics = self.objective.rate(
+                    self.child_config.model,
+                    spec,
+                    _reward_from(metrics),
+                    metrics,
                 )
                 return ProxyResult(
                     reward=reward,
@@ -473,8 +317,7 @@ class ProxyTask:
                 if is_storage_error(error):
                     raise
                 retry = (
-                    isinstance(error, TRANSIENT_ERRORS)
-                    and attempt <= self.max_retries
+                    is_transient_error(error) and attempt <= self.max_retries
                 )
                 logging.warning(
                     "Child in %s failed (attempt %d%s):\n%s",
@@ -494,68 +337,6 @@ class ProxyTask:
             finally:
                 if not (isinstance(fit, _HeldSession) and fit.is_open):
                     self._free_memory()
-
-    # -- search.objective: the reward from AP and the child's costs -------
-
-    def _init_costs(self, cost_fn: CostFn | None) -> None:
-        objective = self.config.search.objective
-        if cost_fn is None and (
-            self._train_fn is None or objective.kind != "ap"
-        ):
-            cost_fn = objective_lib.shared_meter()
-        self._cost_fn = cost_fn
-        self._costs: dict[str, objective_lib.Costs] = {}
-
-    def apply_objective(
-        self, spec: NeckSpec, ap: float, metrics: Mapping[str, Any]
-    ) -> tuple[float, dict[str, Any]]:
-        """(reward, metrics with the costs) of a child with held-out `ap`;
-        the costs are measured once per spec (canonical key)."""
-        if self._cost_fn is None:
-            return ap, dict(metrics)
-        costs = self._costs_of(spec)
-        reward = objective_lib.reward(ap, costs, self.config.search.objective)
-        return reward, {**metrics, **costs.metrics()}
-
-    def _costs_of(self, spec: NeckSpec) -> objective_lib.Costs:
-        key = spec.canonical_key()
-        if key not in self._costs:
-            self._costs[key] = self._cost_fn(
-                self.child_config.model, spec, self.config.search.objective
-            )
-        return self._costs[key]
-
-    def _over_hard_target(self, spec: NeckSpec) -> ProxyResult | None:
-        """Under the hard objective, a child whose cost is over the target
-        earns 0 whatever its AP: it is rated without training (reward 0,
-        its costs and `over_target` in the metrics, no AP). None when it
-        must train, or when its cost cannot be measured here (training
-        then measures it again and fails the child on the error)."""
-        objective = self.config.search.objective
-        if objective.kind != "hard" or self._cost_fn is None:
-            return None
-        start = time.monotonic()
-        try:
-            costs = self._costs_of(spec)
-        except Exception:  # noqa: BLE001 (training reports it again)
-            return None
-        cost = objective_lib.cost_value(costs.metrics(), objective.cost)
-        if cost is None or cost <= objective.target:
-            return None
-        logging.info(
-            "Child %s: %s %.4g over the hard target %.4g; not trained.",
-            spec.canonical_key()[:12],
-            objective.cost,
-            cost,
-            objective.target,
-        )
-        return ProxyResult(
-            reward=0.0,
-            status=OK,
-            metrics={**costs.metrics(), OVER_TARGET: 1.0},
-            seconds=time.monotonic() - start,
-            attempts=0,
-        )
 
     def _free_memory(self) -> None:
         """Drops the custom gradients children registered (each holds its
@@ -653,29 +434,6 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         if math.isfinite(number):
             out[str(key)] = number
     return out
-
-
-def is_storage_error(error: BaseException) -> bool:
-    """Whether `error` (or an error it was raised from) says the storage
-    cannot take a write: full, over quota, read-only or forbidden."""
-    return storage_error_of(error) is not None
-
-
-def storage_error_of(error: BaseException) -> BaseException | None:
-    """The storage error in `error`'s chain of causes, or None."""
-    for _ in range(MAX_ERROR_CHAIN):
-        if error is None:
-            return None
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            return error
-        if isinstance(error, tf.errors.PermissionDeniedError):
-            return error
-        if isinstance(error, tf.errors.OpError) and any(
-            text in str(error.message) for text in STORAGE_MESSAGES
-        ):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 class _HeldSession:

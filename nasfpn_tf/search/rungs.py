@@ -49,7 +49,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -59,6 +59,8 @@ from nasfpn_tf import files
 from nasfpn_tf.checks import is_int, is_number
 from nasfpn_tf.errors import UserError
 from nasfpn_tf.run_files import RUNGS_FILE
+from nasfpn_tf.search.history import FAILED, OK
+from nasfpn_tf.search.rater import ProxyResult
 
 HIGHEST = "highest"
 RANK = "rank"
@@ -143,6 +145,111 @@ def final_reward(
     at_most = 1 + sum(1 for other in others_at_last if other <= last.reward)
     share = at_most / (len(others_at_last) + 1)
     return (last.rung + share) / num_rungs
+
+
+def climb(
+    train: Callable[[int], ProxyResult],
+    work_dir: str,
+    rungs: Sequence[int],
+    *,
+    eta: int,
+    final_rule: str,
+    board: RungBoard | None = None,
+) -> ProxyResult:
+    """Successive halving of one child: trains it to each rung's steps in
+    turn, rated at each, while the rung's board promotes it.
+
+    What `work_dir` logged (`rungs.jsonl`) is neither trained nor decided
+    again, so a child killed in the middle resumes at its next rung.
+
+    Args:
+        train: `train(steps)` trains the child on to `steps` and rates it
+            there (a "failed" result stops the climb).
+        work_dir: the child's directory (its `rungs.jsonl`).
+        rungs: the steps of each rung (`rung_steps`).
+        eta: the promotion factor.
+        final_rule: one of FINAL_REWARDS.
+        board: the other children's rewards; None reads the folders beside
+            `work_dir` (the search's trials).
+
+    Returns:
+        The rule's reward, the last rung's metrics with `rung` (its index)
+        and the rungs' total `train_seconds`, every rung in `rungs`; or the
+        failed rung's result with the rungs before it.
+    """
+    log = RungLog(work_dir)
+    board = board or RungBoard(os.path.dirname(os.path.normpath(work_dir)))
+    attempts = 0
+    for rung, steps in enumerate(rungs):
+        entry = log.get(rung)
+        if entry is None:
+            result = train(steps)
+            attempts += result.attempts
+            if result.status == FAILED:
+                return dataclasses.replace(
+                    result,
+                    seconds=result.seconds
+                    + sum(e.seconds for e in log.entries),
+                    attempts=attempts,
+                    rungs=tuple(e.to_dict() for e in log.entries),
+                )
+            others = board.rewards(rung, exclude=work_dir)
+            promoted = rung < len(rungs) - 1 and promotes(
+                result.reward, others, eta
+            )
+            logging.info(
+                "Child in %s: rung %d (%d steps) reward %.4f among %d others: %s",
+                work_dir,
+                rung,
+                steps,
+                result.reward,
+                len(others),
+                "goes on" if promoted else "stops",
+            )
+            entry = log.append(
+                RungEntry(
+                    rung=rung,
+                    steps=steps,
+                    reward=result.reward,
+                    seconds=result.seconds,
+                    promoted=promoted,
+                    metrics=dict(result.metrics),
+                )
+            )
+        if not entry.promoted:
+            break
+    return _climbed(log.entries, board, work_dir, attempts, final_rule, rungs)
+
+
+def _climbed(
+    entries: Sequence[RungEntry],
+    board: RungBoard,
+    work_dir: str,
+    attempts: int,
+    final_rule: str,
+    rungs: Sequence[int],
+) -> ProxyResult:
+    """A halving child's result from its rung entries."""
+    last = entries[-1]
+    reward = final_reward(
+        final_rule,
+        entries,
+        board.rewards(last.rung, exclude=work_dir),
+        len(rungs),
+    )
+    metrics = dict(last.metrics)
+    metrics["rung"] = float(last.rung)
+    metrics["train_seconds"] = sum(
+        e.metrics.get("train_seconds", 0.0) for e in entries
+    )
+    return ProxyResult(
+        reward=reward,
+        status=OK,
+        metrics=metrics,
+        seconds=sum(e.seconds for e in entries),
+        attempts=max(attempts, 1),
+        rungs=tuple(e.to_dict() for e in entries),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
