@@ -6,6 +6,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
+# pytest-timeout's limit for a `slow` test that sets none itself (the
+# default, pyproject's `timeout`, fits the default suite): the longest slow
+# tests train real detectors for minutes on a shared CPU.
+SLOW_TEST_TIMEOUT_S = 1200
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -14,6 +19,14 @@ def _seed():
     tf_keras.utils.set_random_seed(0)
     yield
     tf_keras.backend.clear_session()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker(
+            "timeout"
+        ):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
 
 
 def pytest_terminal_summary(terminalreporter):
