@@ -38,6 +38,10 @@ on CPU at 640x640 (ResNet-50 7@256), with no variables in the SavedModel
 about 13 s for that model: warm it up before taking traffic). Not for
 anytime models: every exit would hold its own copy of the weights.
 
+TFLite (``--format=tflite``): ``export_tflite`` hands over to
+``nasfpn_tf.export_tflite`` (float32, float16, int8 models for phones and
+edge boards, post-processing inside).
+
 Layout: ``export_dir/<unix seconds>/`` is one SavedModel version, as TF
 Serving's model base path expects; its ``assets.extra/`` holds the
 resolved ``config.yaml`` and the neck's ``spec.json``.
@@ -459,3 +463,16 @@ def export(
         "Exported %s in %.1f s", checkpoint_path, time.monotonic() - start
     )
     return version_dir
+
+
+def export_tflite(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    export_dir: str,
+    **options: Any,
+) -> Any:
+    """Exports the latest checkpoint of a run as TFLite models: see
+    `nasfpn_tf.export_tflite.export` (its options pass through)."""
+    from nasfpn_tf import export_tflite as tflite_lib
+
+    return tflite_lib.export(config, model_dir, export_dir, **options)

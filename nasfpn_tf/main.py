@@ -43,7 +43,11 @@ from absl import flags, logging
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.errors import UserError
-from nasfpn_tf.run_files import EXPORT_SUBDIR, PREDICTIONS_SUBDIR
+from nasfpn_tf.run_files import (
+    EXPORT_SUBDIR,
+    PREDICTIONS_SUBDIR,
+    TFLITE_SUBDIR,
+)
 
 # TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing a
 # user can act on; TF_CPP_MIN_LOG_LEVEL set in the environment still wins.
@@ -61,6 +65,7 @@ MODES = (
     "predict",
 )
 TRAINER_MODES = ("train", "eval", "train_and_eval")
+EXPORT_FORMATS = ("saved_model", "tflite")
 # absl verbosity names (absl reads ints as its own levels, not logging's).
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Keys that may differ from the saved config on resume: where the run
@@ -84,6 +89,7 @@ SPLIT_HINTS = {
     "val": "--val_sets/--val_images/--val_annotations",
     "heldout": "--heldout_fraction",
 }
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's flags (``--name=value``; ``--name value`` works
@@ -131,14 +137,33 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--tpu",
         default=None,
-        help="TPU name or address; sets runtime.tpu and "
-        "runtime.strategy=tpu.",
+        help="TPU name or address; sets runtime.tpu and runtime.strategy=tpu.",
     )
     add(
         "--export_dir",
         default="",
         help="Where --mode=export writes the SavedModel. Default: "
         "<model_dir>/export.",
+    )
+    add(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="saved_model",
+        help="--mode=export: a SavedModel for TF Serving, or TFLite models "
+        "(default folder <model_dir>/export/tflite; docs/tflite.md).",
+    )
+    add(
+        "--tflite_quantization",
+        default="float32",
+        help="--format=tflite: float32, float16 or int8 (full-integer, "
+        "calibrated on the training split); comma-separated for several.",
+    )
+    add(
+        "--representative_images",
+        type=int,
+        default=100,
+        help="--format=tflite with int8: training images that calibrate "
+        "the quantization.",
     )
     _add_bool(
         parser,
@@ -157,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--saved_model",
         default="",
         help="--mode=predict: an exported SavedModel (an export folder, its "
-        "newest version is used, or a version folder). Default: the newest "
-        "checkpoint of --model_dir.",
+        "newest version is used, or a version folder) or a .tflite file of "
+        "--format=tflite. Default: the newest checkpoint of --model_dir.",
     )
     add(
         "--output_dir",
@@ -375,10 +400,13 @@ def execute(
     export_dir: str = "",
     freeze: bool = False,
     warm_start: Sequence[str] = (),
+    tflite: Mapping[str, Any] | None = None,
 ) -> Any:
     """Runs the library function of `mode`; returns what it returns.
 
-    `export_dir` and `freeze` are export's (see `nasfpn_tf.export`);
+    `export_dir` and `freeze` are export's (see `nasfpn_tf.export`), and
+    `tflite` its TFLite options (`nasfpn_tf.export_tflite.export`'s
+    keyword arguments; None exports a SavedModel);
     `warm_start` is search's (see `nasfpn_tf.search.warm_start`).
 
     Sets the mixed precision policy first. Only the trainer modes take a
@@ -408,6 +436,10 @@ def execute(
         from nasfpn_tf import export
 
         export_dir = export_dir or f"{model_dir.rstrip('/')}/{EXPORT_SUBDIR}"
+        if tflite is not None:
+            return export.export_tflite(
+                config, model_dir, f"{export_dir}/{TFLITE_SUBDIR}", **tflite
+            )
         return export.export(config, model_dir, export_dir, freeze=freeze)
     from nasfpn_tf.train import strategy as strategy_lib
     from nasfpn_tf.train import trainer
@@ -428,6 +460,7 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(list(argv[1:]))
     if args.warm_start and args.mode != "search":
         parser.error("--warm_start applies to --mode=search only")
+    tflite = _tflite_options(parser, args)
     _init_absl_logging()
     _quiet_imports()
     logging.set_verbosity(args.log_level)
@@ -460,10 +493,27 @@ def main(argv: Sequence[str]) -> None:
         args.export_dir,
         args.freeze,
         warm_start=args.warm_start,
+        tflite=tflite,
     )
     # search and fidelity print their own
     if result is not None and mode not in ("search", "fidelity"):
         print(f"{mode} result: {result}", flush=True)
+
+
+def _tflite_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """`export_tflite.export`'s options for --format=tflite, else None."""
+    if args.format != "tflite":
+        return None
+    if args.mode != "export":
+        parser.error("--format applies to --mode=export only")
+    if args.freeze:
+        parser.error("--freeze applies to --format=saved_model only")
+    return {
+        "quantizations": args.tflite_quantization.split(","),
+        "representative_images": args.representative_images,
+    }
 
 
 def _predict(args: argparse.Namespace) -> None:

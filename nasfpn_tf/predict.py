@@ -1,7 +1,8 @@
 """Detections of a trained model on image files, written and drawn.
 
 ``--mode=predict`` runs a trained detector (the newest checkpoint of a
-``model_dir``, or an exported SavedModel) on image files, folders or globs
+``model_dir``, an exported SavedModel, or a ``.tflite`` file of
+``--format=tflite``) on image files, folders or globs
 and writes, under ``output_dir``:
 
   predictions.json  COCO results format, one entry per detection at or
@@ -16,7 +17,11 @@ and writes, under ``output_dir``:
 Both sources run the same computation: a checkpoint is wrapped in the
 export's ``DetectionExportModule`` (the evaluation parser's resize and
 padding, the detector, NMS) exactly as ``--mode=export`` saves it, so the
-two give the same boxes. Class names come from ``data.class_names`` of the
+two give the same boxes; a ``.tflite`` file runs in the TFLite
+interpreter with the preprocessing its ``.json`` describes
+(``nasfpn_tf.export_tflite.TFLiteDetector``), its boxes close to the
+SavedModel's (float32) or within its quantization's error. Class names
+come from ``data.class_names`` of the
 run's config (the SavedModel carries it in ``assets.extra/config.yaml``);
 without them a class is called ``class <id>``. An image that cannot be
 decoded is skipped and counted.
@@ -46,6 +51,8 @@ from nasfpn_tf.run_files import IMAGES_SUBDIR, PREDICTIONS_FILENAME
 # Digits kept in predictions.json: sub-pixel boxes, 4-digit scores.
 BOX_DECIMALS = 2
 SCORE_DECIMALS = 4
+# A --saved_model path ending so is a TFLite export.
+TFLITE_SUFFIX = ".tflite"
 # Hue step between class colours (golden ratio: neighbours stay distinct).
 _HUE_STEP = 0.618033988749895
 
@@ -184,6 +191,21 @@ def from_saved_model(path: str) -> tuple[DetectFn, tuple[str, ...]]:
     return _numpy_fn(detect, keep=loaded), class_names
 
 
+def from_tflite(path: str) -> tuple[DetectFn, tuple[str, ...]]:
+    """A ``.tflite`` export, and the class names of its ``.json``.
+
+    Raises:
+      PredictError: no such file, or not one ``--format=tflite`` wrote.
+    """
+    from nasfpn_tf import export_tflite
+
+    try:
+        detect = export_tflite.TFLiteDetector(path)
+    except export_tflite.TFLiteExportError as error:
+        raise PredictError(f"--saved_model={error}") from None
+    return detect, detect.class_names
+
+
 def predict(
     sources: Sequence[str],
     output_dir: str,
@@ -200,8 +222,8 @@ def predict(
       sources: image files, folders or globs (see ``list_images``).
       output_dir: destination folder.
       model_dir: a run whose newest checkpoint is used.
-      saved_model: an export folder or SavedModel version; wins over
-        ``model_dir``.
+      saved_model: an export folder, a SavedModel version or a
+        ``.tflite`` file; wins over ``model_dir``.
       score_threshold: detections below it are dropped.
       progress: show a progress bar.
 
@@ -214,7 +236,9 @@ def predict(
             f"--score_threshold: expected [0, 1], got {score_threshold}"
         )
     paths = list_images(sources)
-    if saved_model:
+    if saved_model.endswith(TFLITE_SUFFIX):
+        detect, class_names = from_tflite(saved_model)
+    elif saved_model:
         detect, class_names = from_saved_model(saved_model)
     elif model_dir:
         detect, class_names = from_checkpoint(model_dir)

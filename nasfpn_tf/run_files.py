@@ -9,6 +9,8 @@ Every mode writes ``config.yaml``; the rest depends on the mode::
       checkpoints/           train: checkpoints (unreadable/ holds bad ones)
       eval/                  train/eval: TensorBoard summaries of evaluations
       export/                export: the SavedModel (assets.extra/spec.json)
+      export/tflite/         export --format=tflite: model_<quantization>
+                             .tflite, .json and .txt beside each
       predictions/           predict: predictions.json and drawn images/
       history.jsonl          search: one row per child
       best_spec.json, best_spec.png, top_specs.json, result.json,
@@ -37,6 +39,8 @@ UNREADABLE_SUBDIR = "unreadable"
 EVAL_SUBDIR = "eval"
 EXPORT_SUBDIR = "export"
 EXTRA_ASSETS_DIR = "assets.extra"
+# Under export/: model_<quantization>.tflite, .json and .txt.
+TFLITE_SUBDIR = "tflite"
 PREDICTIONS_SUBDIR = "predictions"
 PREDICTIONS_FILENAME = "predictions.json"
 IMAGES_SUBDIR = "images"

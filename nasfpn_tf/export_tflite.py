@@ -1,0 +1,666 @@
+"""TFLite export of a trained detector: float32, float16 or int8.
+
+NAS-FPNLite (Ghiasi et al., CVPR 2019, arXiv:1904.07392, Sec. 4) is
+meant for phones and edge boards, where models run in TFLite (LiteRT).
+``--mode=export --format=tflite`` turns the newest checkpoint of a run
+into one ``.tflite`` file per quantization, each able to turn an image
+into boxes, classes and scores on its own:
+
+  input   ``images`` uint8 [1, P, P, 3] RGB: the image resized keeping its
+          aspect ratio so that it fits ``model.image_size`` (bilinear),
+          in the top-left corner of a P x P canvas (P: the padded size the
+          model was evaluated at, 320 -> 384 at ``max_level`` 7) filled
+          with PAD_VALUE. That colour is the ImageNet mean, which the
+          normalisation inside the model maps to ~0, as the SavedModel's
+          zero padding after normalising.
+  inside  (pixel / 255 - mean) / std, the network, then Model Garden's
+          TFLite detection post-process (TFLite's custom op
+          ``TFLite_Detection_PostProcess``: box decoding and per-class
+          NMS, as the SavedModel's "batched" NMS).
+  outputs ``detection_boxes`` [1, N, 4] float32, ymin, xmin, ymax, xmax
+          normalised to the P x P input; ``detection_classes`` [1, N]
+          float32, 0-based over the classes without background (add 1
+          for the config's class ids); ``detection_scores`` [1, N];
+          ``num_detections`` [1]. N is ``model.nms.max_detections``.
+
+This is TFLite's object-detection convention (the outputs of the custom
+op, unchanged), so TFLite's detection tooling reads the file as it reads
+an SSD. ``TFLiteDetector`` does the preprocessing and maps boxes back to
+the original image and classes to 1-based ids, giving the SavedModel's
+outputs. Beside each model, ``<name>.json`` records the input, the
+preprocessing, the outputs, the post-processing and the class names, and
+``<name>.txt`` a short signature and op summary.
+
+Quantization: ``float32``; ``float16`` (weights stored in float16,
+computed in float32 on CPUs); ``int8``: full-integer post-training
+quantization, every op of the network int8 (TFLITE_BUILTINS_INT8 only, so
+a conversion fails rather than fall back to float), calibrated on
+``representative_images`` images of the run's own training split; uint8
+in, float32 out; the post-process op runs in float32 after two
+DEQUANTIZE ops.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+from official.vision.modeling.layers import detection_generator
+from official.vision.ops import anchor, preprocess_ops
+
+from nasfpn_tf import compat, files
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.data import pipeline
+from nasfpn_tf.errors import UserError
+from nasfpn_tf.modeling import detector, flops
+
+QUANTIZATIONS = ("float32", "float16", "int8")
+DEFAULT_REPRESENTATIVE_IMAGES = 100
+MODEL_NAME = "model_{}"
+MODEL_SUFFIX = ".tflite"
+INFO_SUFFIX = ".json"
+SUMMARY_SUFFIX = ".txt"
+INFO_VERSION = 1
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_KEYS = detector.DETECTION_KEYS
+IMAGE_CHANNELS = 3
+BATCH = 1
+# uint8 canvas colour: the ImageNet mean, which normalises to ~0.
+PAD_VALUE = tuple(round(v) for v in preprocess_ops.MEAN_RGB)
+# detection_classes of the slots past num_detections (as the SavedModel).
+PADDING_CLASS = 0
+# The op's class 0 is the first class after background (config id 1).
+CLASS_OFFSET = 1
+# Background is column 0 of the head's class logits (Model Garden's
+# RetinaNet); the SavedModel's NMS drops it, so the TFLite model does too.
+BACKGROUND_COLUMNS = 1
+OUTPUT_MEANINGS = {
+    "detection_boxes": "ymin, xmin, ymax, xmax in [0, 1] of the P x P "
+    "input; / scale maps them to the original image",
+    "detection_classes": "0-based over the classes without background: "
+    "class id = value + 1 (class_names[value])",
+    "detection_scores": "sigmoid scores, sorted, highest first",
+    "num_detections": "valid slots",
+}
+
+
+class TFLiteExportError(UserError, ValueError):
+    """A quantization, path or model that the TFLite export cannot take."""
+
+
+def check_quantizations(quantizations: Sequence[str]) -> tuple[str, ...]:
+    """The quantizations asked for, without repeats, in order.
+
+    Raises:
+        TFLiteExportError: none, or one not in QUANTIZATIONS.
+    """
+    chosen = tuple(dict.fromkeys(q.strip() for q in quantizations if q))
+    bad = [q for q in chosen if q not in QUANTIZATIONS]
+    if bad or not chosen:
+        raise TFLiteExportError(
+            f"--tflite_quantization: expected one or more of "
+            f"{', '.join(QUANTIZATIONS)} (comma-separated); got "
+            f"{','.join(quantizations) or 'nothing'}"
+        )
+    return chosen
+
+
+def input_size(config: config_lib.ExperimentConfig) -> tuple[int, int]:
+    """(height, width) of the model input: the evaluation's padded size."""
+    return tuple(
+        pipeline.padded_image_size(
+            config.model.image_size, config.model.max_level
+        )
+    )
+
+
+def postprocess_config(config: config_lib.ExperimentConfig) -> dict:
+    """Model Garden's ``tflite_post_processing_config`` for ``model.nms``:
+    per-class ("regular") NMS with the SavedModel's thresholds, anchors
+    normalised to the input, so boxes come out in [0, 1]."""
+    nms = config.model.nms
+    return {
+        "max_detections": nms.max_detections,
+        "max_classes_per_detection": 1,
+        "detections_per_class": nms.max_detections,
+        "use_regular_nms": True,
+        "nms_score_threshold": nms.score_threshold,
+        "nms_iou_threshold": nms.iou_threshold,
+        "normalize_anchor_coordinates": True,
+        "input_image_size": list(input_size(config)),
+    }
+
+
+class TFLiteDetectionModule(tf.Module):
+    """The detector as TFLite runs it: uint8 in, the custom NMS op out.
+
+    Model Garden's detection generator with ``nms_version="tflite"``
+    traces a stand-in function that the converter replaces with TFLite's
+    ``TFLite_Detection_PostProcess`` op, so the traced graph is only good
+    for conversion: it returns zeros in TensorFlow.
+
+    Args:
+        config: the run's config.
+        model: a built ``DetectorModel`` holding the trained weights.
+    """
+
+    def __init__(
+        self, config: config_lib.ExperimentConfig, model: tf_keras.Model
+    ):
+        super().__init__()
+        self.model = model
+        self._size = input_size(config)
+        self._anchors_per_location = detector.anchors_per_location(config.model)
+        self._num_classes = config.model.num_classes
+        cfg = config.model.anchor
+        self._anchor_boxes = anchor.Anchor(
+            min_level=config.model.min_level,
+            max_level=config.model.max_level,
+            num_scales=cfg.num_scales,
+            aspect_ratios=list(cfg.aspect_ratios),
+            anchor_size=cfg.anchor_size,
+            image_size=self._size,
+        ).multilevel_boxes
+        self._generator = detection_generator.MultilevelDetectionGenerator(
+            apply_nms=True,
+            nms_version="tflite",
+            tflite_post_processing_config=postprocess_config(config),
+        )
+        self._forward = flops.forward_function(model)
+
+    def _drop_background(self, scores: tf.Tensor) -> tf.Tensor:
+        """[1, H, W, A * C] -> [1, H, W, A * (C - 1)], anchor-major."""
+        _, height, width, _ = scores.shape
+        per_anchor = tf.reshape(
+            scores,
+            [BATCH, height, width, self._anchors_per_location, -1],
+        )[..., BACKGROUND_COLUMNS:]
+        return tf.reshape(per_anchor, [BATCH, height, width, -1])
+
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 [1, P, P, 3] -> the four outputs (module docstring)."""
+        normalized = preprocess_ops.normalize_image(images[0])[None]
+        scores, boxes = self._forward(normalized)
+        scores = {k: self._drop_background(v) for k, v in scores.items()}
+        outputs = self._generator(boxes, scores, self._anchor_boxes, None)
+        return {key: outputs[key] for key in OUTPUT_KEYS}
+
+    def signature(self) -> Any:
+        """The concrete function of ``serve`` at its one input shape."""
+        spec = tf.TensorSpec(
+            [BATCH, *self._size, IMAGE_CHANNELS], tf.uint8, name=INPUT_NAME
+        )
+        return tf.function(self.serve).get_concrete_function(spec)
+
+
+def prepare_image(
+    image: np.ndarray | tf.Tensor, image_size: int, padded: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image as the TFLite model takes it, by the SavedModel's own ops.
+
+    The SavedModel's preprocessing (normalise, resize keeping the aspect
+    ratio, pad with zeros) is run and undone back to uint8, so the only
+    difference to it is the rounding to uint8 (and PAD_VALUE's).
+
+    Args:
+        image: [H, W, 3] uint8.
+        image_size: ``model.image_size``.
+        padded: (P, P) model input size.
+
+    Returns:
+        input: [1, P, P, 3] uint8.
+        scale: [2] float32 (y, x): resized size / original size.
+    """
+    normalized, info = preprocess_ops.resize_and_crop_image(
+        preprocess_ops.normalize_image(tf.convert_to_tensor(image)),
+        [image_size, image_size],
+        padded_size=list(padded),
+        aug_scale_min=1.0,
+        aug_scale_max=1.0,
+        keep_aspect_ratio=True,
+    )
+    mean = np.asarray(preprocess_ops.MEAN_NORM, np.float32)
+    std = np.asarray(preprocess_ops.STDDEV_NORM, np.float32)
+    pixels = (normalized.numpy() * std + mean) * 255.0
+    pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    return pixels[None], info.numpy()[2]
+
+
+def _interpreter_class() -> Any:
+    try:  # LiteRT, the interpreter TFLite moved to
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover (tf.lite's, deprecated)
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+def info_path(model_path: str) -> str:
+    """The JSON written beside a ``.tflite`` file."""
+    return os.path.splitext(model_path)[0] + INFO_SUFFIX
+
+
+class TFLiteDetector:
+    """A ``.tflite`` export run on images as the SavedModel runs them.
+
+    Args:
+        path: the ``.tflite`` file; its ``.json`` beside it gives the
+            image size and class names.
+        num_threads: interpreter threads (None: the interpreter's).
+
+    Raises:
+        TFLiteExportError: no such file, not a model this export wrote,
+            or no JSON beside it.
+    """
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        if not path.endswith(MODEL_SUFFIX) or not tf.io.gfile.exists(path):
+            raise TFLiteExportError(
+                f"{path}: no {MODEL_SUFFIX} file there (python -m "
+                "nasfpn_tf.main --mode=export --format=tflite writes one)"
+            )
+        meta = info_path(path)
+        if not tf.io.gfile.exists(meta):
+            raise TFLiteExportError(
+                f"{path}: no {os.path.basename(meta)} beside it (the export "
+                "writes the input size and classes there)"
+            )
+        with tf.io.gfile.GFile(meta) as f:
+            self.info = json.load(f)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            content = f.read()
+        try:
+            self.interpreter = _interpreter_class()(
+                model_content=content, num_threads=num_threads
+            )
+            self._runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
+        except (ValueError, RuntimeError) as error:
+            raise TFLiteExportError(
+                f"{path}: not a TFLite detector of this export ({error})"
+            ) from None
+        self.path = path
+        self.image_size = int(self.info["preprocessing"]["image_size"])
+        self.padded_size = tuple(self.info["input"]["shape"][1:3])
+        self.class_names = tuple(self.info.get("class_names", ()))
+
+    def raw(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's own outputs for one prepared uint8 [1, P, P, 3]."""
+        return self._runner(**{INPUT_NAME: inputs})
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """One [H, W, 3] uint8 image -> the SavedModel's outputs, one row:
+        ``detection_boxes`` [N, 4] normalised to the original image,
+        ``detection_scores`` [N], ``detection_classes`` [N] int32
+        (1-based, PADDING_CLASS past ``num_detections``),
+        ``num_detections`` int32 scalar."""
+        inputs, scale = prepare_image(image, self.image_size, self.padded_size)
+        return to_original(
+            self.raw(inputs), self.padded_size, scale, image.shape[:2]
+        )
+
+
+def to_original(
+    outputs: dict[str, np.ndarray],
+    padded_size: Sequence[int],
+    scale: np.ndarray,
+    original_size: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """The raw outputs of a batch of one in the SavedModel's terms (see
+    ``TFLiteDetector.__call__``).
+
+    Args:
+        outputs: the model's outputs.
+        padded_size: (P, P), the input size.
+        scale: (y, x) resized / original size (``prepare_image``).
+        original_size: (height, width) of the original image.
+    """
+    count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
+    # [0, 1] of the input -> pixels of the input (the resized image in its
+    # top-left corner) -> pixels of the original -> [0, 1] of the original.
+    factor = np.asarray(padded_size, np.float32) / (
+        np.asarray(scale, np.float32) * np.asarray(original_size, np.float32)
+    )
+    boxes = outputs["detection_boxes"][0].astype(np.float32) * np.tile(
+        factor, 2
+    )
+    slots = np.arange(boxes.shape[0])
+    valid = slots < count
+    classes = outputs["detection_classes"][0].astype(np.int32) + CLASS_OFFSET
+    return {
+        "detection_boxes": np.where(
+            valid[:, None], np.clip(boxes, 0.0, 1.0), 0.0
+        ),
+        "detection_scores": np.where(
+            valid, outputs["detection_scores"][0], 0.0
+        ).astype(np.float32),
+        "detection_classes": np.where(valid, classes, PADDING_CLASS).astype(
+            np.int32
+        ),
+        "num_detections": np.int32(count),
+    }
+
+
+def calibration_images(
+    config: config_lib.ExperimentConfig, count: int
+) -> list[np.ndarray]:
+    """The first ``count`` images of the run's training split, prepared
+    as the TFLite model takes them (uint8 [1, P, P, 3] each).
+
+    Raises:
+        TFLiteExportError: ``count`` < 1, or the split has no decodable
+            image.
+    """
+    from nasfpn_tf.data import inputs
+
+    if count < 1:
+        raise TFLiteExportError(
+            f"--representative_images: expected >= 1, got {count}"
+        )
+    data = inputs.resolve_split(config, "train")
+    inputs.check_split("train", data)
+    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string)}
+    size, padded = config.model.image_size, input_size(config)
+    images = []
+    for record in pipeline.read_records(data.file_pattern).take(count):
+        encoded = tf.io.parse_single_example(record, features)
+        try:
+            image = tf.io.decode_image(
+                encoded["image/encoded"],
+                channels=IMAGE_CHANNELS,
+                expand_animations=False,
+            )
+        except tf.errors.InvalidArgumentError:
+            continue
+        images.append(prepare_image(image, size, padded)[0])
+    if not images:
+        raise TFLiteExportError(
+            f"data.train_path {data.file_pattern!r}: no decodable image to "
+            "calibrate the int8 model with"
+        )
+    if len(images) < count:
+        logging.warning(
+            "int8 calibration: %d images (the training split has no more)",
+            len(images),
+        )
+    return images
+
+
+def convert(
+    saved_model_dir: str,
+    quantization: str,
+    representative: Sequence[np.ndarray] = (),
+) -> bytes:
+    """A TFLite flatbuffer of the SavedModel's serving signature.
+
+    Args:
+        saved_model_dir: written from a ``TFLiteDetectionModule``.
+        quantization: one of QUANTIZATIONS.
+        representative: calibration inputs (int8).
+
+    Raises:
+        TFLiteExportError: an unknown quantization, or int8 without
+            calibration images.
+    """
+    check_quantizations([quantization])
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        if not representative:
+            raise TFLiteExportError("int8 needs representative images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x] for x in representative)
+        # Integer kernels only: an op without one fails the conversion
+        # instead of silently running in float.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
+    return converter.convert()
+
+
+def op_counts(interpreter: Any) -> dict[str, int]:
+    """``"OP dtype"`` -> count, the dtype being the op's first input's
+    (``int8`` for a quantized op, ``float32`` for a float one)."""
+    # The interpreter's op list has no public accessor;
+    # tests/test_export_tflite.py fails when it changes.
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    counts: collections.Counter = collections.Counter()
+    for op in interpreter._get_ops_details():
+        dtypes = [
+            np.dtype(tensors[i]["dtype"]).name
+            for i in op["inputs"]
+            if i in tensors
+        ]
+        counts[f"{op['op_name']} {dtypes[0] if dtypes else '-'}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def float_ops(counts: dict[str, int]) -> dict[str, int]:
+    """The ops of ``op_counts`` that compute in float (for an int8 model:
+    what did not quantize)."""
+    return {
+        name: n
+        for name, n in counts.items()
+        if name.endswith(("float32", "float16"))
+    }
+
+
+def _tensor_entry(detail: dict) -> dict:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    entry = {
+        "shape": [int(v) for v in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+    }
+    if scale:
+        entry["quantization"] = {"scale": scale, "zero_point": zero_point}
+    return entry
+
+
+def describe(path: str, interpreter: Any) -> dict:
+    """The signature (names, shapes, dtypes) and op counts of a model."""
+    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
+    inputs = runner.get_input_details()
+    # The post-process op sizes its outputs when it first runs.
+    zeros = {k: np.zeros(v["shape"], v["dtype"]) for k, v in inputs.items()}
+    outputs = runner(**zeros)
+    return {
+        "signature": SIGNATURE_KEY,
+        "inputs": {k: _tensor_entry(v) for k, v in inputs.items()},
+        "outputs": {
+            k: _tensor_entry(dict(v, shape=outputs[k].shape))
+            for k, v in runner.get_output_details().items()
+        },
+        "ops": op_counts(interpreter),
+        "bytes": tf.io.gfile.stat(path).length,
+    }
+
+
+def summary_text(name: str, description: dict) -> str:
+    """A few lines: the signature, then the ops by kind and dtype."""
+    lines = [f"{name}  signature {description['signature']!r}"]
+    for role in ("inputs", "outputs"):
+        for key, entry in description[role].items():
+            shape = "x".join(str(v) for v in entry["shape"])
+            lines.append(
+                f"  {role[:-1]:6} {key:18} {entry['dtype']:8} [{shape}]"
+            )
+    ops = ", ".join(f"{n} {op}" for op, n in description["ops"].items())
+    lines.append(f"  ops: {ops}")
+    float_count = sum(float_ops(description["ops"]).values())
+    lines.append(
+        f"  {description['bytes']} bytes; {float_count} of "
+        f"{sum(description['ops'].values())} ops compute in float"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def model_info(
+    config: config_lib.ExperimentConfig,
+    quantization: str,
+    description: dict,
+    calibrated: int,
+    source: str,
+) -> dict:
+    """The JSON written beside a model: what a client needs to run it."""
+    padded = input_size(config)
+    return {
+        "version": INFO_VERSION,
+        "quantization": quantization,
+        "representative_images": calibrated if quantization == "int8" else 0,
+        "source_checkpoint": source,
+        "input": {"name": INPUT_NAME, **description["inputs"][INPUT_NAME]},
+        "preprocessing": {
+            "color": "RGB",
+            "image_size": config.model.image_size,
+            "resize": "bilinear, keeping the aspect ratio: scale = "
+            "image_size / max(height, width)",
+            "padded_size": list(padded),
+            "placement": "top-left; the rest of the P x P canvas is pad_value",
+            "pad_value": list(PAD_VALUE),
+            "in_model": "(pixel / 255 - mean) / std",
+            "mean": list(preprocess_ops.MEAN_NORM),
+            "std": list(preprocess_ops.STDDEV_NORM),
+        },
+        "outputs": {
+            key: {**entry, "meaning": OUTPUT_MEANINGS.get(key, "")}
+            for key, entry in description["outputs"].items()
+        },
+        "postprocessing": {
+            "op": "TFLite_Detection_PostProcess",
+            **postprocess_config(config),
+        },
+        "class_names": list(config.data.class_names),
+        "ops": description["ops"],
+        "bytes": description["bytes"],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+    """One written model: its ``.tflite``, ``.json`` and ``.txt``."""
+
+    quantization: str
+    path: str
+    info: str
+    summary: str
+    seconds: float
+
+    def __str__(self) -> str:
+        with tf.io.gfile.GFile(self.summary) as f:
+            return f"{self.path} ({self.seconds:.0f} s)\n{f.read()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteExport:
+    """The models one export wrote, in the order asked."""
+
+    models: tuple[ExportedModel, ...]
+
+    def __str__(self) -> str:
+        return "\n" + "".join(str(model) for model in self.models)
+
+    def path(self, quantization: str) -> str:
+        """The ``.tflite`` file of ``quantization``."""
+        return next(
+            m.path for m in self.models if m.quantization == quantization
+        )
+
+
+def export(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    export_dir: str,
+    quantizations: Sequence[str] = ("float32",),
+    representative_images: int = DEFAULT_REPRESENTATIVE_IMAGES,
+) -> TFLiteExport:
+    """Exports the newest checkpoint of a run as TFLite models.
+
+    Args:
+        config: the run's resolved config.
+        model_dir: the run's directory (``checkpoints/``, ``spec.json``).
+        export_dir: where ``model_<quantization>.tflite`` and its
+            ``.json`` and ``.txt`` go.
+        quantizations: some of QUANTIZATIONS.
+        representative_images: int8 calibration images, the first of the
+            training split.
+
+    Returns:
+        One ``ExportedModel`` per quantization, in order.
+
+    Raises:
+        TFLiteExportError: a bad quantization or calibration count, or
+            ``model_dir`` holds no checkpoint.
+        ValueError: the checkpoint does not fit the config's model.
+    """
+    from nasfpn_tf import export as export_lib
+    from nasfpn_tf.train import trainer
+
+    quantizations = check_quantizations(quantizations)
+    calibration: list[np.ndarray] = []
+    if "int8" in quantizations:
+        calibration = calibration_images(config, representative_images)
+    try:
+        checkpoint = export_lib.latest_checkpoint(model_dir)
+    except FileNotFoundError as error:
+        raise TFLiteExportError(str(error)) from None
+    spec = export_lib.resolve_spec(config, model_dir)
+    temp_dir = tempfile.mkdtemp(prefix="nasfpn_tflite_")
+    try:
+        with trainer.precision_policy(export_lib.SERVING_POLICY):
+            model = detector.build_detector(config.model, spec=spec)
+            export_lib.restore(model, checkpoint)
+            module = TFLiteDetectionModule(config, model)
+            with compat.keras_option_scope(save_traces=False):
+                tf.saved_model.save(
+                    module,
+                    temp_dir,
+                    signatures={SIGNATURE_KEY: module.signature()},
+                )
+        return TFLiteExport(
+            tuple(
+                _convert_and_write(
+                    config, temp_dir, export_dir, q, calibration, checkpoint
+                )
+                for q in quantizations
+            )
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _convert_and_write(
+    config: config_lib.ExperimentConfig,
+    saved_model_dir: str,
+    export_dir: str,
+    quantization: str,
+    calibration: Sequence[np.ndarray],
+    checkpoint: str,
+) -> ExportedModel:
+    start = time.monotonic()
+    content = convert(saved_model_dir, quantization, calibration)
+    name = MODEL_NAME.format(quantization)
+    path = os.path.join(export_dir, name + MODEL_SUFFIX)
+    files.write_atomic(path, content)
+    interpreter = _interpreter_class()(model_content=content)
+    description = describe(path, interpreter)
+    info = model_info(
+        config, quantization, description, len(calibration), checkpoint
+    )
+    files.write_atomic(info_path(path), json.dumps(info, indent=1) + "\n")
+    summary = os.path.splitext(path)[0] + SUMMARY_SUFFIX
+    files.write_atomic(summary, summary_text(name, description))
+    seconds = time.monotonic() - start
+    logging.info("Wrote %s in %.1f s", path, seconds)
+    return ExportedModel(quantization, path, info_path(path), summary, seconds)
