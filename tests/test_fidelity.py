@@ -336,3 +336,25 @@ def test_crafted_proxies_end_weak_or_unusable(tmp_path, proxy, expected):
         },
     )
     assert result["verdict"].startswith(expected), result["verdict"]
+
+
+def test_specs_that_all_earn_one_ap_are_undecided_and_say_why(tmp_path):
+    class Flat(FormulaProxy):
+        def train(self, spec, work_dir, seed):
+            self.calls.append((work_dir, seed))
+            return proxy_lib.ProxyResult(0.0, "ok", {"AP": 0.0}, 0.5)
+
+    result = fidelity.run(
+        _config(),
+        str(tmp_path),
+        proxies={
+            fidelity.PROXY: Flat(0.5, []),
+            fidelity.REFERENCE: FormulaProxy(1.0, []),
+        },
+    )
+    assert result["complete_specs"] == 4 and result["spearman"] is None
+    text = result["verdict"]
+    assert text.startswith("undecided: 4 specs have both results"), text
+    assert "fewer than 3" not in text
+    assert "the proxy gave them all the same AP" in text
+    assert "search.proxy.train_steps" in text

@@ -365,6 +365,18 @@ def verdict(result: Mapping[str, Any]) -> str:
     the figures leave unknown, and what to run next."""
     rho, (low, high) = result["spearman"], result["spearman_interval"]
     snr = result["snr"]
+    if rho is None and result.get("complete_specs", 0) >= 3:
+        # Spearman is undefined when one side gives every spec one AP.
+        side, steps = (
+            (PROXY, "search.proxy.train_steps")
+            if result.get("between_spec_std") == 0
+            else (REFERENCE, "fidelity.reference.train_steps")
+        )
+        return (
+            f"undecided: {result['complete_specs']} specs have both results, "
+            f"but the {side} gave them all the same AP, so there is no "
+            f"ranking to compare; lengthen it ({steps})."
+        )
     if rho is None:
         return (
             "undecided: fewer than 3 specs have both proxy and reference "
