@@ -86,6 +86,8 @@ CLASS_OFFSET = 1
 # Background is column 0 of the head's class logits (Model Garden's
 # RetinaNet); the SavedModel's NMS drops it, so the TFLite model does too.
 BACKGROUND_COLUMNS = 1
+# Nodes a delegate (XNNPACK) adds once it has taken over ops.
+DELEGATE_OP = "DELEGATE"
 OUTPUT_MEANINGS = {
     "detection_boxes": "ymin, xmin, ymax, xmax in [0, 1] of the P x P "
     "input; / scale maps them to the original image",
@@ -238,7 +240,9 @@ def prepare_image(
     return pixels[None], info.numpy()[2]
 
 
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
+    """LiteRT's ``Interpreter`` (``ai_edge_litert``, which tf-models-official
+    installs), else TensorFlow's deprecated ``tf.lite.Interpreter``."""
     try:  # LiteRT, the interpreter TFLite moved to
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover (tf.lite's, deprecated)
@@ -281,7 +285,7 @@ class TFLiteDetector:
         with tf.io.gfile.GFile(path, "rb") as f:
             content = f.read()
         try:
-            self.interpreter = _interpreter_class()(
+            self.interpreter = interpreter_class()(
                 model_content=content, num_threads=num_threads
             )
             self._runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
@@ -431,13 +435,16 @@ def convert(
 
 
 def op_counts(interpreter: Any) -> dict[str, int]:
-    """``"OP dtype"`` -> count, the dtype being the op's first input's
-    (``int8`` for a quantized op, ``float32`` for a float one)."""
+    """``"OP dtype"`` -> count over the model's ops (not the nodes of a
+    delegate), the dtype being the op's first input's (``int8`` for a
+    quantized op, ``float32`` for a float one)."""
     # The interpreter's op list has no public accessor;
     # tests/test_export_tflite.py fails when it changes.
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     counts: collections.Counter = collections.Counter()
     for op in interpreter._get_ops_details():
+        if op["op_name"] == DELEGATE_OP:
+            continue
         dtypes = [
             np.dtype(tensors[i]["dtype"]).name
             for i in op["inputs"]
@@ -470,6 +477,8 @@ def _tensor_entry(detail: dict) -> dict:
 
 def describe(path: str, interpreter: Any) -> dict:
     """The signature (names, shapes, dtypes) and op counts of a model."""
+    # Before the first run: the ops of the file, not the delegate's.
+    ops = op_counts(interpreter)
     runner = interpreter.get_signature_runner(SIGNATURE_KEY)
     inputs = runner.get_input_details()
     # The post-process op sizes its outputs when it first runs.
@@ -482,7 +491,7 @@ def describe(path: str, interpreter: Any) -> dict:
             k: _tensor_entry(dict(v, shape=outputs[k].shape))
             for k, v in runner.get_output_details().items()
         },
-        "ops": op_counts(interpreter),
+        "ops": ops,
         "bytes": tf.io.gfile.stat(path).length,
     }
 
@@ -653,7 +662,7 @@ def _convert_and_write(
     name = MODEL_NAME.format(quantization)
     path = os.path.join(export_dir, name + MODEL_SUFFIX)
     files.write_atomic(path, content)
-    interpreter = _interpreter_class()(model_content=content)
+    interpreter = interpreter_class()(model_content=content)
     description = describe(path, interpreter)
     info = model_info(
         config, quantization, description, len(calibration), checkpoint
