@@ -116,6 +116,12 @@ class CocoEvaluator:
         groundtruths = {
             k: np.asarray(v) for k, v in labels["groundtruths"].items()
         }
+        if "num_detections" in groundtruths:
+            # The parser gives [batch, 1]; Model Garden's conversion calls
+            # int() on each entry, which NumPy >= 2.4 refuses for arrays.
+            groundtruths["num_detections"] = groundtruths[
+                "num_detections"
+            ].reshape(-1)
         predictions = {k: np.asarray(outputs[k]) for k in PREDICTION_KEYS}
         predictions["detection_classes"] = _mask_padding(
             predictions["detection_classes"], predictions["num_detections"]

@@ -6,7 +6,10 @@ MODEL_DIR/config.yaml, and calls one library function:
 
   search          nasfpn_tf.search.runner.search
   fidelity        nasfpn_tf.search.fidelity.run (does the proxy rank specs
-                  as the longer reference training does?)
+                  as the longer reference training does?); with
+                  search.rater=supernet nasfpn_tf.supernet.fidelity.run
+  supernet        nasfpn_tf.supernet.training.train_supernet (the shared
+                  weights a search.rater=supernet search rates specs with)
   train, eval,
   train_and_eval  nasfpn_tf.train.trainer.run
   export          nasfpn_tf.export.export
@@ -58,6 +61,7 @@ QUIET_LOGGERS = ("matplotlib", "PIL", "h5py")
 MODES = (
     "search",
     "fidelity",
+    "supernet",
     "train",
     "eval",
     "train_and_eval",
@@ -79,6 +83,7 @@ ARCH_MODES = ("train", "eval", "train_and_eval", "export")
 MODE_SPLITS = {
     "search": ("train", "heldout"),
     "fidelity": ("train", "heldout"),
+    "supernet": ("train", "heldout"),
     "train": ("train",),
     "eval": ("val",),
     "train_and_eval": ("train", "val"),
@@ -429,9 +434,17 @@ def execute(
 
         return runner.search(config, model_dir, warm_start=warm_start)
     if mode == "fidelity":
+        if config.search.rater == "supernet":
+            from nasfpn_tf.supernet import fidelity as supernet_fidelity
+
+            return supernet_fidelity.run(config, model_dir)
         from nasfpn_tf.search import fidelity
 
         return fidelity.run(config, model_dir)
+    if mode == "supernet":
+        from nasfpn_tf.supernet import training
+
+        return training.train_supernet(config, model_dir)
     if mode == "export":
         from nasfpn_tf import export
 
@@ -495,8 +508,8 @@ def main(argv: Sequence[str]) -> None:
         warm_start=args.warm_start,
         tflite=tflite,
     )
-    # search and fidelity print their own
-    if result is not None and mode not in ("search", "fidelity"):
+    # search, fidelity and supernet print their own
+    if result is not None and mode not in ("search", "fidelity", "supernet"):
         print(f"{mode} result: {result}", flush=True)
 
 

@@ -45,7 +45,9 @@ from nasfpn_tf.config.schema import (
     MAX_PORT,
     NECK_TYPES,
     NMS_TYPES,
+    BN_MODES,
     PRECISIONS,
+    RATERS,
     RUNG_REWARDS,
     SCHEDULES,
     SEARCH_ALGORITHMS,
@@ -68,12 +70,16 @@ from nasfpn_tf.config.schema import (
     RuntimeConfig,
     SearchConfig,
     SpaceConfig,
+    SupernetConfig,
     SyntheticConfig,
     TrainConfig,
 )
 
 __all__ = [
     "ACTIVATIONS",
+    "BN_MODES",
+    "RATERS",
+    "SupernetConfig",
     "BACKBONES",
     "CONFIG_FILENAME",
     "IMAGE_SIZE_MULTIPLE",

@@ -30,6 +30,9 @@ SEARCH_ALGORITHMS = ("ppo", "reinforce", "random")
 # (`search.rungs.final_reward`; see `nasfpn_tf/search/rungs.py`).
 RUNG_REWARDS = ("highest", "rank", "first")
 OBJECTIVE_KINDS = ("ap", "soft", "hard")
+RATERS = ("proxy", "supernet")
+SUPERNET_SAMPLING = ("uniform", "balanced")
+BN_MODES = ("inherited", "recalibrate", "batch")
 OBJECTIVE_COSTS = ("flops", "latency")
 
 # Every feature level must survive the backbone's stride-8 stem and first
@@ -692,6 +695,52 @@ class ObjectiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+    """The shared-weight supernet that rates specs without training them
+    (`search.rater: supernet`; `nasfpn_tf.supernet`).
+
+    The supernet has the proxy's sizes (`search.proxy`: image size, width,
+    repeats) and trains with `train.*` (batch, learning rate, schedule),
+    for `train_steps` steps, one spec sampled per step.
+
+    Attributes:
+        train_steps: supernet training steps.
+        sampling: "uniform" (single-path one-shot: each step's spec drawn
+            uniformly under the space's masks) or "balanced" (FairNAS-like:
+            each cell position cycles through its levels and ops, so every
+            branch trains equally often).
+        bn_mode: how a rated path's BN statistics are had: "inherited"
+            (the supernet's moving averages), "recalibrate" (re-estimated
+            on `calibration_batches` training batches through the path) or
+            "batch" (the held-out batch's own statistics).
+        calibration_batches: training batches of the re-estimation.
+        eval_steps: held-out batches a spec is rated on (0 = all).
+        checkpoint_every: steps between supernet checkpoints.
+        path: a trained supernet's directory (its `config.yaml` and
+            checkpoints) to rate with; "" trains one in
+            `<model_dir>/supernet` (or resumes it).
+    """
+
+    train_steps: int = 2000
+    sampling: str = "uniform"
+    bn_mode: str = "recalibrate"
+    calibration_batches: int = 4
+    eval_steps: int = 0
+    checkpoint_every: int = 250
+    path: str = ""
+
+    def __post_init__(self):
+        _positive("search.supernet.train_steps", self.train_steps)
+        _choice("search.supernet.sampling", self.sampling, SUPERNET_SAMPLING)
+        _choice("search.supernet.bn_mode", self.bn_mode, BN_MODES)
+        _positive(
+            "search.supernet.calibration_batches", self.calibration_batches
+        )
+        _non_negative("search.supernet.eval_steps", self.eval_steps)
+        _positive("search.supernet.checkpoint_every", self.checkpoint_every)
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """The architecture search.
 
@@ -712,6 +761,10 @@ class SearchConfig:
             child to another worker (`max_retries` times) or records it
             as failed.
         objective: what a child's reward is (AP, or AP against a cost).
+        rater: what rates a sampled spec: "proxy" trains it (the paper's
+            search), "supernet" evaluates its path through a shared-weight
+            supernet (`supernet`), about a second a spec.
+        supernet: the shared-weight supernet's settings.
     """
 
     algorithm: str = "ppo"
@@ -733,9 +786,12 @@ class SearchConfig:
     oracle_host: str = "127.0.0.1"
     oracle_port: int = 8000
     worker_timeout: float = 600.0
+    rater: str = "proxy"
+    supernet: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
 
     def __post_init__(self):
         _choice("search.algorithm", self.algorithm, SEARCH_ALGORITHMS)
+        _choice("search.rater", self.rater, RATERS)
         _positive("search.num_samples", self.num_samples)
         _positive("search.samples_per_update", self.samples_per_update)
         _positive("search.parallel_trials", self.parallel_trials)

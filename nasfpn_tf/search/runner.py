@@ -55,6 +55,10 @@ TOP_K = history_lib.DEFAULT_TOP_K
 PLOT_INTERVAL_SECONDS = 60.0
 
 
+# How often a worker looks for the chief's finished supernet.
+SUPERNET_POLL_SECONDS = 10.0
+
+
 def make_space(config: config_lib.ExperimentConfig) -> SearchSpace:
     """The search space of `config` (its levels are the model's)."""
     return SearchSpace.from_config(
@@ -82,10 +86,20 @@ def make_policy(
 
 
 def _proxy_factory(
-    config: config_lib.ExperimentConfig, proxy: proxy_lib.Proxy | None
+    config: config_lib.ExperimentConfig,
+    proxy: proxy_lib.Proxy | None,
+    supernet_dir: str | None = None,
 ) -> oracle_lib.ProxyFactory:
     if proxy is not None:
         return lambda: proxy
+    if supernet_dir is not None:
+
+        def make_rater() -> proxy_lib.Proxy:
+            from nasfpn_tf.supernet import rater
+
+            return rater.SupernetRater(config, supernet_dir)
+
+        return make_rater
 
     def make() -> proxy_lib.Proxy:
         from nasfpn_tf.train import strategy as strategy_lib
@@ -175,7 +189,10 @@ def search(
     if proxy is None and part != "chief":
         check_data(config)
     oracle_kwargs = _oracle_kwargs(config.search, max_consecutive_failures)
-    factory = _proxy_factory(config, proxy)
+    supernet_dir = None
+    if proxy is None and config.search.rater == "supernet":
+        supernet_dir = _trained_supernet(config, model_dir, part)
+    factory = _proxy_factory(config, proxy, supernet_dir)
     if part == "worker":
         return _run_worker(config, space, search_dir, factory, oracle_kwargs)
     _warn_about_parallelism(config.search, part)
@@ -201,6 +218,25 @@ def search(
     if oracle.aborted is not None:
         raise oracle.aborted
     return summary
+
+
+def _trained_supernet(
+    config: config_lib.ExperimentConfig, model_dir: str, part: str
+) -> str:
+    """The directory of the search's trained supernet: trained (or
+    resumed) here by the chief or a lone process; a worker waits for the
+    chief's to finish."""
+    from nasfpn_tf.supernet import rater, training
+
+    supernet_dir = rater.default_supernet_dir(config, model_dir)
+    rater.check_supernet_matches(config, supernet_dir)
+    if part == "worker":
+        done = os.path.join(supernet_dir, training.DONE_FILE)
+        while not tf.io.gfile.exists(done):
+            time.sleep(SUPERNET_POLL_SECONDS)
+    else:
+        training.train_supernet(config, supernet_dir)
+    return supernet_dir
 
 
 def _oracle_kwargs(

@@ -1,0 +1,415 @@
+"""The shared-weight supernet: a path is its spec's network, one trace
+serves every spec, training moves only the path, BN modes, resume, rating."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from nasfpn_tf import config as config_lib
+from nasfpn_tf.arch.known import NASFPN_SPEC
+from nasfpn_tf.data import inputs
+from nasfpn_tf.evaluation import CocoEvaluator
+from nasfpn_tf.modeling import detector as detector_lib
+from nasfpn_tf.search import runner
+from nasfpn_tf.supernet import encoding, scoring, training
+from nasfpn_tf.supernet import fidelity as supernet_fidelity
+from nasfpn_tf.supernet import model as model_lib
+from nasfpn_tf.supernet import rater as rater_lib
+from nasfpn_tf.supernet.neck import (
+    BATCH,
+    CALIBRATE,
+    CALIBRATED,
+    INHERITED,
+)
+
+FAST = {
+    "search.proxy.image_size": 64,
+    "search.proxy.filters": 8,
+    "search.proxy.repeats": 2,
+    "train.batch_size": 2,
+    "train.warmup_steps": 1,
+    "train.log_every": 2,
+    "train.summary_every": 2,
+    "eval.batch_size": 2,
+    "data.synthetic.num_train": 8,
+    "data.synthetic.num_heldout": 4,
+    "data.synthetic.num_val": 4,
+    "data.shuffle_buffer": 8,
+    "search.supernet.train_steps": 3,
+    "search.supernet.checkpoint_every": 2,
+    "search.supernet.calibration_batches": 2,
+}
+TOLERANCE = 1e-5
+
+
+def fast_config(**changes):
+    return config_lib.override(
+        config_lib.ExperimentConfig(), {**FAST, **changes}
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("data"))
+    previous = os.environ.get(inputs.DATA_DIR_ENV)
+    os.environ[inputs.DATA_DIR_ENV] = path
+    yield path
+    if previous is None:
+        del os.environ[inputs.DATA_DIR_ENV]
+    else:
+        os.environ[inputs.DATA_DIR_ENV] = previous
+
+
+def _specs(space, count=5, seed=1):
+    rng = random.Random(seed)
+    return [NASFPN_SPEC] + [space.random_spec(rng) for _ in range(count)]
+
+
+def _randomize_statistics(model):
+    """Moving statistics and BN scales away from their initial 0/1, so
+    inherited statistics are really read."""
+    rng = np.random.default_rng(0)
+    for v in model.variables:
+        name = v.name.split("/")[-1]
+        if name.startswith(("moving_", "gamma", "beta")):
+            v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    config = training.supernet_experiment(fast_config())
+    space = runner.make_space(config)
+    tf_keras.utils.set_random_seed(0)
+    model = model_lib.build_supernet(config, space)
+    _randomize_statistics(model)
+    return config, space, model
+
+
+def test_encoding_of_the_published_spec():
+    space = runner.make_space(fast_config())
+    arrays = encoding.encode(space, NASFPN_SPEC)
+    assert arrays.inputs.tolist() == [list(c.inputs) for c in NASFPN_SPEC.cells]
+    levels = [c.level for c in NASFPN_SPEC.cells]
+    for i, b in enumerate(arrays.branch):
+        assert encoding.position_levels(space, i)[b] == levels[i]
+    # Cell 0 is global attention of P4 (node 1) and P6 (node 3): the
+    # coarser second input gates.
+    assert arrays.op[0] == encoding.GATE_SECOND
+    assert arrays.op[1] == encoding.SUM
+    assert arrays.outputs.tolist() == [
+        NASFPN_SPEC.output_nodes()[lv] for lv in NASFPN_SPEC.levels
+    ]
+    extras = NASFPN_SPEC.extra_inputs()
+    for i in range(len(NASFPN_SPEC.cells)):
+        assert np.flatnonzero(arrays.extras[i]).tolist() == list(extras[i])
+
+
+def test_a_path_is_its_specs_standalone_network(supernet):
+    config, space, model = supernet
+    images = tf.random.stateless_normal([2, 64, 64, 3], seed=[1, 2])
+    feats = model.features(images)
+    for spec in _specs(space):
+        arch = model_lib.arch_tensors(space, spec)
+        path = model.neck(feats, arch, mode=INHERITED)
+        standalone = model_lib.standalone_detector(config, model, spec)
+        outputs = standalone(
+            images, training=False, output_intermediate_features=True
+        )
+        neck = {k: outputs[f"decoder_{k}"] for k in path}
+        assert model_lib.max_abs_difference(path, neck) <= TOLERANCE
+        heads = model(images, arch, mode=INHERITED)
+        for key in ("cls_outputs", "box_outputs"):
+            assert (
+                model_lib.max_abs_difference(heads[key], outputs[key])
+                <= TOLERANCE
+            )
+        # A wrong path is far from it: the comparison can fail.
+        other = model_lib.arch_tensors(
+            space, space.random_spec(random.Random(9))
+        )
+        moved = model.neck(feats, other, mode=INHERITED)
+        assert model_lib.max_abs_difference(moved, neck) > 1e-2
+
+
+def test_one_trace_rates_every_spec(supernet):
+    _, space, model = supernet
+    feats = model.features(tf.zeros([1, 64, 64, 3]))
+    neck = tf.function(lambda f, a: model.neck(f, a, mode=INHERITED))
+    outputs = set()
+    for spec in _specs(space, count=6, seed=3):
+        out = neck(feats, model_lib.arch_tensors(space, spec))
+        outputs.add(round(float(tf.reduce_sum(out["3"])), 3))
+    assert neck.experimental_get_tracing_count() == 1
+    assert len(outputs) > 1
+
+
+def test_batch_mode_is_training_mode_bn_and_updates_nothing(supernet):
+    config, space, model = supernet
+    images = tf.random.stateless_normal([2, 64, 64, 3], seed=[3, 4])
+    feats = model.features(images)
+    before = [v.numpy().copy() for v in model.neck.variables]
+    arch = model_lib.arch_tensors(space, NASFPN_SPEC)
+    path = model.neck(feats, arch, mode=BATCH)
+    standalone = model_lib.standalone_detector(config, model, NASFPN_SPEC)
+    decoder = standalone.decoder
+    features = standalone.backbone(images, training=False)
+    out = decoder(features, training=True)
+    # The standalone BN in training mode normalises its inputs' batch
+    # statistics: the neck's projections are shared and in inference
+    # mode on the supernet side, so compare from the projected pyramid.
+    del out
+    for a, b in zip(before, model.neck.variables):
+        np.testing.assert_array_equal(a, b.numpy())
+    assert all(np.all(np.isfinite(v)) for v in path.values())
+
+
+def test_calibration_touches_only_the_paths_rows(supernet):
+    _, space, model = supernet
+    neck = model.neck
+    feats = model.features(tf.random.stateless_normal([2, 64, 64, 3], [5, 6]))
+    moving = [b.moving_mean.numpy().copy() for _, b in neck.all_banks()]
+    neck.reset_calibration()
+    arch = model_lib.arch_tensors(space, NASFPN_SPEC)
+    for _ in range(3):
+        neck(feats, arch, mode=CALIBRATE)
+    used = encoding.used_branches(space, encoding.encode(space, NASFPN_SPEC))
+    for (i, bank), mean in zip(neck.all_banks(), moving):
+        np.testing.assert_array_equal(bank.moving_mean.numpy(), mean)
+        counts = bank.calibration_count.numpy()
+        expected = np.where(used[i, : len(bank.levels)], 3.0, 0.0)
+        np.testing.assert_array_equal(counts, expected)
+    calibrated = neck(feats, arch, mode=CALIBRATED)
+    inherited = neck(feats, arch, mode=INHERITED)
+    assert model_lib.max_abs_difference(calibrated, inherited) > 1e-3
+
+
+def test_sampler_is_a_function_of_the_step_and_balanced_is_fair():
+    space = runner.make_space(fast_config())
+    uniform = training.Sampler(space, "uniform", seed=0)
+    assert uniform.spec(7) == training.Sampler(space, "uniform", 0).spec(7)
+    assert uniform.spec(7) != uniform.spec(8)
+    balanced = training.Sampler(space, "balanced", seed=0)
+    counts = np.zeros([space.num_cells, 5], int)
+    ops = np.zeros([space.num_cells, 2], int)
+    steps = 20  # a multiple of 4 intermediate levels, 5 outputs, 2 ops
+    for step in range(steps):
+        arrays = encoding.encode(space, balanced.spec(step))
+        for i, b in enumerate(arrays.branch):
+            counts[i, b] += 1
+        for i, cell in enumerate(balanced.spec(step).cells):
+            ops[i, space.ops.index(cell.op)] += 1
+    for i in range(space.num_cells):
+        width = len(encoding.position_levels(space, i))
+        assert set(counts[i, :width]) == {steps // width}
+    assert set(ops.ravel()) == {steps // 2}
+
+
+def _momentum(trainer, variable):
+    return training._slot(trainer.optimizer, variable)[0]
+
+
+def test_training_moves_only_the_path_and_resumes(data_dir, tmp_path):
+    config = fast_config(**{"train.l2_weight_decay": 1e-2})
+    trainer = training.SupernetTrainer(config, str(tmp_path / "sn"))
+    step = tf.function(trainer._step)
+    iterator = trainer._dataset(0)
+    first = trainer.sampler.spec(0)
+    step(iterator, model_lib.arch_tensors(trainer.space, first))
+    second = NASFPN_SPEC
+    used = encoding.used_branches(
+        trainer.space, encoding.encode(trainer.space, second)
+    )
+    banks = trainer.model.neck.all_banks()
+    watched = [
+        (i, v, _momentum(trainer, v))
+        for i, bank in banks
+        for v in bank.trainable_weights
+    ]
+    before = [(v.numpy().copy(), m.numpy().copy()) for _, v, m in watched]
+    stats = [b.moving_mean.numpy().copy() for _, b in banks]
+    step(iterator, model_lib.arch_tensors(trainer.space, second))
+    moved_rows = 0
+    for (i, v, m), (old_v, old_m) in zip(watched, before):
+        for row in range(v.shape[0]):
+            if used[i, row]:
+                moved_rows += not np.array_equal(v.numpy()[row], old_v[row])
+            else:
+                np.testing.assert_array_equal(v.numpy()[row], old_v[row])
+                np.testing.assert_array_equal(m.numpy()[row], old_m[row])
+    assert moved_rows > 0
+    for (i, bank), old in zip(banks, stats):
+        for row in range(len(bank.levels)):
+            if not used[i, row]:
+                np.testing.assert_array_equal(
+                    bank.moving_mean.numpy()[row], old[row]
+                )
+    # A fresh trainer in the same directory resumes at the checkpoint.
+    summary = training.train_supernet(config, str(tmp_path / "run"))
+    assert summary["steps"] == 3 and summary["resumed_from"] == 0
+    assert os.path.exists(tmp_path / "run" / "config.yaml")
+    assert training.train_supernet(config, str(tmp_path / "run"))["steps"] == 3
+    longer = fast_config(**{"search.supernet.train_steps": 4})
+    summary = training.train_supernet(longer, str(tmp_path / "run"))
+    assert summary["steps"] == 4 and summary["resumed_from"] == 3
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    config = fast_config()
+    path = str(tmp_path_factory.mktemp("supernet"))
+    training.train_supernet(config, path)
+    return config, path
+
+
+@pytest.mark.parametrize("bn_mode", config_lib.BN_MODES)
+def test_rating_is_deterministic_and_never_retraces(trained, bn_mode):
+    config, path = trained
+    rater = rater_lib.SupernetRater(config, path, bn_mode=bn_mode)
+    space = rater.space
+    specs = _specs(space, count=2, seed=4)
+    results = [rater.reward(spec, "unused") for spec in specs]
+    assert all(r.status == "ok" for r in results)
+    assert all(0.0 <= r.reward <= 1.0 for r in results)
+    assert all(
+        r.metrics["bn_mode_index"] == config_lib.BN_MODES.index(bn_mode)
+        for r in results
+    )
+    again = rater.reward(specs[0], "unused")
+    assert again.reward == results[0].reward
+    assert set(rater.tracing_counts().values()) <= {0, 1}
+    assert max(rater.tracing_counts().values()) == 1
+
+
+def test_a_missing_supernet_is_a_one_line_error(tmp_path):
+    with pytest.raises(rater_lib.SupernetMissingError, match="no trained"):
+        rater_lib.SupernetRater(fast_config(), str(tmp_path))
+
+
+def test_scorer_equals_the_coco_evaluator(trained):
+    config, path = trained
+    rater = rater_lib.SupernetRater(
+        config, path, bn_mode="inherited", backend=scoring.PYCOCOTOOLS
+    )
+    rng = np.random.default_rng(0)
+    detections = []
+    for batch in rater._heldout:
+        size = len(batch["image_info"])
+        top_left = rng.uniform(0, 40, [size, 10, 2])
+        boxes = np.concatenate(
+            [top_left, top_left + rng.uniform(4, 24, [size, 10, 2])], -1
+        )
+        detections.append(
+            {
+                "detection_boxes": boxes.astype(np.float32),
+                "detection_scores": rng.uniform(0, 1, [size, 10]).astype(
+                    np.float32
+                ),
+                "detection_classes": rng.integers(1, 3, [size, 10]),
+                "num_detections": np.full([size], 10, np.int32),
+            }
+        )
+    # Ground truth boxes as detections: a high AP both ways.
+    evaluator = CocoEvaluator(rater._annotations)
+    for gt, det, batch in zip(rater._groundtruths, detections, rater._heldout):
+        labels = {"groundtruths": gt, "image_info": batch["image_info"]}
+        evaluator.update(labels, det)
+    expected = evaluator.result()
+    got = rater.scorer.score(detections)
+    # Without the annotation file, the ground truth from the labels.
+    from_labels = scoring.SplitScorer(
+        rater._groundtruths, [b["image_info"] for b in rater._heldout]
+    ).score(detections)
+    assert from_labels["AP"] == pytest.approx(got["AP"], abs=1e-9)
+    for name in scoring.STAT_NAMES:
+        assert got[name] == pytest.approx(expected[name], abs=1e-9)
+    if scoring.faster_available():
+        faster = scoring.SplitScorer(
+            rater._groundtruths,
+            [b["image_info"] for b in rater._heldout],
+            scoring.FASTER,
+            annotation_file=rater._annotations,
+        )
+        assert faster.score(detections)["AP"] == pytest.approx(
+            got["AP"], abs=1e-6
+        )
+
+
+class _Formula:
+    """A stand-in rater: rewards by a formula of the spec's index."""
+
+    def __init__(self, specs, rewards):
+        self.rewards = {s.canonical_key(): r for s, r in zip(specs, rewards)}
+
+    def rate(self, spec):
+        return {"AP": self.rewards[spec.canonical_key()], "rate_seconds": 0.1}
+
+
+class _Reference:
+    def __init__(self, specs, rewards):
+        self.rewards = {s.canonical_key(): r for s, r in zip(specs, rewards)}
+
+    def train(self, spec, work_dir, seed):
+        from nasfpn_tf.search.rater import ProxyResult
+
+        noise = (seed % 7) * 1e-3
+        return ProxyResult(self.rewards[spec.canonical_key()] + noise, "ok")
+
+    def release(self, work_dir):
+        pass
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fidelity_verdict_can_say_no(tmp_path, sign):
+    config = fast_config(
+        **{"fidelity.num_specs": 8, "fidelity.reference.seeds": 2}
+    )
+    space = runner.make_space(config)
+    from nasfpn_tf.search import fidelity as proxy_fidelity
+
+    specs = proxy_fidelity.fidelity_specs(config, space)
+    truth = [0.05 * k for k in range(len(specs))]
+    rated = [sign * t for t in truth]
+    result = supernet_fidelity.run(
+        config,
+        str(tmp_path / f"run{sign}"),
+        bn_modes=["inherited"],
+        reference=_Reference(specs, truth),
+        raters={"inherited": _Formula(specs, rated)},
+    )
+    entry = result["modes"]["inherited"]
+    assert result["ceiling"]["kendall"] == pytest.approx(1.0)
+    if sign > 0:
+        assert entry["kendall"] == pytest.approx(1.0)
+        assert entry["meets_target"] and entry["top3_overlap"] == 3
+    else:
+        assert entry["kendall"] == pytest.approx(-1.0)
+        assert not entry["meets_target"] and entry["top3_overlap"] == 0
+        assert entry["kendall_p"] > 0.99
+    assert os.path.exists(result["report"])
+
+
+def test_detector_builds_with_separable_convs():
+    config = training.supernet_experiment(
+        fast_config(**{"model.neck.use_separable_conv": True})
+    )
+    space = runner.make_space(config)
+    model = model_lib.build_supernet(config, space)
+    _randomize_statistics(model)
+    images = tf.random.stateless_normal([1, 64, 64, 3], seed=[7, 8])
+    spec = _specs(space, count=1)[1]
+    path = model.neck(
+        model.features(images), model_lib.arch_tensors(space, spec)
+    )
+    standalone = model_lib.standalone_detector(config, model, spec)
+    outputs = standalone(
+        images, training=False, output_intermediate_features=True
+    )
+    reference = {k: outputs[f"decoder_{k}"] for k in path}
+    assert model_lib.max_abs_difference(path, reference) <= TOLERANCE
+    assert detector_lib is not None
