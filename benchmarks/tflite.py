@@ -146,9 +146,9 @@ def latency_child(
         def call():
             return serve(inputs=inputs)
     else:
-        from nasfpn_tf import export_tflite
+        from nasfpn_tf import tflite_detector
 
-        interpreter = export_tflite.interpreter_class()(
+        interpreter = tflite_detector.interpreter_class()(
             model_path=path, num_threads=threads
         )
         runner = interpreter.get_signature_runner()
@@ -308,7 +308,7 @@ def run_models(args, out_dir: str) -> list[dict]:
     import tensorflow as tf
 
     from nasfpn_tf import export as export_lib
-    from nasfpn_tf import export_tflite
+    from nasfpn_tf import export_tflite, tflite_detector
     from nasfpn_tf.train import strategy as strategy_lib
     from nasfpn_tf.train import trainer
 
@@ -349,12 +349,12 @@ def run_models(args, out_dir: str) -> list[dict]:
     detectors = {"saved_model": saved_detect}
     paths = {"saved_model": saved}
     for model in exported.models:
-        detectors[model.quantization] = export_tflite.TFLiteDetector(
+        detectors[model.quantization] = tflite_detector.TFLiteDetector(
             model.path, num_threads=args.threads
         )
         paths[model.quantization] = model.path
     image = examples[0][0]
-    prepared, _ = export_tflite.prepare_image(
+    prepared, _ = tflite_detector.prepare_image(
         image, config.model.image_size, export_tflite.input_size(config)
     )
     threads = [int(t) for t in args.latency_threads.split(",")]
@@ -373,7 +373,7 @@ def run_models(args, out_dir: str) -> list[dict]:
             row["bytes"] = folder_bytes(paths[name])
         else:
             info = json.loads(
-                pathlib.Path(export_tflite.info_path(paths[name])).read_text()
+                pathlib.Path(tflite_detector.info_path(paths[name])).read_text()
             )
             row["bytes"] = info["bytes"]
             row["float_ops"] = (
@@ -443,7 +443,7 @@ def run_ranking(args) -> dict:
     from official.vision.ops import preprocess_ops
 
     from nasfpn_tf import config as config_lib
-    from nasfpn_tf import export_tflite
+    from nasfpn_tf import export_tflite, tflite_detector
     from nasfpn_tf.arch import known
     from nasfpn_tf.arch.space import SearchSpace
     from nasfpn_tf.modeling import detector, latency
@@ -497,7 +497,7 @@ def run_ranking(args) -> dict:
             content = int8_network(model, padded, calibration)
             path = os.path.join(tmp, f"{name}.tflite")
             pathlib.Path(path).write_bytes(content)
-            interpreter = export_tflite.interpreter_class()(
+            interpreter = tflite_detector.interpreter_class()(
                 model_path=path, num_threads=1
             )
             interpreter.allocate_tensors()

@@ -19,7 +19,7 @@ export's ``DetectionExportModule`` (the evaluation parser's resize and
 padding, the detector, NMS) exactly as ``--mode=export`` saves it, so the
 two give the same boxes; a ``.tflite`` file runs in the TFLite
 interpreter with the preprocessing its ``.json`` describes
-(``nasfpn_tf.export_tflite.TFLiteDetector``), its boxes close to the
+(``nasfpn_tf.tflite_detector.TFLiteDetector``), its boxes close to the
 SavedModel's (float32) or within its quantization's error. Class names
 come from ``data.class_names`` of the
 run's config (the SavedModel carries it in ``assets.extra/config.yaml``);
@@ -197,11 +197,11 @@ def from_tflite(path: str) -> tuple[DetectFn, tuple[str, ...]]:
     Raises:
       PredictError: no such file, or not one ``--format=tflite`` wrote.
     """
-    from nasfpn_tf import export_tflite
+    from nasfpn_tf import tflite_detector
 
     try:
-        detect = export_tflite.TFLiteDetector(path)
-    except export_tflite.TFLiteExportError as error:
+        detect = tflite_detector.TFLiteDetector(path)
+    except tflite_detector.TFLiteExportError as error:
         raise PredictError(f"--saved_model={error}") from None
     return detect, detect.class_names
 

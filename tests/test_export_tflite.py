@@ -1,4 +1,5 @@
-"""Tests of nasfpn_tf.export_tflite: TFLite models of a trained Lite run.
+"""Tests of nasfpn_tf.export_tflite and nasfpn_tf.tflite_detector: TFLite
+models of a trained Lite run, written and run.
 
 A seeded tiny Lite detector (MobileNetV2 at width 0.25, separable convs,
 ReLU6, 128 px) with a spread head is checkpointed and exported once per
@@ -28,7 +29,7 @@ from test_export import sample_image, save_checkpoint
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf import export as export_lib
-from nasfpn_tf import export_tflite, predict
+from nasfpn_tf import export_tflite, predict, tflite_detector
 from nasfpn_tf import main as main_lib
 from nasfpn_tf.data import inputs
 from nasfpn_tf.modeling import detector
@@ -173,7 +174,7 @@ def exported(tmp_path_factory, data_dir) -> Exported:
 def run_fresh(image: np.ndarray, paths, tmp_path) -> dict:
     """Each model's detections on `image` (SavedModel terms), the model
     run in a new process that imports LiteRT only."""
-    inputs, scale = export_tflite.prepare_image(
+    inputs, scale = tflite_detector.prepare_image(
         image, IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE)
     )
     inputs_path = tmp_path / "inputs.npy"
@@ -190,7 +191,7 @@ def run_fresh(image: np.ndarray, paths, tmp_path) -> dict:
     assert process.returncode == 0, process.stderr[-3000:]
     raw = json.loads(process.stdout.strip().splitlines()[-1])
     return {
-        path: export_tflite.to_original(
+        path: tflite_detector.to_original(
             {k: np.asarray(v) for k, v in outputs.items()},
             (IMAGE_SIZE, IMAGE_SIZE),
             scale,
@@ -276,7 +277,7 @@ def test_representative_images_flag(exported):
 def test_int8_model_computes_in_integers(exported):
     """Also fails loudly if the interpreter's private op list changes."""
     path = exported.result.path("int8")
-    interpreter = export_tflite.TFLiteDetector(path).interpreter
+    interpreter = tflite_detector.TFLiteDetector(path).interpreter
     counts = export_tflite.op_counts(interpreter)
     assert counts["CONV_2D int8"] > 0
     assert counts["DEPTHWISE_CONV_2D int8"] > 0
@@ -356,8 +357,8 @@ def test_not_a_tflite_model_is_a_user_error(tmp_path):
     path = tmp_path / "model_float32.tflite"
     path.write_bytes(b"not a flatbuffer")
     (tmp_path / "model_float32.json").write_text("{}")
-    with pytest.raises(export_tflite.TFLiteExportError) as info:
-        export_tflite.TFLiteDetector(str(path))
+    with pytest.raises(tflite_detector.TFLiteExportError) as info:
+        tflite_detector.TFLiteDetector(str(path))
     assert "\n" not in str(info.value)
 
 
@@ -421,7 +422,7 @@ def test_to_original_maps_boxes_and_classes():
         "num_detections": np.asarray([1.0]),
     }
     # A 50 x 100 image resized by 1.28 into a 128 x 128 input.
-    out = export_tflite.to_original(raw, (128, 128), (1.28, 1.28), (50, 100))
+    out = tflite_detector.to_original(raw, (128, 128), (1.28, 1.28), (50, 100))
     np.testing.assert_allclose(
         out["detection_boxes"], [[0.5, 0.0, 1.0, 0.5], [0, 0, 0, 0]]
     )
