@@ -11,6 +11,10 @@ tf_keras (2.20):
   `keras_option_scope` (export.py): `tf_keras.src.saving.legacy.saved_model
   .utils.keras_option_scope`, to save a SavedModel without Keras' per-layer
   call traces.
+  `momentum_slot` (supernet/training.py): the SGD optimizer's
+  `_index_dict` and `_var_key`, the only way to find the momentum of one
+  variable, which the supernet puts back for the weights a path did not
+  use.
 
 Model Garden (tf-models-official 2.20):
   `retinanet_config` (modeling/detector.py): `RetinaNetModel._config_dict`,
@@ -72,6 +76,16 @@ def keras_option_scope(save_traces: bool) -> Iterator[None]:
 
     with utils.keras_option_scope(save_traces=save_traces):
         yield
+
+
+def momentum_slot(optimizer: Any, variable: Any) -> Any | None:
+    """The momentum variable tf_keras' SGD keeps for ``variable`` (through
+    a LossScaleOptimizer too); None without momentum."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    momentums = getattr(inner, "momentums", None)
+    if not momentums:
+        return None
+    return momentums[inner._index_dict[inner._var_key(variable)]]
 
 
 def retinanet_config(model: Any) -> dict[str, Any]:

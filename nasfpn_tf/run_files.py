@@ -24,6 +24,15 @@ Every mode writes ``config.yaml``; the rest depends on the mode::
       warm_start.json        search: what --warm_start used
       fidelity.jsonl, fidelity.json, fidelity.png, fidelity_specs.json,
       children/              fidelity: log, report, plot, specs, trainings
+      supernet_fidelity.json,
+      supernet_fidelity.txt  fidelity (search.rater=supernet): report
+      supernet/              search/fidelity with search.rater=supernet:
+                             the trained supernet (config.yaml,
+                             checkpoints/, metrics.jsonl, supernet.json)
+      supernet.json          supernet: written when its training is done
+      supernet_baselines.json
+                             search (supernet): the best spec's reward
+                             beside the published and random specs'
 
 Modules import the names they write from here.
 """
@@ -67,3 +76,10 @@ FIDELITY_REPORT_FILE = "fidelity.json"
 FIDELITY_PLOT_FILE = "fidelity.png"
 FIDELITY_SPECS_FILE = "fidelity_specs.json"
 FIDELITY_CHILDREN_DIR = "children"
+
+# The shared-weight supernet (search.rater=supernet).
+SUPERNET_SUBDIR = "supernet"
+SUPERNET_DONE_FILE = "supernet.json"
+SUPERNET_BASELINES_FILE = "supernet_baselines.json"
+SUPERNET_FIDELITY_REPORT_FILE = "supernet_fidelity.json"
+SUPERNET_FIDELITY_TABLE_FILE = "supernet_fidelity.txt"

@@ -217,3 +217,17 @@ def test_custom_gradients_traced_in_a_graph_can_be_dropped():
         assert compat.custom_gradient_names() == before
         # The traced function has its gradient already: it still runs.
         assert float(gradient(tf.constant(3.0))) == 2.0
+
+
+def test_momentum_slot_finds_the_momentum_of_each_variable():
+    import tf_keras
+
+    variables = [tf.Variable(tf.ones([2])), tf.Variable(tf.ones([3]))]
+    optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    for variable in variables:
+        slot = compat.momentum_slot(optimizer, variable)
+        assert slot.shape == variable.shape
+    plain = tf_keras.optimizers.SGD(0.1)
+    plain.build(variables)
+    assert compat.momentum_slot(plain, variables[0]) is None

@@ -26,6 +26,7 @@ the one the uninterrupted search would have.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from absl import logging
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
+from nasfpn_tf.run_files import SUPERNET_BASELINES_FILE
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
@@ -57,6 +59,8 @@ PLOT_INTERVAL_SECONDS = 60.0
 
 # How often a worker looks for the chief's finished supernet.
 SUPERNET_POLL_SECONDS = 10.0
+# Random specs a supernet search's best is compared with at its end.
+SUPERNET_BASELINE_SPECS = 20
 
 
 def make_space(config: config_lib.ExperimentConfig) -> SearchSpace:
@@ -93,11 +97,15 @@ def _proxy_factory(
     if proxy is not None:
         return lambda: proxy
     if supernet_dir is not None:
+        made: list[proxy_lib.Proxy] = []
 
         def make_rater() -> proxy_lib.Proxy:
-            from nasfpn_tf.supernet import rater
+            # One rater a process: its cached inputs and traces are reused.
+            if not made:
+                from nasfpn_tf.supernet import rater
 
-            return rater.SupernetRater(config, supernet_dir)
+                made.append(rater.SupernetRater(config, supernet_dir))
+            return made[0]
 
         return make_rater
 
@@ -217,7 +225,41 @@ def search(
         summary = reporter.finish(role=part, seconds=time.monotonic() - start)
     if oracle.aborted is not None:
         raise oracle.aborted
+    if supernet_dir is not None and summary["best_reward"] is not None:
+        summary["supernet_baselines"] = _supernet_baselines(
+            config, space, factory(), summary, model_dir
+        )
     return summary
+
+
+def _supernet_baselines(config, space, rater, summary, model_dir):
+    """The best spec's supernet reward beside the published spec's and
+    the median of random specs' on the same supernet (written to
+    `supernet_baselines.json` and printed)."""
+    import random
+    import statistics
+
+    from nasfpn_tf import files
+    from nasfpn_tf.arch import known
+
+    rng = random.Random(config.runtime.seed)
+    randoms = [space.random_spec(rng) for _ in range(SUPERNET_BASELINE_SPECS)]
+    rewards = [rater.reward(s, "").reward for s in randoms]
+    out = {
+        "best": summary["best_reward"],
+        "published": rater.reward(known.NASFPN_SPEC, "").reward,
+        "random_median": statistics.median(rewards),
+        "random_specs": len(rewards),
+    }
+    path = os.path.join(model_dir, SUPERNET_BASELINES_FILE)
+    files.write_atomic(path, json.dumps(out, indent=1) + "\n")
+    print(
+        f"On the supernet: best found {out['best']:.4f}, published spec "
+        f"{out['published']:.4f}, median of {len(rewards)} random specs "
+        f"{out['random_median']:.4f} (held-out AP; {path})",
+        flush=True,
+    )
+    return out
 
 
 def _trained_supernet(
@@ -562,7 +604,8 @@ class Reporter:
                 lines += ["Model Garden form of the best spec:", text]
             lines.append(
                 "Train it: python -m nasfpn_tf.main --mode=train_and_eval "
-                f"--arch={summary['best_spec']} --config_file=... "
-                "--model_dir=..."
+                f"--config_file={os.path.join(root, 'config.yaml')} "
+                f"--arch={summary['best_spec']} "
+                f"--model_dir={os.path.join(root, 'best')}"
             )
         return "\n".join(lines)

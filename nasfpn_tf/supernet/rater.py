@@ -32,6 +32,7 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.data import inputs
 from nasfpn_tf.errors import UserError, describe_error
+from nasfpn_tf.run_files import SUPERNET_SUBDIR
 from nasfpn_tf.search import objective as objective_lib
 from nasfpn_tf.search.history import FAILED, OK
 from nasfpn_tf.search.rater import ProxyResult
@@ -274,7 +275,9 @@ class SupernetRater:
 
 def default_supernet_dir(config: config_lib.ExperimentConfig, model_dir: str):
     """`search.supernet.path`, or `<model_dir>/supernet`."""
-    return config.search.supernet.path or os.path.join(model_dir, "supernet")
+    return config.search.supernet.path or os.path.join(
+        model_dir, SUPERNET_SUBDIR
+    )
 
 
 def check_supernet_matches(

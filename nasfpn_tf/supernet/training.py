@@ -34,12 +34,13 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
+from nasfpn_tf import compat, files
 from nasfpn_tf import config as config_lib
-from nasfpn_tf import files
 from nasfpn_tf.arch.space import STEPS_PER_CELL, SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.data import inputs
 from nasfpn_tf.modeling import losses
+from nasfpn_tf.run_files import SUPERNET_DONE_FILE as DONE_FILE
 from nasfpn_tf.supernet import encoding
 from nasfpn_tf.supernet import model as model_lib
 from nasfpn_tf.supernet.neck import TRAIN
@@ -48,7 +49,6 @@ from nasfpn_tf.train import strategy as strategy_lib
 from nasfpn_tf.train.loops import NonFiniteLossError
 from nasfpn_tf.train.trainer import precision_policy
 
-DONE_FILE = "supernet.json"
 CHECKPOINTS_KEPT = 2
 LOSS_NAMES = ("total_loss", "cls_loss", "box_loss", "model_loss")
 UNIFORM = "uniform"
@@ -142,11 +142,8 @@ class Sampler:
 
 def _slot(optimizer, variable) -> list[tf.Variable]:
     """The optimizer's slot variables of ``variable`` (SGD's momentum)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    momentums = getattr(inner, "momentums", None)
-    if not momentums:
-        return []
-    return [momentums[inner._index_dict[inner._var_key(variable)]]]
+    slot = compat.momentum_slot(optimizer, variable)
+    return [] if slot is None else [slot]
 
 
 class SupernetTrainer:
