@@ -111,7 +111,8 @@ def test_help_runs_and_lists_every_flag():
     ):
         assert flag in text
     assert (
-        "{search,fidelity,train,eval,train_and_eval,export,predict}" in text
+        "{search,fidelity,supernet,train,eval,train_and_eval,export,predict}"
+        in text
     )
     assert "runner.search" in text  # the module docstring is the usage
 
