@@ -191,30 +191,10 @@ def run(
         len(todo),
     )
     for number, job in enumerate(todo, start=1):
-        spec = specs[job.spec_index]
-        seed = proxy_lib.child_seeds(
-            config.runtime.seed, spec.canonical_key(), job.seed_index + 1
-        )[job.seed_index]
-        work_dir = job.work_dir(model_dir)
         start = time.monotonic()
-        result = proxies[job.setting].train(spec, work_dir, seed)
-        log.append(
-            {
-                "job": job.key,
-                "setting": job.setting,
-                "spec_index": job.spec_index,
-                "seed_index": job.seed_index,
-                "seed": seed,
-                "hash": spec.canonical_key(),
-                "reward": result.reward,
-                "status": result.status,
-                "error": result.error,
-                "seconds": round(result.seconds, 3),
-                "metrics": dict(result.metrics),
-                "time": time.time(),
-            }
+        result = train_job(
+            config, model_dir, log, job, specs, proxies[job.setting]
         )
-        proxies[job.setting].release(work_dir)
         print(
             f"fidelity {len(done) + number}/{len(done) + len(todo)}: spec "
             f"{job.spec_index} {job.setting} seed {job.seed_index} -> AP "
@@ -224,6 +204,45 @@ def run(
         )
     result = report(log.rows, specs, config)
     return write_report(result, model_dir)
+
+
+def train_job(
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    log: files.JsonlLog,
+    job: Job,
+    specs: Sequence[NeckSpec],
+    proxy: Any,
+) -> Any:
+    """Trains one job with `proxy` (`train(spec, work_dir, seed)`, from
+    the seed the search would give it), appends its row to `log`, frees
+    its files; returns the result."""
+    from nasfpn_tf.search import proxy as proxy_lib
+
+    spec = specs[job.spec_index]
+    seed = proxy_lib.child_seeds(
+        config.runtime.seed, spec.canonical_key(), job.seed_index + 1
+    )[job.seed_index]
+    work_dir = job.work_dir(model_dir)
+    result = proxy.train(spec, work_dir, seed)
+    log.append(
+        {
+            "job": job.key,
+            "setting": job.setting,
+            "spec_index": job.spec_index,
+            "seed_index": job.seed_index,
+            "seed": seed,
+            "hash": spec.canonical_key(),
+            "reward": result.reward,
+            "status": result.status,
+            "error": result.error,
+            "seconds": round(result.seconds, 3),
+            "metrics": dict(result.metrics),
+            "time": time.time(),
+        }
+    )
+    proxy.release(work_dir)
+    return result
 
 
 def _check_specs(model_dir: str, specs: Sequence[NeckSpec]) -> None:

@@ -108,29 +108,9 @@ def run(
             strategy=strategy_lib.make_strategy(config.runtime),
         )
     for number, job in enumerate(todo, start=1):
-        spec = specs[job.spec_index]
-        seed = proxy_lib.child_seeds(
-            config.runtime.seed, spec.canonical_key(), job.seed_index + 1
-        )[job.seed_index]
-        work_dir = job.work_dir(model_dir)
-        result = reference.train(spec, work_dir, seed)
-        log.append(
-            {
-                "job": job.key,
-                "setting": job.setting,
-                "spec_index": job.spec_index,
-                "seed_index": job.seed_index,
-                "seed": seed,
-                "hash": spec.canonical_key(),
-                "reward": result.reward,
-                "status": result.status,
-                "error": result.error,
-                "seconds": round(result.seconds, 3),
-                "metrics": dict(result.metrics),
-                "time": time.time(),
-            }
+        result = proxy_fidelity.train_job(
+            config, model_dir, log, job, specs, reference
         )
-        reference.release(work_dir)
         print(
             f"fidelity reference {number}/{len(todo)}: spec "
             f"{job.spec_index} seed {job.seed_index} -> AP "
