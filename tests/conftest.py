@@ -12,6 +12,22 @@ import pytest
 SLOW_TEST_TIMEOUT_S = 1200
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One generated-data cache for every test of the session that asks
+    for it (`$NASFPN_TF_DATA_DIR` while the session runs)."""
+    from nasfpn_tf.data import inputs
+
+    path = str(tmp_path_factory.mktemp("data"))
+    previous = os.environ.get(inputs.DATA_DIR_ENV)
+    os.environ[inputs.DATA_DIR_ENV] = path
+    yield path
+    if previous is None:
+        del os.environ[inputs.DATA_DIR_ENV]
+    else:
+        os.environ[inputs.DATA_DIR_ENV] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import tf_keras

@@ -13,7 +13,6 @@ import tf_keras
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.known import NASFPN_SPEC
-from nasfpn_tf.data import inputs
 from nasfpn_tf.evaluation import CocoEvaluator
 from nasfpn_tf.modeling import detector as detector_lib
 from nasfpn_tf.search import runner
@@ -52,18 +51,6 @@ def fast_config(**changes):
     return config_lib.override(
         config_lib.ExperimentConfig(), {**FAST, **changes}
     )
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data"))
-    previous = os.environ.get(inputs.DATA_DIR_ENV)
-    os.environ[inputs.DATA_DIR_ENV] = path
-    yield path
-    if previous is None:
-        del os.environ[inputs.DATA_DIR_ENV]
-    else:
-        os.environ[inputs.DATA_DIR_ENV] = previous
 
 
 def _specs(space, count=5, seed=1):

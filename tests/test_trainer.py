@@ -91,19 +91,6 @@ def tiny_detector(model_config, spec=None, l2_weight_decay=0.0, **_):
     )
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """One generated-data cache for every test of the session."""
-    path = str(tmp_path_factory.mktemp("data"))
-    previous = os.environ.get(inputs.DATA_DIR_ENV)
-    os.environ[inputs.DATA_DIR_ENV] = path
-    yield path
-    if previous is None:
-        del os.environ[inputs.DATA_DIR_ENV]
-    else:
-        os.environ[inputs.DATA_DIR_ENV] = previous
-
-
 @pytest.fixture
 def tiny_model(monkeypatch, data_dir):
     monkeypatch.setattr(detector, "build_detector", tiny_detector)
