@@ -27,6 +27,7 @@ import traceback
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.spec import NeckSpec
@@ -108,7 +109,7 @@ class SupernetRater:
             )
         self.objective = objective
         self.checkpoint = latest_checkpoint(supernet_dir)
-        tf.keras.utils.set_random_seed(config.runtime.seed)
+        tf_keras.utils.set_random_seed(config.runtime.seed)
         self.model = model_lib.build_supernet(self.experiment, self.space)
         tf.train.Checkpoint(model=self.model).restore(
             self.checkpoint
