@@ -5,7 +5,8 @@ the first is the standalone proxy, ``search/proxy.py``): a spec in, a rated
 record out, so the history, reward cache, resume, workers, plots and the
 Pareto front work unchanged. At start it loads the trained supernet
 (``training.py``) and runs the backbone once over the held-out split and
-over ``search.supernet.calibration_batches`` training batches, keeping the
+over ``search.supernet.calibration_batches`` training batches (in file
+order, not augmented, so a rating is the same in every process), keeping the
 projected input pyramids. Rating a spec then runs only its path through the
 neck, the head and NMS over the cached pyramids, in functions traced once
 for every spec, and scores the detections against a ground truth converted
@@ -176,13 +177,14 @@ class SupernetRater:
         self._calibration = []
         if self.bn_mode != "recalibrate":
             return
+        # The training images in file order without augmentation: the
+        # parser's random augmentation runs in a parallel map, so augmented
+        # batches (and the statistics re-estimated on them) would differ
+        # from process to process, and so would the rewards.
         data = inputs.resolve_split(self.experiment, "train")
         dataset = inputs.dataset_fn(
-            self.experiment,
-            data.file_pattern,
-            is_training=True,
-            seed=self.config.runtime.seed,
-        )(None)
+            self.experiment, data.file_pattern, is_training=False
+        )(None).map(lambda images, labels: (images, 0))
         for images, _ in dataset.take(batches):
             self._calibration.append(self._features()(images))
 
