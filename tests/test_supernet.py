@@ -441,3 +441,35 @@ def test_a_supernet_search_records_every_sample_and_compares(
     # A rerun of the finished search trains and rates nothing again.
     again = runner.search(config, model_dir)
     assert again["samples"] == 6
+
+
+@pytest.mark.slow
+def test_a_rating_is_the_same_in_every_process(trained):
+    """Re-estimated statistics come from unaugmented batches in file order,
+    so two processes give one spec the same reward, to the bit."""
+    import subprocess
+    import sys
+
+    _, path = trained
+    override = ",".join(f"{k}={v}" for k, v in FAST.items())
+    script = (
+        "from nasfpn_tf import config as c\n"
+        "from nasfpn_tf.arch.known import NASFPN_SPEC\n"
+        "from nasfpn_tf.supernet import rater\n"
+        f"config = c.load_config([], {override!r})\n"
+        f"r = rater.SupernetRater(config, {path!r}, bn_mode='recalibrate')\n"
+        "print('AP', repr(r.rate(NASFPN_SPEC)['AP']))\n"
+    )
+    outputs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ),
+        )
+        outputs.append(
+            [x for x in done.stdout.splitlines() if x.startswith("AP")]
+        )
+    assert outputs[0] and outputs[0] == outputs[1]
