@@ -337,7 +337,7 @@ class _Formula:
     def __init__(self, specs, rewards):
         self.rewards = {s.canonical_key(): r for s, r in zip(specs, rewards)}
 
-    def rate(self, spec):
+    def rate(self, spec, bn_mode=None):
         return {"AP": self.rewards[spec.canonical_key()], "rate_seconds": 0.1}
 
 
@@ -371,7 +371,7 @@ def test_fidelity_verdict_can_say_no(tmp_path, sign):
         str(tmp_path / f"run{sign}"),
         bn_modes=["inherited"],
         reference=_Reference(specs, truth),
-        raters={"inherited": _Formula(specs, rated)},
+        rater=_Formula(specs, rated),
     )
     entry = result["modes"]["inherited"]
     assert result["ceiling"]["kendall"] == pytest.approx(1.0)

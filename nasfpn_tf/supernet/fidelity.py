@@ -61,7 +61,7 @@ def run(
     *,
     bn_modes: Sequence[str] = config_lib.BN_MODES,
     reference: Any = None,
-    raters: Mapping[str, Any] | None = None,
+    rater: Any = None,
 ) -> dict[str, Any]:
     """Rates (or resumes rating) the fidelity specs both ways; returns the
     report, also written to `supernet_fidelity.json` and `.txt`.
@@ -73,8 +73,8 @@ def run(
         reference: an object with `train(spec, work_dir, seed) ->
             ProxyResult` and `release(work_dir)`; None trains with
             `proxy.ProxyTask` under the reference settings.
-        raters: BN mode -> object with `rate(spec) -> metrics`; None loads
-            `SupernetRater`s of the supernet (training it first).
+        rater: an object with `rate(spec, bn_mode) -> metrics`; None loads
+            a `SupernetRater` of the supernet (training it first).
     """
     from nasfpn_tf.search import proxy as proxy_lib
     from nasfpn_tf.search import runner
@@ -83,9 +83,9 @@ def run(
     specs = proxy_fidelity.fidelity_specs(config, space)
     proxy_fidelity._check_specs(model_dir, specs)
     log = files.JsonlLog.open(os.path.join(model_dir, proxy_fidelity.LOG_FILE))
-    if raters is None:
-        raters = _supernet_raters(config, model_dir, bn_modes)
-    rate_specs(log, specs, raters, bn_modes)
+    if rater is None:
+        rater = _supernet_rater(config, model_dir)
+    rate_specs(log, specs, rater, bn_modes)
     # The supernet's figures come first: reference training takes long.
     write_report(report(log.rows, specs, config, bn_modes), model_dir)
     done = {row["job"] for row in log.rows}
@@ -121,7 +121,7 @@ def run(
     return write_report(result, model_dir)
 
 
-def rate_specs(log, specs, raters, bn_modes) -> None:
+def rate_specs(log, specs, rater, bn_modes) -> None:
     """Appends the supernet's rating of every spec under every BN mode
     to `log`, skipping those it holds."""
     done = {row["job"] for row in log.rows}
@@ -130,7 +130,7 @@ def rate_specs(log, specs, raters, bn_modes) -> None:
             job = f"{setting(mode)}/{k}/0"
             if job in done:
                 continue
-            metrics = raters[mode].rate(spec)
+            metrics = rater.rate(spec, bn_mode=mode)
             log.append(
                 {
                     "job": job,
@@ -148,17 +148,14 @@ def rate_specs(log, specs, raters, bn_modes) -> None:
         print(f"fidelity: {len(specs)} specs rated by the supernet ({mode})")
 
 
-def _supernet_raters(config, model_dir, bn_modes) -> dict[str, Any]:
+def _supernet_rater(config, model_dir) -> Any:
     from nasfpn_tf.supernet import rater as rater_lib
     from nasfpn_tf.supernet import training
 
     supernet_dir = rater_lib.default_supernet_dir(config, model_dir)
     rater_lib.check_supernet_matches(config, supernet_dir)
     training.train_supernet(config, supernet_dir)
-    return {
-        mode: rater_lib.SupernetRater(config, supernet_dir, bn_mode=mode)
-        for mode in bn_modes
-    }
+    return rater_lib.SupernetRater(config, supernet_dir)
 
 
 def _table(rows, setting_name: str, count: int) -> list[list[float]]:

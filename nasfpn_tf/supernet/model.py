@@ -39,20 +39,6 @@ def arch_tensors(space: SearchSpace, spec: NeckSpec) -> dict[str, tf.Tensor]:
     }
 
 
-def arch_signature(space: SearchSpace) -> dict[str, tf.TensorSpec]:
-    """The ``tf.TensorSpec`` of ``arch_tensors`` for ``space`` (fixed
-    shapes: one trace serves every spec)."""
-    cells = space.num_cells
-    nodes = space.num_inputs + cells
-    return {
-        "inputs": tf.TensorSpec([cells, 2], tf.int32),
-        "branch": tf.TensorSpec([cells], tf.int32),
-        "op": tf.TensorSpec([cells], tf.int32),
-        "extras": tf.TensorSpec([cells, nodes], tf.float32),
-        "outputs": tf.TensorSpec([space.num_inputs], tf.int32),
-    }
-
-
 class SupernetDetector(tf_keras.Model):
     """Backbone -> supernet neck -> RetinaNet head (-> detections).
 

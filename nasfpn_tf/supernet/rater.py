@@ -117,7 +117,8 @@ class SupernetRater:
         ).expect_partial()
         start = time.monotonic()
         self._cache_heldout(settings.eval_steps)
-        self._cache_calibration(settings.calibration_batches)
+        self._calibration_batches = settings.calibration_batches
+        self._calibration = None  # cached at the first re-estimation
         if backend is None:
             backend = (
                 scoring.FASTER
@@ -175,8 +176,6 @@ class SupernetRater:
 
     def _cache_calibration(self, batches: int) -> None:
         self._calibration = []
-        if self.bn_mode != "recalibrate":
-            return
         # The training images in file order without augmentation: the
         # parser's random augmentation runs in a parallel map, so augmented
         # batches (and the statistics re-estimated on them) would differ
@@ -215,16 +214,22 @@ class SupernetRater:
         counts["calibrate"] = self._calibrate.experimental_get_tracing_count()
         return counts
 
-    def rate(self, spec: NeckSpec) -> dict[str, float]:
+    def rate(
+        self, spec: NeckSpec, bn_mode: str | None = None
+    ) -> dict[str, float]:
         """Held-out COCO metrics of ``spec``'s path (``AP``, ``AP50``, ...,
-        ``rate_seconds``, ``bn_mode_index``)."""
+        ``rate_seconds``, ``bn_mode_index``) under ``bn_mode`` (None: the
+        rater's); one rater serves every mode from one cache."""
         start = time.monotonic()
+        bn_mode = bn_mode or self.bn_mode
         arch = model_lib.arch_tensors(self.space, spec)
-        if self.bn_mode == "recalibrate":
+        if bn_mode == "recalibrate":
+            if self._calibration is None:
+                self._cache_calibration(self._calibration_batches)
             self._reset()
             for feats in self._calibration:
                 self._calibrate(feats, arch)
-        detect = self._detect_fn(DETECT_MODES[self.bn_mode])
+        detect = self._detect_fn(DETECT_MODES[bn_mode])
         detections = []
         for batch in self._heldout:
             out = detect(
@@ -237,9 +242,7 @@ class SupernetRater:
         metrics = self.scorer.score(detections)
         self.ratings += 1
         metrics["rate_seconds"] = time.monotonic() - start
-        metrics["bn_mode_index"] = float(
-            config_lib.BN_MODES.index(self.bn_mode)
-        )
+        metrics["bn_mode_index"] = float(config_lib.BN_MODES.index(bn_mode))
         return metrics
 
     def reward(self, spec: NeckSpec, work_dir: str) -> ProxyResult:

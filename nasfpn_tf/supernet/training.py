@@ -41,7 +41,6 @@ from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.data import inputs
 from nasfpn_tf.modeling import losses
 from nasfpn_tf.run_files import SUPERNET_DONE_FILE as DONE_FILE
-from nasfpn_tf.supernet import encoding
 from nasfpn_tf.supernet import model as model_lib
 from nasfpn_tf.supernet.neck import TRAIN
 from nasfpn_tf.train import checkpoints, progress, schedule
@@ -360,8 +359,3 @@ def train_supernet(
     """Trains (or resumes, or finds finished) the supernet of ``config``."""
     trainer = SupernetTrainer(config, supernet_dir, strategy)
     return trainer.fit()
-
-
-def path_used(space: SearchSpace, spec: NeckSpec):
-    """[positions, branches] bool of what ``spec``'s path uses."""
-    return encoding.used_branches(space, encoding.encode(space, spec))
