@@ -1,8 +1,10 @@
 """Experiment configuration: frozen dataclasses are the schema.
 
-`schema` holds the sections (frozen dataclasses), their value checks and
-the allowed choices; `loading` resolves, overrides, saves and compares
-configs. Everything public is re-exported here, so callers use
+`schema` holds `ExperimentConfig` and re-exports the sections (frozen
+dataclasses), which live by concern with their value checks and allowed
+choices: `model`, `data`, `training`, `search`, `fidelity`, on `checks`;
+`loading` resolves, overrides, saves and compares configs. Everything
+public is re-exported here, so callers use
 `from nasfpn_tf import config as config_lib` alone.
 
 The defaults describe the tiny CPU demo: `python -m nasfpn_tf.main` with no
