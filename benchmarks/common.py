@@ -314,3 +314,168 @@ def add_timing_flags(
         default=repeats,
         help="timed calls of each callable, taken alternately",
     )
+
+
+# --------------------------------------------------------------------------
+# The search benchmarks' flags, defined once here so that a flag means the
+# same in every script and a README command has one spelling. They are
+# `--snake_case`, `--name=value` (or `--name value`), as in
+# `python -m nasfpn_tf.main`.
+
+
+class _AppendOrDefault(argparse.Action):
+    """Appends like ``action="append"``, but the first value given
+    replaces the default list instead of adding to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest)
+        items = [] if given is self.default else list(given)
+        setattr(namespace, self.dest, items + [values])
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    files: Sequence[str] = (),
+    override: str = "",
+) -> None:
+    """--config_file (repeatable) and --params_override, as main reads
+    them.
+
+    Args:
+        parser: gets the two flags.
+        files: the config files when no --config_file is given (default:
+            none, the built-in tiny config).
+        override: the default --params_override.
+    """
+    parser.add_argument(
+        "--config_file",
+        action=_AppendOrDefault,
+        default=list(files),
+        help="YAML config file (repeatable: later files win); default: "
+        f"{', '.join(files) or 'the built-in tiny config'}",
+    )
+    parser.add_argument(
+        "--params_override",
+        default=override,
+        help="applied after the files: 'train.steps=8,...' or YAML/JSON "
+        f"text; default: {override!r}",
+    )
+
+
+def algorithm_list(text: str) -> list[str]:
+    """argparse type: ``ppo,random`` -> ["ppo", "random"], each one of the
+    config's search algorithms."""
+    from nasfpn_tf import config as config_lib
+
+    algorithms = [a for a in text.split(",") if a]
+    for algorithm in algorithms:
+        if algorithm not in config_lib.SEARCH_ALGORITHMS:
+            raise argparse.ArgumentTypeError(
+                f"unknown algorithm {algorithm!r}; expected from "
+                f"{config_lib.SEARCH_ALGORITHMS}"
+            )
+    return algorithms
+
+
+def add_search_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    samples: int | None,
+    samples_per_update: int,
+    train_steps: int | None,
+    proxies: Sequence[str],
+    algorithms: str | None = None,
+) -> None:
+    """The config flags and a small search's budget, as `search_config`
+    reads them.
+
+    Args:
+        parser: gets --config_file, --params_override, --samples (unless
+            ``samples`` is None), --samples_per_update, --train_steps,
+            --proxy and, if ``algorithms`` is given, --algorithms.
+        samples: default samples (children) per search.
+        samples_per_update: default samples per controller update.
+        train_steps: default training steps of a child (None: the
+            config's).
+        proxies: the --proxy choices, the first the default.
+        algorithms: default comma-separated --algorithms.
+    """
+    add_config_flags(parser)
+    add = parser.add_argument
+    budget = (  # flag, default, what it sets, its meaning
+        ("samples", samples, "search.num_samples", "children per search"),
+        (
+            "samples_per_update",
+            samples_per_update,
+            "search.samples_per_update",
+            "children per controller update",
+        ),
+        (
+            "train_steps",
+            train_steps,
+            "search.proxy.train_steps",
+            "steps of each child (the last rung's)",
+        ),
+    )
+    for name, default, key, meaning in budget:
+        if name != "samples" or samples is not None:
+            help = f"{meaning} ({key})"
+            add(f"--{name}", type=positive_int, default=default, help=help)
+    add("--proxy", choices=tuple(proxies), default=proxies[0])
+    if algorithms is not None:
+        add(
+            "--algorithms",
+            type=algorithm_list,
+            default=algorithms,
+            help="comma-separated search.algorithm values",
+        )
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """--retrain_seeds, --merge and --out_dir of the searches that compare
+    their finds."""
+    parser.add_argument(
+        "--retrain_seeds",
+        type=int,
+        default=0,
+        help="retrain each search's best spec with fidelity.reference from "
+        "this many seeds (0: no retraining)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="OUTPUT",
+        help="instead of searching, summarize the rows earlier runs "
+        "printed (files of their output), e.g. runs started side by side",
+    )
+    parser.add_argument(
+        "--out_dir",
+        default="",
+        help="where the searches run (kept; a rerun resumes them); "
+        "default: a temporary folder",
+    )
+
+
+def search_config(args: argparse.Namespace, samples: int | None = None):
+    """The files and override of ``args``, then its search budget.
+
+    Args:
+        args: parsed `add_search_flags` flags.
+        samples: search.num_samples instead of ``args.samples``.
+
+    Returns:
+        The `ExperimentConfig` (the children's warm-up is cut to their
+        steps by ``proxy_experiment``).
+    """
+    from nasfpn_tf import config as config_lib
+
+    config = config_lib.load_config(args.config_file, args.params_override)
+    return config_lib.override(
+        config,
+        {
+            "search.num_samples": args.samples if samples is None else samples,
+            "search.samples_per_update": args.samples_per_update,
+            "search.proxy.train_steps": args.train_steps,
+        },
+    )

@@ -171,17 +171,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument(
-        "--config_file",
-        nargs="+",
-        default=[DEFAULT_CONFIG],
-        help="experiment YAML files (later wins)",
-    )
-    parser.add_argument(
-        "--params_override",
-        default=DEFAULT_OVERRIDE,
-        help=f"applied after the files (default: {DEFAULT_OVERRIDE!r})",
-    )
+    common.add_config_flags(parser, [DEFAULT_CONFIG], DEFAULT_OVERRIDE)
     parser.add_argument(
         "--variants",
         nargs="+",

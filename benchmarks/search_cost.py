@@ -3,7 +3,7 @@
 Both arms run the whole search harness (`runner.search`: controller,
 oracle, proxy, history) with the same controller seeds. The "full" arm
 trains every child the whole proxy schedule (`search.proxy.train_steps`);
-the "halving" arm rates children at rungs (`search.rungs`: `--min-steps`,
+the "halving" arm rates children at rungs (`search.rungs`: `--min_steps`,
 `--eta`) and trains on only the ones in the top 1/eta of their rung. For
 each search the output gives the compute spent (child training steps;
 the children's wall seconds, one thread each; the process's CPU seconds)
@@ -13,7 +13,7 @@ arms seed by seed: the compute the halving arm needed to reach the full
 arm's best, against what the full arm needed to reach it.
 
 `--proxy=train` (the default) trains real children on the generated data;
-with `--retrain-seeds N` each search's best spec is then trained with the
+with `--retrain_seeds N` each search's best spec is then trained with the
 reference setting (`fidelity.reference`) from N seeds, so the two arms'
 finds are compared outside their proxy too. `--proxy=curve` rates a spec
 by a synthetic learning curve instead (its quality, the share of its
@@ -24,10 +24,10 @@ seconds.
 
 The figures in the README came from:
 
-  ARGS="--config_file configs/tiny_search.yaml --train-steps 500 \
-      --min-steps 56 --eta 3 --samples-full 6 --samples-halving 12 \
-      --samples-per-update 3 --retrain-seeds 2 \
-      --params_override fidelity.reference.train_steps=700 --out-dir DIR"
+  ARGS="--config_file configs/tiny_search.yaml --train_steps 500 \
+      --min_steps 56 --eta 3 --samples_full 6 --samples_halving 12 \
+      --samples_per_update 3 --retrain_seeds 2 \
+      --params_override fidelity.reference.train_steps=700 --out_dir DIR"
   export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
   python benchmarks/search_cost.py $ARGS --seeds 0,2 > a.out &
   python benchmarks/search_cost.py $ARGS --seeds 1 > b.out &
@@ -35,8 +35,8 @@ The figures in the README came from:
   python benchmarks/search_cost.py --merge a.out b.out
 
   python benchmarks/search_cost.py --proxy curve --seeds 0-19 \
-      --samples-full 24 --samples-halving 48 --train-steps 500 \
-      --min-steps 56 --rules highest,rank,first
+      --samples_full 24 --samples_halving 48 --train_steps 500 \
+      --min_steps 56 --rules highest,rank,first
 """
 
 from __future__ import annotations
@@ -335,7 +335,14 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--proxy", choices=PROXIES, default="train")
+    common.add_search_flags(
+        parser,
+        samples=None,
+        samples_per_update=3,
+        train_steps=60,
+        proxies=PROXIES,
+    )
+    common.add_run_flags(parser)
     parser.add_argument("--algorithm", default="ppo")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument(
@@ -345,48 +352,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"final_reward), comma-separated from {rungs_lib.FINAL_REWARDS}",
     )
     parser.add_argument("--seeds", default="0", help='e.g. "0,2" or "0-9"')
-    parser.add_argument("--samples-full", type=common.positive_int, default=6)
+    parser.add_argument("--samples_full", type=common.positive_int, default=6)
     parser.add_argument(
-        "--samples-halving", type=common.positive_int, default=12
+        "--samples_halving", type=common.positive_int, default=12
     )
     parser.add_argument(
-        "--samples-per-update", type=common.positive_int, default=3
-    )
-    parser.add_argument(
-        "--train-steps",
-        type=common.positive_int,
-        default=60,
-        help="the last rung's steps (search.proxy.train_steps)",
-    )
-    parser.add_argument(
-        "--min-steps",
+        "--min_steps",
         type=common.positive_int,
         default=7,
         help="the first rung's steps (search.rungs.min_steps)",
     )
     parser.add_argument("--eta", type=common.positive_int, default=3)
-    parser.add_argument(
-        "--retrain-seeds",
-        type=int,
-        default=0,
-        help="retrain each search's best spec with fidelity.reference "
-        "from this many seeds (--proxy=train only)",
-    )
-    parser.add_argument("--config_file", action="append", default=[])
-    parser.add_argument("--params_override", default="")
-    parser.add_argument(
-        "--merge",
-        nargs="+",
-        default=[],
-        metavar="OUTPUT",
-        help="instead of searching, summarize the rows earlier runs printed",
-    )
-    parser.add_argument(
-        "--out-dir",
-        default="",
-        help="where the searches run (kept; a rerun resumes them); "
-        "default: a temporary folder",
-    )
     args = parser.parse_args(argv)
     args.seeds = parse_seeds(args.seeds)
     args.arms = [a for a in args.arms.split(",") if a]
@@ -439,15 +415,7 @@ def main(argv=None) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    base = search_vs_random.base_config(
-        argparse.Namespace(
-            config_file=args.config_file,
-            params_override=args.params_override,
-            samples=args.samples_full,
-            samples_per_update=args.samples_per_update,
-            train_steps=args.train_steps,
-        )
-    )
+    base = common.search_config(args, samples=args.samples_full)
     # The rung settings are checked now, not after the first arm.
     rungs_lib.rung_steps(args.min_steps, args.eta, args.train_steps)
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="search_cost_")

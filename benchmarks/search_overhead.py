@@ -14,19 +14,22 @@ the harness's cost from the trainer's.
 `--breakdown` looks inside the children instead: it trains `--children`
 default children one after another in this process (as a search does:
 `ProxyTask.reward` then `release`, with the quickstart's 100 proxy steps
-unless `--train-steps` says otherwise) and splits each one's wall time
+unless `--train_steps` says otherwise) and splits each one's wall time
 into phases (`child_breakdown`). The first child pays the process's
 one-time costs as well; the table shows the first and the mean of the
 others. `--baseline=DIR` runs the same children, alternately, in
 subprocesses that import `nasfpn_tf` from the checkout DIR, and prints its
 table beside this checkout's: a before/after comparison under the same
-load. Pin it to one core for figures that compare:
+load. A phase or part whose method does not exist here (renamed) stops
+the run with an error naming it; only the baseline, which may predate a
+method, lists such phases and skips them (`--skip_missing_phases`). Pin
+it to one core for figures that compare:
 
   python benchmarks/search_overhead.py --samples 6 --algorithms ppo,random
-  python benchmarks/search_overhead.py --proxy sleep --child-seconds 2 \
+  python benchmarks/search_overhead.py --proxy sleep --child_seconds 2 \
       --samples 40
   TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 1 \
-      python benchmarks/search_overhead.py --breakdown --train-steps 100 \
+      python benchmarks/search_overhead.py --breakdown --train_steps 100 \
       --children 3 --baseline=/path/to/other/checkout
 """
 
@@ -45,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 _START = time.perf_counter()
 
@@ -55,7 +59,6 @@ from benchmarks import common
 
 common.quiet_tensorflow()
 
-from benchmarks.search_vs_random import base_config, parse_algorithms
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
@@ -132,12 +135,40 @@ class SleepProxy:
         return proxy_lib.ProxyResult(reward, "ok", {"AP": reward}, self.seconds)
 
 
+class MissingMethodError(AttributeError):
+    """A method this benchmark times is not there (renamed or removed):
+    the figures would silently leave its time out."""
+
+
+def _missing(what: str, table: str, error: Exception) -> MissingMethodError:
+    return MissingMethodError(
+        f"{what}, which this nasfpn_tf does not have ({error}); when a "
+        f"method is renamed, rename it in {table} of "
+        "benchmarks/search_overhead.py too"
+    )
+
+
 @contextlib.contextmanager
 def timed_parts(totals: dict[str, float]):
     """Adds the seconds of each PARTS method to `totals[part]`.
 
     A part called inside another (results inside a report) counts in both.
+
+    Raises:
+        MissingMethodError: a PARTS method does not exist.
     """
+    for part, owner, name in PARTS:
+        if not hasattr(owner, name):
+            where = (
+                owner.__name__
+                if isinstance(owner, types.ModuleType)
+                else f"{owner.__module__}.{owner.__qualname__}"
+            )
+            raise _missing(
+                f"part {part!r} times {where}.{name}",
+                "PARTS",
+                AttributeError(name),
+            )
     originals = []
 
     def wrap(part, fn):
@@ -192,7 +223,9 @@ def run_case(config, algorithm, model_dir, proxy) -> dict:
 # (phase, owner, attribute) of the methods a child's phases are timed by,
 # each by its own time, less the time of the phases called inside it, so
 # that the phases of a child add up to its wall time. Owners are named
-# "module:object"; one missing in the checkout measured is skipped.
+# "module:object"; one missing in the checkout measured stops the run
+# (MissingMethodError), unless --skip_missing_phases (an older checkout
+# under --baseline) lists and skips it.
 CHILD_PHASES = (
     ("proxy: other", "nasfpn_tf.search.proxy:ProxyTask", "train"),
     ("session set-up", "nasfpn_tf.train.trainer:Session", "__init__"),
@@ -270,6 +303,41 @@ def _resolve(owner: str):
     return value
 
 
+def resolve_phases(
+    skip_missing: bool = False,
+) -> tuple[list[tuple[str, object, str]], list[str]]:
+    """The owner object of each `CHILD_PHASES` method.
+
+    Args:
+        skip_missing: leave out a phase whose owner or method does not
+            exist, instead of raising.
+
+    Returns:
+        (phase, owner, attribute) of the phases found, and the names of
+        those left out.
+
+    Raises:
+        MissingMethodError: a phase's owner or method does not exist and
+            ``skip_missing`` is False.
+    """
+    found, missing = [], []
+    for phase, owner_name, name in CHILD_PHASES:
+        try:
+            owner = _resolve(owner_name)
+            getattr(owner, name)
+        except (ImportError, AttributeError) as error:
+            if not skip_missing:
+                raise _missing(
+                    f"phase {phase!r} times {owner_name}.{name}",
+                    "CHILD_PHASES",
+                    error,
+                ) from error
+            missing.append(phase)
+            continue
+        found.append((phase, owner, name))
+    return found, missing
+
+
 class PhaseClock:
     """Times the `CHILD_PHASES` methods, each by its own (exclusive) time.
 
@@ -277,7 +345,9 @@ class PhaseClock:
     the split into tracing and steps.
     """
 
-    def __init__(self):
+    def __init__(self, skip_missing: bool = False):
+        self.skip_missing = skip_missing
+        self.missing: list[str] = []  # phases left out (skip_missing)
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self.calls: dict[str, int] = collections.defaultdict(int)
         self.loops: list[tuple[float, int]] = []
@@ -313,15 +383,14 @@ class PhaseClock:
 
     @contextlib.contextmanager
     def installed(self):
-        """Wraps every phase's method while inside; skips missing ones."""
+        """Wraps every phase's method while inside (`resolve_phases`: a
+        missing one raises, or with ``skip_missing`` is listed in
+        ``missing`` and on stderr)."""
+        found, self.missing = resolve_phases(self.skip_missing)
+        if self.missing:
+            sys.stderr.write(f"phases not timed: {', '.join(self.missing)}\n")
         undo = []
-        for phase, owner_name, name in CHILD_PHASES:
-            try:
-                owner = _resolve(owner_name)
-            except (ImportError, AttributeError):
-                continue
-            if not hasattr(owner, name):
-                continue
+        for phase, owner, name in found:
             own = vars(owner).get(name, _MISSING)
             setattr(owner, name, self.wrap(phase, getattr(owner, name)))
             undo.append((owner, name, own))
@@ -362,15 +431,21 @@ def child_specs(config, count: int, seed: int) -> list:
     return [space.random_spec(rng) for _ in range(count)]
 
 
-def run_children(config, count: int, seed: int) -> list[dict]:
+def run_children(
+    config, count: int, seed: int, skip_missing: bool = False
+) -> list[dict]:
     """Trains `count` children as a search does and times their phases.
 
+    Args:
+        skip_missing: see `resolve_phases`.
+
     Returns:
-        One row per child: `child`, `wall_s`, `reward`, `steps` and
-        `phases` (phase -> seconds; see `PhaseClock.phases`).
+        One row per child: `child`, `wall_s`, `reward`, `steps`, `phases`
+        (phase -> seconds; see `PhaseClock.phases`) and, if any phase was
+        skipped, `missing_phases`.
     """
     proxy = proxy_lib.ProxyTask(config)
-    clock = PhaseClock()
+    clock = PhaseClock(skip_missing)
     rows = []
     out_dir = tempfile.mkdtemp(prefix="child_breakdown_")
     try:
@@ -400,6 +475,8 @@ def run_children(config, count: int, seed: int) -> list[dict]:
                         "phases": {k: round(v, 4) for k, v in phases.items()},
                     }
                 )
+                if clock.missing:
+                    rows[-1]["missing_phases"] = clock.missing
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     return rows
@@ -442,21 +519,18 @@ def breakdown_rows(columns: dict[str, list[dict]]) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=common.positive_int, default=6)
-    parser.add_argument(
-        "--samples-per-update", type=common.positive_int, default=3
+    # --train_steps: default SEARCH_TRAIN_STEPS, with --breakdown the
+    # config's.
+    common.add_search_flags(
+        parser,
+        samples=6,
+        samples_per_update=3,
+        train_steps=None,
+        proxies=PROXIES,
+        algorithms="ppo,random",
     )
     parser.add_argument(
-        "--train-steps",
-        type=common.positive_int,
-        default=None,
-        help="training steps of each child (search.proxy.train_steps); "
-        f"default {SEARCH_TRAIN_STEPS}, with --breakdown the config's",
-    )
-    parser.add_argument("--algorithms", default="ppo,random")
-    parser.add_argument("--proxy", choices=PROXIES, default="train")
-    parser.add_argument(
-        "--child-seconds",
+        "--child_seconds",
         type=common.non_negative_float,
         default=1.0,
         help="duration of each child with --proxy=sleep",
@@ -490,17 +564,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1,
         help="with --baseline: processes per checkout, taken alternately",
     )
-    parser.add_argument("--config_file", action="append", default=[])
-    parser.add_argument("--params_override", default="")
+    parser.add_argument(
+        "--skip_missing_phases",
+        action="store_true",
+        help="with --breakdown: a phase whose method this nasfpn_tf lacks "
+        "is listed and skipped instead of stopping the run (how --baseline "
+        "times an older checkout)",
+    )
     args = parser.parse_args(argv)
-    args.algorithms = parse_algorithms(parser, args.algorithms)
     if args.baseline and not args.breakdown:
         parser.error("--baseline needs --breakdown")
     return args
 
 
 def breakdown_config(args: argparse.Namespace):
-    """The files and override; `--train-steps` if given."""
+    """The files and override; `--train_steps` if given."""
     config = config_lib.load_config(args.config_file, args.params_override)
     if args.train_steps is None:
         return config
@@ -509,7 +587,9 @@ def breakdown_config(args: argparse.Namespace):
     )
 
 
-def side_command(args: argparse.Namespace, script: str) -> list[str]:
+def side_command(
+    args: argparse.Namespace, script: str, skip_missing: bool = False
+) -> list[str]:
     """The command that times children in another process."""
     command = [
         sys.executable,
@@ -519,9 +599,11 @@ def side_command(args: argparse.Namespace, script: str) -> list[str]:
         f"--seed={args.seed}",
         f"--params_override={args.params_override}",
     ]
+    if skip_missing:
+        command.append("--skip_missing_phases")
     command += [f"--config_file={path}" for path in args.config_file]
     if args.train_steps is not None:
-        command.append(f"--train-steps={args.train_steps}")
+        command.append(f"--train_steps={args.train_steps}")
     return command
 
 
@@ -548,8 +630,10 @@ def compare_checkouts(args: argparse.Namespace) -> list[dict]:
             order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
             for side in order:
                 env = dict(os.environ, PYTHONPATH=sides[side])
+                # The baseline may predate a phase's method; this
+                # checkout must have them all.
                 done = subprocess.run(
-                    side_command(args, script),
+                    side_command(args, script, side == "before"),
                     env=env,
                     capture_output=True,
                     text=True,
@@ -592,6 +676,15 @@ def report_breakdown(children: dict[str, list[dict]]) -> list[dict]:
             f"Phases of a child: {title}", rows, ["phase", *names]
         )
         tables += rows
+    for name, rows in children.items():
+        missing = dict.fromkeys(
+            p for r in rows for p in r.get("missing_phases", ())
+        )
+        if missing:
+            sys.stdout.write(
+                f"\nPhases not timed in {name} (their time is in their "
+                f"caller's phase or untimed): {', '.join(missing)}\n"
+            )
     rewards = collections.defaultdict(dict)
     for name, rows in children.items():
         for row in rows:
@@ -628,13 +721,18 @@ def main(argv=None) -> list[dict]:
         if args.baseline:
             return compare_checkouts(args)
         common.emit({"case": "machine", **common.machine_info()})
-        rows = run_children(breakdown_config(args), args.children, args.seed)
+        rows = run_children(
+            breakdown_config(args),
+            args.children,
+            args.seed,
+            args.skip_missing_phases,
+        )
         for row in rows:
             common.emit(row)
         return report_breakdown({"this": rows})
     if args.train_steps is None:
         args.train_steps = SEARCH_TRAIN_STEPS
-    config = base_config(args)
+    config = common.search_config(args)
     common.emit({"case": "machine", **common.machine_info()})
     out_dir = tempfile.mkdtemp(prefix="search_overhead_")
     rows = []

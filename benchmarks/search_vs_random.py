@@ -9,7 +9,7 @@ spec is trained by the same proxy as a reference. `--proxy=match` rates a
 spec by the share of its decisions equal to the published spec's instead,
 a cheap check of the harness rather than of detection.
 
-With `--retrain-seeds N` the best spec of every search and the published
+With `--retrain_seeds N` the best spec of every search and the published
 spec are then trained again with the reference setting (the config's
 `fidelity.reference`, longer than the proxy) from N seeds each, and a
 summary row per algorithm gives the median best proxy reward, the median
@@ -27,13 +27,13 @@ thread each (on 2 cores that trains 1.4x the children per hour of one
 process with two threads), then merge what they printed:
 
   ARGS="--config_file configs/tiny_search.yaml --samples 6 \
-      --samples-per-update 3 --train-steps 500 --seeds 3 --retrain-seeds 2 \
+      --samples_per_update 3 --train_steps 500 --seeds 3 --retrain_seeds 2 \
       --params_override fidelity.reference.train_steps=700 \
-      --out-dir runs/search_vs_random"
+      --out_dir runs/search_vs_random"
   export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
   python benchmarks/search_vs_random.py $ARGS --algorithms ppo > ppo.out &
   python benchmarks/search_vs_random.py $ARGS --algorithms random \
-      --no-published > random.out &
+      --no_published > random.out &
   wait
   python benchmarks/search_vs_random.py --merge ppo.out random.out
 
@@ -41,7 +41,7 @@ PPO and random search sample alike until PPO's first update, and a
 child's reward depends only on the search seed and the spec
 (`proxy.child_seeds`), so the random arm can reuse the PPO arm's rewards
 instead of training the same children again: run both in one process,
-PPO first, with `--share-rewards` (`--algorithms ppo,random`).
+PPO first, with `--share_rewards` (`--algorithms ppo,random`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ from nasfpn_tf.search import fidelity, runner
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 
-ALGORITHMS = config_lib.SEARCH_ALGORITHMS
 PROXIES = ("train", "match")
 COLUMNS = (
     "case",
@@ -104,32 +103,6 @@ class MatchProxy:
     def train(self, spec, work_dir, seed):
         del seed
         return self.reward(spec, work_dir)
-
-
-def base_config(args: argparse.Namespace) -> config_lib.ExperimentConfig:
-    """The files and override, then the small search of ``args`` (the
-    children's warm-up is cut to their steps by ``proxy_experiment``)."""
-    config = config_lib.load_config(args.config_file, args.params_override)
-    return config_lib.override(
-        config,
-        {
-            "search.num_samples": args.samples,
-            "search.samples_per_update": args.samples_per_update,
-            "search.proxy.train_steps": args.train_steps,
-        },
-    )
-
-
-def parse_algorithms(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    """``ppo,random`` -> ["ppo", "random"]; an unknown name is a usage
-    error."""
-    algorithms = [a for a in text.split(",") if a]
-    for algorithm in algorithms:
-        if algorithm not in ALGORITHMS:
-            parser.error(
-                f"unknown algorithm {algorithm!r}; expected from {ALGORITHMS}"
-            )
-    return algorithms
 
 
 def summarize(summary: dict) -> dict:
@@ -235,75 +208,30 @@ def _mean_std(values) -> str | None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--samples",
-        type=common.positive_int,
-        default=8,
-        help="samples (children) per search",
+    common.add_search_flags(
+        parser,
+        samples=8,
+        samples_per_update=4,
+        train_steps=60,
+        proxies=PROXIES,
+        algorithms="ppo,random",
     )
-    parser.add_argument(
-        "--samples-per-update",
-        type=common.positive_int,
-        default=4,
-        help="samples per controller update",
-    )
-    parser.add_argument(
-        "--train-steps",
-        type=common.positive_int,
-        default=60,
-        help="training steps of each child (search.proxy.train_steps)",
-    )
-    parser.add_argument(
-        "--algorithms",
-        default="ppo,random",
-        help=f"comma-separated, from {','.join(ALGORITHMS)}",
-    )
+    common.add_run_flags(parser)
     parser.add_argument("--seeds", type=common.positive_int, default=1)
-    parser.add_argument("--proxy", choices=PROXIES, default="train")
     parser.add_argument(
-        "--no-published",
+        "--no_published",
         action="store_true",
         help="skip training the published NAS-FPN spec as a reference",
     )
     parser.add_argument(
-        "--share-rewards",
+        "--share_rewards",
         action="store_true",
         help="a random arm reuses the rewards of the specs the arms before "
         "it (same seed) trained, through the search's --warm_start: a "
         "reward depends on the seed and spec only, and random search "
         "learns nothing from them; learning arms are never warm-started",
     )
-    parser.add_argument(
-        "--retrain-seeds",
-        type=int,
-        default=0,
-        help="retrain each search's best spec and the published spec with "
-        "fidelity.reference from this many seeds (0: no retraining)",
-    )
-    parser.add_argument(
-        "--config_file",
-        action="append",
-        default=[],
-        help="YAML config (repeatable); default: the built-in tiny config",
-    )
-    parser.add_argument("--params_override", default="")
-    parser.add_argument(
-        "--merge",
-        nargs="+",
-        default=[],
-        metavar="OUTPUT",
-        help="instead of searching, print the table and summary of the rows "
-        "earlier runs printed (files of their output), e.g. one run per "
-        "algorithm started side by side",
-    )
-    parser.add_argument(
-        "--out-dir",
-        default="",
-        help="where the searches run (kept); default: a temporary folder",
-    )
-    args = parser.parse_args(argv)
-    args.algorithms = parse_algorithms(parser, args.algorithms)
-    return args
+    return parser.parse_args(argv)
 
 
 def merge(paths: list[str]) -> list[dict]:
@@ -339,7 +267,7 @@ def main(argv=None) -> list[dict]:
             COLUMNS,
         )
         return rows
-    config = base_config(args)
+    config = common.search_config(args)
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="search_vs_random_")
     space = runner.make_space(config)
     common.emit({"case": "machine", **common.machine_info()})

@@ -42,8 +42,7 @@ def _cpu() -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config_file", action="append", default=[])
-    parser.add_argument("--params_override", default="")
+    common.add_config_flags(parser)
     parser.add_argument("--supernet", required=True)
     parser.add_argument("--bn_mode", default=None)
     parser.add_argument("--specs", type=common.positive_int, default=30)

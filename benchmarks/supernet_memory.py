@@ -90,8 +90,7 @@ def measure(case: str, config_files: list[str], override: str, batch: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config_file", action="append", default=[])
-    parser.add_argument("--params_override", default="")
+    common.add_config_flags(parser)
     parser.add_argument("--batch", type=common.positive_int, default=1)
     parser.add_argument("--case", choices=CASES, default=None)
     args = parser.parse_args(argv)

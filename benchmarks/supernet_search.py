@@ -196,13 +196,16 @@ def retrain_all(args, config, rows, randoms) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config_file", action="append", default=[])
-    parser.add_argument("--params_override", default="")
+    common.add_config_flags(parser)
     parser.add_argument(
         "--supernet", required=True, help="trained supernet dir"
     )
     parser.add_argument("--bn_mode", default=None)
-    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument(
+        "--algorithms",
+        type=common.algorithm_list,
+        default=",".join(ALGORITHMS),
+    )
     parser.add_argument("--samples", type=common.positive_int, default=300)
     parser.add_argument(
         "--samples_per_update", type=common.positive_int, default=10
@@ -234,7 +237,7 @@ def main(argv=None) -> dict:
     common.emit({"case": "baselines", **baseline, "bn_mode": rater.bn_mode})
     rows = []
     for seed in range(args.seeds):
-        for algorithm in args.algorithms.split(","):
+        for algorithm in args.algorithms:
             row = run(args, config, cache, algorithm, seed)
             rows.append(row)
             common.emit(

@@ -2,10 +2,10 @@
 and whether the search's host latency ranks specs as TFLite int8 does.
 
 ``--part models``: the Lite config (``configs/nasfpn_lite_mobilenetv2_320
-.yaml``) shrunk to what a 2-core CPU affords (``--image-size``,
-``--backbone-width``, ``--repeats``, ``--filters``) is trained for
-``--train-steps`` on the default generated task (or its run in
-``--out-dir`` is reused), exported as a SavedModel and as TFLite float32,
+.yaml``) shrunk to what a 2-core CPU affords (``--image_size``,
+``--backbone_width``, ``--repeats_neck``, ``--filters``) is trained for
+``--train_steps`` on the default generated task (or its run in
+``--out_dir`` is reused), exported as a SavedModel and as TFLite float32,
 float16 and int8 (``nasfpn_tf.export_tflite``), and each is measured in
 one run:
 
@@ -35,7 +35,7 @@ Spearman and Kendall rank correlation with a bootstrap interval
 
 The figures in docs/figures/tflite_*.txt came from:
 
-  python benchmarks/tflite.py --part models --out-dir /tmp/tflite_bench
+  python benchmarks/tflite.py --part models --out_dir /tmp/tflite_bench
   python benchmarks/tflite.py --part ranking
 """
 
@@ -92,24 +92,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--part", choices=("models", "ranking", "all"), default="all")
-    add("--out-dir", default="", help="run folder (reused); default: temp")
-    add("--image-size", type=common.positive_int, default=128)
-    add("--backbone-width", type=float, default=0.5)
-    add("--repeats-neck", type=common.positive_int, default=3)
+    add("--out_dir", default="", help="run folder (reused); default: temp")
+    add("--image_size", type=common.positive_int, default=128)
+    add("--backbone_width", type=float, default=0.5)
+    add("--repeats_neck", type=common.positive_int, default=3)
     add("--filters", type=common.positive_int, default=32)
-    add("--train-steps", type=common.positive_int, default=1500)
-    add("--batch-size", type=common.positive_int, default=16)
-    add("--representative-images", type=common.positive_int, default=100)
-    add("--heldout-images", type=int, default=0, help="0: all")
+    add("--train_steps", type=common.positive_int, default=1500)
+    add("--batch_size", type=common.positive_int, default=16)
+    add("--representative_images", type=common.positive_int, default=100)
+    add("--heldout_images", type=int, default=0, help="0: all")
     add("--threads", type=common.positive_int, default=1)
-    add("--latency-threads", default="1,2")
+    add("--latency_threads", default="1,2")
     add("--specs", type=common.positive_int, default=12)
-    add("--rank-image-size", type=common.positive_int, default=320)
-    add("--rank-filters", type=common.positive_int, default=64)
-    add("--rank-repeats", type=common.positive_int, default=3)
+    add("--rank_image_size", type=common.positive_int, default=320)
+    add("--rank_filters", type=common.positive_int, default=64)
+    add("--rank_repeats", type=common.positive_int, default=3)
     add("--seed", type=int, default=0)
     add("--quick", action="store_true", help="tiny sizes: a smoke test")
-    add("--latency-child", nargs=4, metavar=("KIND", "PATH", "INPUT", "N"))
+    add("--latency_child", nargs=4, metavar=("KIND", "PATH", "INPUT", "N"))
     common.add_timing_flags(parser, warmup=3, repeats=20)
     args = parser.parse_args(argv)
     if args.quick:
@@ -168,7 +168,7 @@ def time_in_child(kind: str, path: str, image, threads: int, args) -> float:
     command = [
         sys.executable,
         __file__,
-        "--latency-child",
+        "--latency_child",
         kind,
         path,
         f.name,

@@ -4,6 +4,7 @@ Speed is never asserted; only that each script runs with its tiniest flags
 and that its rows are well-formed and consistent.
 """
 
+import collections
 import json
 import math
 import pathlib
@@ -17,6 +18,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common
+
+# A small controller: the search benchmarks' smoke runs stay fast.
+TINY_CONTROLLER = (
+    "--params_override=search.controller.lstm_size=8,"
+    "search.controller.embedding_size=8"
+)
 
 
 def json_rows(text):
@@ -70,6 +77,63 @@ def test_table_shows_missing_values_and_ratio_is_none_without_base():
     assert common.ratio(1.0, None) is None
     assert common.ratio(1.0, 0.0) is None
     assert common.ratio(1.0, 4.0) == 0.25
+
+
+# The search benchmarks: the flags they share, parsed alike.
+SEARCH_BENCHMARKS = ("search_vs_random", "search_cost", "search_overhead")
+SHARED_FLAGS = [
+    "--config_file=a.yaml",
+    "--config_file=b.yaml",
+    "--params_override=train.steps=3",
+    "--samples_per_update=2",
+    "--train_steps=9",
+]
+
+
+@pytest.mark.parametrize("name", SEARCH_BENCHMARKS)
+def test_search_benchmarks_share_the_search_flags(name):
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    args = module.parse_args(SHARED_FLAGS)
+    assert args.config_file == ["a.yaml", "b.yaml"]  # repeatable, as main
+    assert args.params_override == "train.steps=3"
+    assert (args.samples_per_update, args.train_steps) == (2, 9)
+    # One spelling: main's --snake_case; the old --kebab-case is an error.
+    with pytest.raises(SystemExit):
+        module.parse_args(["--samples-per-update=2"])
+
+
+def test_search_config_sets_the_budget_of_the_shared_flags():
+    from benchmarks import search_vs_random
+
+    args = search_vs_random.parse_args(
+        ["--samples=5", "--samples_per_update=5", "--train_steps=7"]
+    )
+    config = common.search_config(args)
+    assert config.search.num_samples == 5
+    assert config.search.samples_per_update == 5
+    assert config.search.proxy.train_steps == 7
+    assert common.search_config(args, samples=10).search.num_samples == 10
+
+
+def test_algorithms_flag_lists_valid_algorithms_and_names_a_bad_one(capsys):
+    from benchmarks import search_overhead, supernet_search
+
+    args = search_overhead.parse_args(["--algorithms=random,ppo"])
+    assert args.algorithms == ["random", "ppo"]
+    assert search_overhead.parse_args([]).algorithms == ["ppo", "random"]
+    with pytest.raises(SystemExit):
+        supernet_search.parse_args(["--out_dir=x", "--algorithms=ppo,evo"])
+    assert "unknown algorithm 'evo'" in capsys.readouterr().err
+
+
+def test_config_file_given_replaces_a_default_file():
+    from benchmarks import numerics
+
+    assert numerics.parse_args([]).config_file == [numerics.DEFAULT_CONFIG]
+    args = numerics.parse_args(["--config_file=a", "--config_file=b"])
+    assert args.config_file == ["a", "b"]
 
 
 def test_peak_quick_prints_matmul_and_conv_rows(capsys):
@@ -359,12 +423,11 @@ def test_search_vs_random_retrains_best_specs_and_summarizes(
         [
             "--proxy=match",
             "--samples=4",
-            "--samples-per-update=2",
+            "--samples_per_update=2",
             "--seeds=2",
-            "--retrain-seeds=2",
-            f"--out-dir={tmp_path}",
-            "--params_override=search.controller.lstm_size=8,"
-            "search.controller.embedding_size=8",
+            "--retrain_seeds=2",
+            f"--out_dir={tmp_path}",
+            TINY_CONTROLLER,
         ]
     )
     searches = [r for r in rows if "seed" in r]
@@ -407,13 +470,12 @@ def test_search_vs_random_random_arm_reuses_the_ppo_arms_rewards(tmp_path):
         [
             "--proxy=match",
             "--samples=4",
-            "--samples-per-update=2",
+            "--samples_per_update=2",
             "--algorithms=ppo,random",
-            "--share-rewards",
-            "--no-published",
-            f"--out-dir={tmp_path}",
-            "--params_override=search.controller.lstm_size=8,"
-            "search.controller.embedding_size=8",
+            "--share_rewards",
+            "--no_published",
+            f"--out_dir={tmp_path}",
+            TINY_CONTROLLER,
         ]
     )
     ppo, random_ = [r for r in rows if "seed" in r]
@@ -434,15 +496,14 @@ def test_search_vs_random_merges_runs_started_side_by_side(
     common_args = [
         "--proxy=match",
         "--samples=4",
-        "--samples-per-update=2",
+        "--samples_per_update=2",
         "--seeds=2",
-        "--retrain-seeds=1",
-        f"--out-dir={tmp_path}",
-        "--params_override=search.controller.lstm_size=8,"
-        "search.controller.embedding_size=8",
+        "--retrain_seeds=1",
+        f"--out_dir={tmp_path}",
+        TINY_CONTROLLER,
     ]
     outputs = []
-    for algorithm, extra in (("ppo", []), ("random", ["--no-published"])):
+    for algorithm, extra in (("ppo", []), ("random", ["--no_published"])):
         search_vs_random.main(
             common_args + [f"--algorithms={algorithm}"] + extra
         )
@@ -466,15 +527,14 @@ def test_search_cost_compares_halving_with_full_children(capsys, tmp_path):
     args = [
         "--proxy=curve",
         "--seeds=0",
-        "--samples-full=4",
-        "--samples-halving=6",
-        "--samples-per-update=2",
-        "--train-steps=30",
-        "--min-steps=4",
+        "--samples_full=4",
+        "--samples_halving=6",
+        "--samples_per_update=2",
+        "--train_steps=30",
+        "--min_steps=4",
         "--rules=highest,rank",
-        f"--out-dir={tmp_path}",
-        "--params_override=search.controller.lstm_size=8,"
-        "search.controller.embedding_size=8",
+        f"--out_dir={tmp_path}",
+        TINY_CONTROLLER,
     ]
     rows = search_cost.main(args)
     searches = {r["case"]: r for r in rows if "trajectory" in r}
@@ -513,6 +573,80 @@ def test_search_cost_steps_to_reach():
     assert search_cost.steps_to_reach(points, 0.4) is None
     assert search_cost.steps_to_reach(points, None) is None
     assert search_cost.parse_seeds("0,2-4") == [0, 2, 3, 4]
+
+
+def test_search_overhead_times_methods_that_exist():
+    """A renamed trainer or harness method fails here, not in a benchmark
+    run that would leave its time out."""
+    from benchmarks import search_overhead
+
+    found, missing = search_overhead.resolve_phases()
+    assert missing == []
+    assert len(found) == len(search_overhead.CHILD_PHASES)
+    with search_overhead.timed_parts(collections.defaultdict(float)):
+        pass
+
+
+def test_search_overhead_stops_on_a_renamed_method(monkeypatch):
+    from benchmarks import search_overhead
+
+    renamed = (
+        "data check",
+        "nasfpn_tf.train.trainer:Session",
+        "_check_data_renamed",
+    )
+    monkeypatch.setattr(
+        search_overhead,
+        "CHILD_PHASES",
+        (*search_overhead.CHILD_PHASES, renamed),
+    )
+    message = "Session._check_data_renamed.*CHILD_PHASES"
+    with pytest.raises(search_overhead.MissingMethodError, match=message):
+        search_overhead.resolve_phases()
+    with (
+        pytest.raises(search_overhead.MissingMethodError, match=message),
+        search_overhead.PhaseClock().installed(),
+    ):
+        pass
+    # An older checkout under --baseline: listed, not silently dropped.
+    clock = search_overhead.PhaseClock(skip_missing=True)
+    with clock.installed():
+        pass
+    assert clock.missing == ["data check"]
+
+
+def test_search_overhead_stops_on_a_renamed_harness_method(monkeypatch):
+    from benchmarks import search_overhead
+    from nasfpn_tf.search import history
+
+    monkeypatch.setattr(
+        search_overhead,
+        "PARTS",
+        (("history", history.History, "append_renamed"),),
+    )
+    with (
+        pytest.raises(
+            search_overhead.MissingMethodError,
+            match="History.append_renamed.*PARTS",
+        ),
+        search_overhead.timed_parts({}),
+    ):
+        pass
+
+
+def test_search_overhead_baseline_side_skips_missing_phases():
+    from benchmarks import search_overhead
+
+    args = search_overhead.parse_args(
+        ["--breakdown", "--baseline=/old", "--train_steps=5"]
+    )
+    before = search_overhead.side_command(args, "s.py", skip_missing=True)
+    after = search_overhead.side_command(args, "s.py")
+    assert "--skip_missing_phases" in before
+    assert "--skip_missing_phases" not in after
+    assert "--train_steps=5" in after
+    # The command a side runs parses in the script it runs.
+    assert search_overhead.parse_args(before[2:]).skip_missing_phases
 
 
 # The synthetic match reward of controller_synthetic: a slow test's budget.

@@ -70,6 +70,7 @@ def test_input_defaults_are_the_configs(cli, tmp_path, monkeypatch):
 
 def test_benchmark_base_configs_are_the_clis(cli):
     from benchmarks import (
+        common,
         controller_synthetic,
         input_pipeline,
         search_vs_random,
@@ -81,7 +82,7 @@ def test_benchmark_base_configs_are_the_clis(cli):
     )
     # The search benchmark changes only the budget it is given.
     args = search_vs_random.parse_args([])
-    changed = config_lib.diff(search_vs_random.base_config(args), cli)
+    changed = config_lib.diff(common.search_config(args), cli)
     assert set(changed) <= {
         "search.num_samples",
         "search.samples_per_update",
