@@ -22,7 +22,8 @@ steps, plus noise that shrinks with the steps) and costs no training: it
 compares the cross-rung reward rules (`--rules`) over many seeds in
 seconds.
 
-The figures in the README came from:
+The figures in docs/results.md (raw rows: docs/figures/search_cost_*.txt)
+came from:
 
   ARGS="--config_file configs/tiny_search.yaml --train_steps 500 \
       --min_steps 56 --eta 3 --samples_full 6 --samples_halving 12 \
@@ -34,9 +35,9 @@ The figures in the README came from:
   wait
   python benchmarks/search_cost.py --merge a.out b.out
 
-  python benchmarks/search_cost.py --proxy curve --seeds 0-19 \
-      --samples_full 24 --samples_halving 48 --train_steps 500 \
-      --min_steps 56 --rules highest,rank,first
+  python benchmarks/search_cost.py --proxy curve --seeds 0-7 \
+      --samples_full 24 --samples_halving 48 --samples_per_update 4 \
+      --train_steps 500 --min_steps 56 --rules highest,rank,first
 """
 
 from __future__ import annotations

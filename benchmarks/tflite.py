@@ -35,8 +35,10 @@ Spearman and Kendall rank correlation with a bootstrap interval
 
 The figures in docs/figures/tflite_*.txt came from:
 
-  python benchmarks/tflite.py --part models --out_dir /tmp/tflite_bench
-  python benchmarks/tflite.py --part ranking
+  python benchmarks/tflite.py --part models --out_dir /tmp/tflite_bench \
+      --train_steps 1200
+  python benchmarks/tflite.py --part ranking --specs 12 --repeats 10 \
+      --warmup 2
 """
 
 from __future__ import annotations
