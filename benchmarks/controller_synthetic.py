@@ -118,9 +118,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--algorithms",
-        nargs="+",
-        choices=ALGORITHMS,
-        default=list(ALGORITHMS),
+        type=common.algorithm_list,
+        default=",".join(ALGORITHMS),
+        help="comma-separated, as in the other search benchmarks",
     )
     parser.add_argument("--learning_rate", type=float, default=None)
     parser.add_argument(

@@ -118,10 +118,15 @@ def test_search_config_sets_the_budget_of_the_shared_flags():
 
 
 def test_algorithms_flag_lists_valid_algorithms_and_names_a_bad_one(capsys):
-    from benchmarks import search_overhead, supernet_search
+    from benchmarks import (
+        controller_synthetic,
+        search_overhead,
+        supernet_search,
+    )
 
-    args = search_overhead.parse_args(["--algorithms=random,ppo"])
-    assert args.algorithms == ["random", "ppo"]
+    for module in (search_overhead, controller_synthetic):
+        args = module.parse_args(["--algorithms=random,ppo"])
+        assert args.algorithms == ["random", "ppo"]
     assert search_overhead.parse_args([]).algorithms == ["ppo", "random"]
     with pytest.raises(SystemExit):
         supernet_search.parse_args(["--out_dir=x", "--algorithms=ppo,evo"])
