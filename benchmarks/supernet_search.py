@@ -14,8 +14,10 @@ and top-10-mean reward against samples per algorithm (``curves.json``,
 ``supernet_search.png``), the supernet's reward of the published spec and
 of random specs, and with ``--retrain_steps`` the standalone AP of each
 run's best spec, the published spec and ``--random_specs`` random specs
-(``--retrain_seeds`` seeds; rows of a supernet fidelity run with the same
-settings are reused through ``--reference_log``).
+(``--retrain_seeds`` seeds). With ``--finalists k`` each run is the
+two-stage search (``search.supernet.finalists``): its k best distinct specs
+train as standalone proxy children and the best of them is its answer,
+beside the published spec and 5 random specs trained alike.
 
     python benchmarks/supernet_search.py --config_file configs/tiny_search.yaml \\
         --supernet runs/supernet --samples 300 --seeds 5 --out_dir runs/demo
@@ -39,12 +41,32 @@ common.quiet_tensorflow()
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch.known import NASFPN_SPEC
 from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.search import finalists
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import runner
 
 ALGORITHMS = ("ppo", "reinforce", "random")
 TOP = 10
+
+
+class StandaloneCache:
+    """Standalone proxy children (`search.proxy`) shared by every run's
+    finalists: a spec trains once whichever runs pick it."""
+
+    def __init__(self, config):
+        self.proxy = proxy_lib.ProxyTask(config)
+        self.results: dict[str, proxy_lib.ProxyResult] = {}
+
+    def reward(self, spec: NeckSpec, work_dir: str):
+        key = spec.canonical_key()
+        if key not in self.results:
+            self.results[key] = self.proxy.reward(spec, work_dir)
+            self.proxy.release(work_dir)
+        return self.results[key]
+
+    def release(self, work_dir: str) -> None:
+        del work_dir
 
 
 class SharedCache:
@@ -79,7 +101,9 @@ def curves(rewards: list[float]) -> tuple[list[float], list[float]]:
     return best, top
 
 
-def run(args, config, cache, algorithm: str, seed: int) -> dict:
+def run(
+    args, config, cache, algorithm: str, seed: int, standalone=None
+) -> dict:
     run_config = config_lib.override(
         config,
         {
@@ -110,6 +134,18 @@ def run(args, config, cache, algorithm: str, seed: int) -> dict:
         "best_curve": [round(v, 4) for v in best],
         "top10_curve": [round(v, 4) for v in top],
     }
+    if standalone is not None:
+        two_stage = finalists.run(
+            config_lib.override(
+                run_config, {"search.supernet.finalists": args.finalists}
+            ),
+            model_dir,
+            records,
+            proxy=standalone,
+        )
+        row["finalist_reward"] = two_stage["best_reward"]
+        row["finalist_hash"] = two_stage["best_hash"]
+        row["finalist_rank"] = two_stage["best_supernet_rank"]
     return row
 
 
@@ -128,6 +164,10 @@ def aggregate(rows: list[dict]) -> dict:
             }
         entry["best_median"] = statistics.median(r["best"] for r in mine)
         entry["top10_median"] = statistics.median(r["top10_mean"] for r in mine)
+        finals = [r["finalist_reward"] for r in mine if "finalist_reward" in r]
+        if finals:
+            entry["finalist_median"] = statistics.median(finals)
+            entry["finalist_range"] = [min(finals), max(finals)]
         out[algorithm] = entry
     return out
 
@@ -212,6 +252,14 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seeds", type=common.positive_int, default=5)
     parser.add_argument("--random_specs", type=int, default=20)
+    parser.add_argument(
+        "--finalists",
+        type=int,
+        default=0,
+        help="two-stage: each run's k best distinct specs train standalone "
+        "(search.proxy) and the best is the run's answer; the published "
+        "spec and 5 random specs train alike for comparison",
+    )
     parser.add_argument("--retrain_steps", type=int, default=0)
     parser.add_argument("--retrain_seeds", type=int, default=2)
     parser.add_argument("--out_dir", required=True)
@@ -235,10 +283,26 @@ def main(argv=None) -> dict:
     baseline["random_median"] = statistics.median(random_rewards)
     baseline["random_max"] = max(random_rewards)
     common.emit({"case": "baselines", **baseline, "bn_mode": rater.bn_mode})
+    standalone = None
+    if args.finalists:
+        standalone = StandaloneCache(config)
+        for name, spec in [("published", NASFPN_SPEC)] + [
+            (f"random{i}", s) for i, s in enumerate(randoms[:5])
+        ]:
+            result = standalone.reward(
+                spec, os.path.join(args.out_dir, "standalone", name)
+            )
+            baseline[f"standalone_{name}"] = result.reward
+            common.emit(
+                {"case": "standalone", "name": name, "reward": result.reward}
+            )
+        baseline["standalone_random_median"] = statistics.median(
+            baseline[f"standalone_random{i}"] for i in range(5)
+        )
     rows = []
     for seed in range(args.seeds):
         for algorithm in args.algorithms:
-            row = run(args, config, cache, algorithm, seed)
+            row = run(args, config, cache, algorithm, seed, standalone)
             rows.append(row)
             common.emit(
                 {k: v for k, v in row.items() if not k.endswith("_curve")}
@@ -259,6 +323,8 @@ def main(argv=None) -> dict:
                 "case": algorithm,
                 "best_median": entry["best_median"],
                 "top10_median": entry["top10_median"],
+                "finalist_median": entry.get("finalist_median"),
+                "finalist_range": entry.get("finalist_range"),
             }
         )
     if args.retrain_steps:

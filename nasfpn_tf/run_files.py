@@ -83,3 +83,8 @@ SUPERNET_DONE_FILE = "supernet.json"
 SUPERNET_BASELINES_FILE = "supernet_baselines.json"
 SUPERNET_FIDELITY_REPORT_FILE = "supernet_fidelity.json"
 SUPERNET_FIDELITY_TABLE_FILE = "supernet_fidelity.txt"
+# A two-stage search's finalists (search/finalists.py).
+FINALISTS_LOG_FILE = "finalists.jsonl"
+FINALISTS_FILE = "finalists.json"
+FINALISTS_DIR = "finalists"
+BEST_FINALIST_SPEC_FILE = "best_finalist_spec.json"

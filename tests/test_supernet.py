@@ -384,6 +384,32 @@ def test_fidelity_verdict_can_say_no(tmp_path, sign):
         assert not entry["meets_target"] and entry["top3_overlap"] == 0
         assert entry["kendall_p"] > 0.99  # one-sided: no agreement
     assert os.path.exists(result["report"])
+    prefilter = {p["k"]: p for p in entry["prefilter"]}
+    # (The reference adds up to 0.006 of seed noise to the truth.)
+    if sign > 0:  # the supernet's favourite is the best spec
+        assert prefilter[1]["best_of_top_k"] == pytest.approx(
+            max(truth), abs=0.01
+        )
+    else:  # its top 3 are the 3 worst
+        assert prefilter[3]["best_of_top_k"] == pytest.approx(
+            truth[2], abs=0.01
+        )
+    assert all(p["best"] >= p["best_of_top_k"] for p in entry["prefilter"])
+
+
+def test_prefilter_against_random_picks_is_exact():
+    import itertools
+
+    reference = [0.3, 0.1, 0.4, 0.2, 0.05]
+    rated = [0.0, 0.9, 0.1, 0.8, 0.7]  # prefers 1, 3, 4: the worst three
+    rows = supernet_fidelity.prefilter(rated, reference, sizes=(1, 2, 3, 5))
+    assert [r["k"] for r in rows] == [1, 2, 3]  # k = n is no filter
+    for row in rows:
+        subsets = list(itertools.combinations(reference, row["k"]))
+        expected = sum(max(c) for c in subsets) / len(subsets)
+        assert row["best_of_random_k"] == pytest.approx(expected, abs=1e-4)
+        assert row["best"] == 0.4
+    assert [r["best_of_top_k"] for r in rows] == [0.1, 0.2, 0.2]
 
 
 def test_detector_builds_with_separable_convs():
@@ -416,6 +442,9 @@ def test_a_supernet_search_records_every_sample_and_compares(
             "search.rater": "supernet",
             "search.num_samples": 6,
             "search.samples_per_update": 3,
+            # Two-stage: the best two train standalone (3 steps each).
+            "search.supernet.finalists": 2,
+            "search.proxy.train_steps": 3,
         }
     )
     model_dir = str(tmp_path / "search")
@@ -438,9 +467,19 @@ def test_a_supernet_search_records_every_sample_and_compares(
         for r in records
         if r.status == "ok"
     )
+    finalists = summary["finalists"]
+    assert len(finalists["finalists"]) == 2
+    assert [f["supernet_rank"] for f in finalists["finalists"]] == [1, 2]
+    assert finalists["finalists"][0]["supernet_reward"] == summary["best_reward"]
+    assert os.path.exists(finalists["best_spec"])
+    assert "Finalists trained standalone (2)" in out
+    assert f"--arch={finalists['best_spec']}" in out
     # A rerun of the finished search trains and rates nothing again.
     again = runner.search(config, model_dir)
     assert again["samples"] == 6
+    with open(os.path.join(model_dir, "finalists.jsonl")) as f:
+        assert len(f.readlines()) == 2
+    assert again["finalists"] == finalists
 
 
 @pytest.mark.slow

@@ -238,6 +238,11 @@ class SupernetConfig:
         path: a trained supernet's directory (its `config.yaml` and
             checkpoints) to rate with; "" trains one in
             `<model_dir>/supernet` (or resumes it).
+        finalists: a two-stage search: after the samples are rated on
+            the supernet, the `finalists` distinct specs with the best
+            supernet rewards train as standalone proxy children
+            (`search.proxy`) and the best of them by that reward is the
+            search's answer (`search/finalists.py`); 0 = off.
     """
 
     train_steps: int = 2000
@@ -247,9 +252,11 @@ class SupernetConfig:
     eval_steps: int = 0
     checkpoint_every: int = 250
     path: str = ""
+    finalists: int = 0
 
     def __post_init__(self):
         _positive("search.supernet.train_steps", self.train_steps)
+        _non_negative("search.supernet.finalists", self.finalists)
         _choice("search.supernet.sampling", self.sampling, SUPERNET_SAMPLING)
         _choice("search.supernet.bn_mode", self.bn_mode, BN_MODES)
         _positive(

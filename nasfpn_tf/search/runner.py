@@ -40,6 +40,7 @@ from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.arch.spec import NeckSpec, SpecError
 from nasfpn_tf.run_files import SUPERNET_BASELINES_FILE
 from nasfpn_tf.search import controller as controller_lib
+from nasfpn_tf.search import finalists as finalists_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import pareto as pareto_lib
@@ -229,6 +230,11 @@ def search(
         summary["supernet_baselines"] = _supernet_baselines(
             config, space, factory(), summary, model_dir
         )
+        if config.search.supernet.finalists:
+            summary["finalists"] = finalists_lib.run(
+                config, model_dir, oracle.records
+            )
+            print(finalists_lib.final_text(summary["finalists"], model_dir))
     return summary
 
 
