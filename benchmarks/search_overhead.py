@@ -63,6 +63,7 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import report as report_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import runner
 
@@ -80,9 +81,9 @@ PARTS = (
     ("history", history_lib.History, "append"),
     ("results", history_lib.SearchDir, "write_results"),
     ("result_files", results_lib, "write_result"),
-    ("report", runner.Reporter, "on_sample"),
-    ("report", runner.Reporter, "on_update"),
-    ("final_report", runner.Reporter, "finish"),
+    ("report", report_lib.Reporter, "on_sample"),
+    ("report", report_lib.Reporter, "on_update"),
+    ("final_report", report_lib.Reporter, "finish"),
 )
 COLUMNS = (
     "case",

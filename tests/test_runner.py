@@ -1,6 +1,5 @@
 """Tests of `runner.search`: outputs, resume after crashes, kill -9."""
 
-import ast
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from nasfpn_tf import config as config_lib
-from nasfpn_tf.arch import known
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
@@ -290,13 +288,6 @@ def test_oracle_address_comes_from_config(monkeypatch):
     assert os.environ["KERASTUNER_ORACLE_IP"] == "10.0.0.2"
     assert os.environ["KERASTUNER_ORACLE_PORT"] == "8123"
     assert oracle_lib.role() == "worker"
-
-
-def test_block_specs_text_is_model_gardens_list():
-    text = runner.block_specs_text(known.NASFPN_SPEC)
-    assert text.startswith("NASFPN_BLOCK_SPECS = [")
-    value = ast.literal_eval(text.split("=", 1)[1].strip())
-    assert [tuple(v) for v in value] == list(known.NASFPN_BLOCK_SPECS)
 
 
 _KILL_SCRIPT = textwrap.dedent(
