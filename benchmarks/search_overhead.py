@@ -66,6 +66,7 @@ from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import report as report_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import runner
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 _IMPORTED = time.perf_counter()
 
@@ -77,9 +78,9 @@ PARTS = (
     ("sample", controller_lib.Controller, "sample"),
     ("sample", controller_lib.RandomPolicy, "sample"),
     ("update", controller_lib.Controller, "update"),
-    ("checkpoint", history_lib.SearchDir, "save_policy"),
+    ("checkpoint", search_dir_lib.SearchDir, "save_policy"),
     ("history", history_lib.History, "append"),
-    ("results", history_lib.SearchDir, "write_results"),
+    ("results", search_dir_lib.SearchDir, "write_results"),
     ("result_files", results_lib, "write_result"),
     ("report", report_lib.Reporter, "on_sample"),
     ("report", report_lib.Reporter, "on_update"),

@@ -4,7 +4,8 @@ Everything a run decides (config, spec, metrics, search history and
 results) is rewritten through ``write_atomic``: the data goes to a
 temporary file beside the target, is fsynced when local, and is renamed
 over it, so a reader (or a rerun after a kill) sees the old file or the
-new one, never half of one.
+new one, never half of one. `write_json_atomic` and `read_json` do it for
+one JSON value; `JsonlLog` keeps a file of JSON rows, one a line.
 """
 
 from __future__ import annotations
@@ -75,6 +76,31 @@ def append_line(path: str, line: str, whole_text: Callable[[], str]) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+class JsonFileError(UserError, ValueError):
+    """A file that should hold JSON does not."""
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    """Writes `value` as indented JSON, atomically."""
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: str) -> Any | None:
+    """The JSON value in `path`, or None when the file does not exist.
+
+    Raises:
+        JsonFileError: the file exists but is not JSON.
+    """
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JsonFileError(f"{path}: not valid JSON ({error})") from None
 
 
 class JsonlError(UserError, ValueError):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.search import controller
+from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 
 # 3 cells over levels 3..4: 12 decisions, small enough to repeat itself.
@@ -129,3 +130,29 @@ def scheduling(num_samples, per_update, **kwargs):
         **kwargs,
     }
     return keywords, seen
+
+
+# The default space, for records of the published spec.
+FULL_SPACE = SearchSpace()
+
+
+def sample_record(sample, reward=0.5, status="ok", step=None, spec=None, **kw):
+    """A history record of sample `sample`: by default a random spec of
+    `FULL_SPACE` (seeded by `sample`) rated `reward`, at step sample // 3."""
+    spec = spec or FULL_SPACE.to_spec(
+        FULL_SPACE.random_actions(random.Random(sample))
+    )
+    if status == "cached":
+        kw.setdefault("cached_from", 0)
+    if status == "failed":
+        kw.setdefault("error", "ValueError: boom")
+    return history_lib.SampleRecord(
+        step=sample // 3 if step is None else step,
+        sample=sample,
+        actions=tuple(FULL_SPACE.from_spec(spec)),
+        spec=spec.to_dict(),
+        hash=spec.canonical_key(),
+        reward=reward,
+        status=status,
+        **kw,
+    )

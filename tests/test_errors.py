@@ -24,7 +24,7 @@ USER_FACING = {
     "nasfpn_tf.search.history": ["HistoryError"],
     "nasfpn_tf.search.fidelity": ["FidelityError"],
     "nasfpn_tf.predict": ["PredictError"],
-    "nasfpn_tf.files": ["JsonlError"],
+    "nasfpn_tf.files": ["JsonlError", "JsonFileError"],
 }
 
 

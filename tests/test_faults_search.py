@@ -30,6 +30,7 @@ from test_runner import FormulaProxy, formula, tiny_config
 from test_scheduler import Clock
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import files, run_files
 from nasfpn_tf import main as main_lib
 from nasfpn_tf.arch import known
 from nasfpn_tf.search import history as history_lib
@@ -37,6 +38,7 @@ from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import runner
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.train.loops import NonFiniteLossError
 
 KILL_SEED = 11
@@ -62,7 +64,7 @@ def _no_distribution(monkeypatch):
 
 def _records(model_dir):
     records, torn = history_lib.read_history(
-        os.path.join(str(model_dir), history_lib.HISTORY_FILE)
+        os.path.join(str(model_dir), run_files.HISTORY_FILE)
     )
     assert torn is None
     return records
@@ -242,14 +244,14 @@ def test_failing_writes_stop_with_a_clear_error_and_lose_nothing(
     # file system with files open for writing, such as the search's
     # TensorBoard events, so this one is not a real remount.)
     broken = []
-    real_write = history_lib.write_atomic
+    real_write = files.write_atomic
 
     def write_atomic(path, data):
         if broken:
             raise OSError(code, os.strerror(code), path)
         return real_write(path, data)
 
-    monkeypatch.setattr(history_lib, "write_atomic", write_atomic)
+    monkeypatch.setattr(files, "write_atomic", write_atomic)
     _storage_failure(
         tmp_path,
         str(tmp_path / "search"),
@@ -379,7 +381,7 @@ def _stored(model_dir):
 
 
 def _policy_values(model_dir):
-    latest = history_lib.read_json(
+    latest = files.read_json(
         os.path.join(model_dir, "controller", "latest.json")
     )
     reader = tf.train.load_checkpoint(
@@ -500,7 +502,7 @@ class _Due:
 
 def _records_allowing_torn(model_dir):
     records, _ = history_lib.read_history(
-        os.path.join(model_dir, history_lib.HISTORY_FILE)
+        os.path.join(model_dir, run_files.HISTORY_FILE)
     )
     return records
 
@@ -519,7 +521,7 @@ def _oracle(tmp_path, max_retries, clock):
     oracle = oracle_lib.ControllerOracle(
         space,
         controller.RandomPolicy(space.num_choices, space.mask, seed=3),
-        history_lib.SearchDir(str(tmp_path)),
+        search_dir_lib.SearchDir(str(tmp_path)),
         num_samples=2,
         samples_per_update=2,
         algorithm="random",

@@ -41,6 +41,18 @@ def test_remote_paths_go_through_gfile():
     assert tf.io.gfile.glob(path + ".tmp-*") == []
 
 
+def test_json_values_are_written_atomically_and_read_back(tmp_path):
+    path = str(tmp_path / "sub" / "value.json")
+    files.write_json_atomic(path, {"a": 1})
+    files.write_json_atomic(path, {"a": 2})
+    assert files.read_json(path) == {"a": 2}
+    assert os.listdir(tmp_path / "sub") == ["value.json"]
+    assert files.read_json(str(tmp_path / "missing.json")) is None
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(files.JsonFileError, match="bad.json: not valid JSON"):
+        files.read_json(str(tmp_path / "bad.json"))
+
+
 def test_jsonl_log_appends_and_drops_a_torn_last_line(tmp_path):
     from nasfpn_tf.files import JsonlLog
 

@@ -1,43 +1,14 @@
-"""Tests of the search directory: history file, reward cache, results."""
+"""Tests of the sample history: records, the history file, reward cache."""
 
 import json
-import os
 
 import pytest
 import tensorflow as tf
+from search_helpers import sample_record as _record
 
 from nasfpn_tf import files
 from nasfpn_tf.arch import known
-from nasfpn_tf.arch.space import SearchSpace
-from nasfpn_tf.arch.spec import NeckSpec
-from nasfpn_tf.search import controller
 from nasfpn_tf.search import history as history_lib
-
-SPACE = SearchSpace()
-
-
-def _record(sample, reward=0.5, status="ok", step=None, spec=None, **kw):
-    spec = spec or SPACE.to_spec(SPACE.random_actions(_rng(sample)))
-    if status == "cached":
-        kw.setdefault("cached_from", 0)
-    if status == "failed":
-        kw.setdefault("error", "ValueError: boom")
-    return history_lib.SampleRecord(
-        step=sample // 3 if step is None else step,
-        sample=sample,
-        actions=tuple(SPACE.from_spec(spec)),
-        spec=spec.to_dict(),
-        hash=spec.canonical_key(),
-        reward=reward,
-        status=status,
-        **kw,
-    )
-
-
-def _rng(seed):
-    import random
-
-    return random.Random(seed)
 
 
 def test_record_round_trips_through_json():
@@ -145,15 +116,6 @@ def test_history_on_a_store_without_append():
     assert not tf.io.gfile.glob(path + ".tmp-*")
 
 
-def test_write_atomic_leaves_no_temporary_files(tmp_path):
-    path = str(tmp_path / "sub" / "value.json")
-    history_lib.write_json_atomic(path, {"a": 1})
-    history_lib.write_json_atomic(path, {"a": 2})
-    assert history_lib.read_json(path) == {"a": 2}
-    assert os.listdir(tmp_path / "sub") == ["value.json"]
-    assert history_lib.read_json(str(tmp_path / "missing.json")) is None
-
-
 def test_reward_cache_keeps_first_successful_reward():
     spec = known.NASFPN_SPEC
     cache = history_lib.RewardCache(
@@ -207,53 +169,3 @@ def test_ranked_is_best_first_one_per_hash():
     ]
     best = history_lib.ranked(records)
     assert [r.sample for r in best] == [1, 4, 0]
-
-
-def test_write_results_best_spec_loads_as_arch(tmp_path):
-    search_dir = history_lib.SearchDir(str(tmp_path))
-    assert search_dir.write_results([_record(0, status="failed")]) is None
-    assert not os.path.exists(search_dir.best_spec_path)
-    records = [_record(i, reward=r) for i, r in enumerate([0.1, 0.5, 0.3])]
-    records.append(_record(3, reward=0.6, spec=known.NASFPN_SPEC))
-    best = search_dir.write_results(records, top_k=2)
-    assert best.sample == 3
-    assert NeckSpec.load(search_dir.best_spec_path) == known.NASFPN_SPEC
-    top = history_lib.read_json(search_dir.top_specs_path)
-    assert [(t["rank"], t["sample"], t["reward"]) for t in top] == [
-        (1, 3, 0.6),
-        (2, 1, 0.5),
-    ]
-    assert [tuple(b[:2]) for b in top[0]["block_specs"]] == [
-        (b[0], b[1]) for b in known.NASFPN_BLOCK_SPECS
-    ]
-    assert NeckSpec.from_dict(top[1]["spec"]) == records[1].neck_spec()
-
-
-def test_policy_checkpoints_and_pointer(tmp_path):
-    search_dir = history_lib.SearchDir(str(tmp_path))
-    assert search_dir.latest_policy("random") is None
-    policy = controller.RandomPolicy((3, 4), seed=1)
-    for updates in range(1, 5):
-        policy.sample(2)
-        search_dir.save_policy(policy, updates, "random")
-    updates, prefix = search_dir.latest_policy("random")
-    assert updates == 4
-    names = {p.split(".")[0] for p in os.listdir(search_dir.controller_dir)}
-    assert names == {"update-000003", "update-000004", "latest"}
-    restored = controller.RandomPolicy((3, 4), seed=1)
-    restored.restore(prefix)
-    assert (restored.sample(5).actions == policy.sample(5).actions).all()
-    with pytest.raises(history_lib.HistoryError, match="algorithm 'random'"):
-        search_dir.latest_policy("ppo")
-    for path in tf.io.gfile.glob(prefix + "*"):
-        os.remove(path)
-    with pytest.raises(history_lib.HistoryError, match="missing"):
-        search_dir.latest_policy("random")
-
-
-def test_trial_dirs_are_named_by_sample(tmp_path):
-    search_dir = history_lib.SearchDir(str(tmp_path))
-    assert search_dir.trial_dir(12).endswith(
-        os.path.join("trials", "trial_000012")
-    )
-    assert search_dir.result_path(3).endswith("trial_000003/result.json")

@@ -16,10 +16,12 @@ from search_helpers import distinct_rows as _distinct_rows
 from search_helpers import key as _key
 from search_helpers import twin as _twin
 
+from nasfpn_tf import files
 from nasfpn_tf.search import controller
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +31,7 @@ def _no_distribution(monkeypatch):
 
 
 def _build(tmp_path, policy, proxy, num_samples, per_update, **kwargs):
-    search_dir = history_lib.SearchDir(str(tmp_path))
+    search_dir = search_dir_lib.SearchDir(str(tmp_path))
     keywords, seen = scheduling(num_samples, per_update, **kwargs)
     oracle = oracle_lib.ControllerOracle(SPACE, policy, search_dir, **keywords)
     oracle.restore()
@@ -84,9 +86,9 @@ def test_search_trains_each_sample_and_learns_per_batch(tmp_path):
     assert [u.step for u in seen["updates"]] == [0, 1, 2]
     assert seen["samples"] == records
     assert oracle.finished and oracle.updates == 3
-    search_dir = history_lib.SearchDir(str(tmp_path))
+    search_dir = search_dir_lib.SearchDir(str(tmp_path))
     assert search_dir.latest_policy("scripted")[0] == 3
-    stored = history_lib.read_json(search_dir.result_path(3))
+    stored = files.read_json(search_dir.result_path(3))
     assert stored["hash"] == _key(rows[3]) and stored["status"] == "ok"
     assert history_lib.read_history(search_dir.history_path)[0] == records
 
@@ -286,7 +288,7 @@ def test_restore_refuses_a_history_that_lost_learned_samples(tmp_path):
 
 
 def test_restore_refuses_a_checkpoint_of_another_controller(tmp_path):
-    search_dir = history_lib.SearchDir(str(tmp_path))
+    search_dir = search_dir_lib.SearchDir(str(tmp_path))
     policy = controller.RandomPolicy(SPACE.num_choices, SPACE.mask)
     search_dir.save_policy(policy, 1, "scripted")
     with pytest.raises(oracle_lib.SearchStateError, match="does not fit"):

@@ -10,11 +10,13 @@ import pytest
 import tensorflow as tf
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import files, run_files
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import runner
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 8
@@ -76,7 +78,7 @@ def _no_distribution(monkeypatch):
 
 def _outcomes(model_dir):
     records, torn = history_lib.read_history(
-        os.path.join(model_dir, history_lib.HISTORY_FILE)
+        os.path.join(model_dir, run_files.HISTORY_FILE)
     )
     assert torn is None
     return [r.outcome() for r in records]
@@ -113,7 +115,7 @@ def test_search_writes_every_result(tmp_path, baseline, capsys):
     best = max((r for r in records if r.rated), key=lambda r: r.reward)
     assert summary["best_reward"] == best.reward
     assert NeckSpec.load(summary["best_spec"]) == best.neck_spec()
-    top = history_lib.read_json(summary["top_specs"])
+    top = files.read_json(summary["top_specs"])
     assert [t["reward"] for t in top] == sorted(
         {r.hash: r.reward for r in records if r.rated}.values(), reverse=True
     )
@@ -162,9 +164,7 @@ def test_random_search_and_ppo_share_the_harness(baseline):
     assert ppo_summary["updates"] == random_summary["updates"] == 3
     assert len(ppo_outcomes) == len(random_outcomes) == NUM_SAMPLES
     root = os.path.dirname(ppo_summary["history"])
-    pointer = history_lib.read_json(
-        os.path.join(root, "controller", "latest.json")
-    )
+    pointer = files.read_json(os.path.join(root, "controller", "latest.json"))
     assert pointer == {
         "updates": 3,
         "checkpoint": "update-000003",
@@ -192,7 +192,7 @@ def _crash_in_append(monkeypatch, at, after):
 def _crash_in_checkpoint(monkeypatch, at):
     """save_policy writes update `at`'s checkpoint, then Crash before the
     pointer."""
-    original = history_lib.SearchDir.save_policy
+    original = search_dir_lib.SearchDir.save_policy
 
     def save_policy(self, policy, updates, algorithm):
         if updates == at:
@@ -200,7 +200,7 @@ def _crash_in_checkpoint(monkeypatch, at):
             raise Crash(f"in checkpoint {at}")
         return original(self, policy, updates, algorithm)
 
-    monkeypatch.setattr(history_lib.SearchDir, "save_policy", save_policy)
+    monkeypatch.setattr(search_dir_lib.SearchDir, "save_policy", save_policy)
 
 
 CRASHES = {
@@ -296,6 +296,7 @@ _KILL_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from nasfpn_tf import config as config_lib
     from nasfpn_tf.search import history as history_lib
+    from nasfpn_tf.search import search_dir as search_dir_lib
     from nasfpn_tf.search import proxy as proxy_lib, runner
 
     point, at = sys.argv[1], int(sys.argv[2])
@@ -332,7 +333,7 @@ _KILL_SCRIPT = textwrap.dedent(
             die()
 
     history_lib.History.append = dying_append
-    save_policy = history_lib.SearchDir.save_policy
+    save_policy = search_dir_lib.SearchDir.save_policy
 
     def dying_save(self, policy, updates, algorithm):
         if point == "checkpoint" and updates == at:
@@ -340,7 +341,7 @@ _KILL_SCRIPT = textwrap.dedent(
             die()
         return save_policy(self, policy, updates, algorithm)
 
-    history_lib.SearchDir.save_policy = dying_save
+    search_dir_lib.SearchDir.save_policy = dying_save
     config = config_lib.from_yaml(open({config!r}).read())
     runner.search(config, {model_dir!r}, proxy=FormulaProxy())
     """

@@ -14,10 +14,10 @@ from search_helpers import (
     twin,
 )
 
-from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import resume
 from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.search.scheduler import RUN, STOP, WAIT
 
 
@@ -36,7 +36,7 @@ def _scheduler(tmp_path, rows, num_samples, per_update, **kwargs):
     scheduler = scheduler_lib.Scheduler(
         SPACE,
         ScriptedPolicy(rows),
-        history_lib.SearchDir(str(tmp_path)),
+        search_dir_lib.SearchDir(str(tmp_path)),
         **keywords,
     )
     scheduler.restore()

@@ -8,12 +8,14 @@ import textwrap
 
 import pytest
 
+from nasfpn_tf import files
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.search import controller
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 SPACE = SearchSpace(
     num_intermediate=1, intermediate_levels=(4,), min_level=3, max_level=4
@@ -48,7 +50,7 @@ def _no_distribution(monkeypatch):
 
 
 def _tuner(tmp_path, proxy, num_samples=2):
-    search_dir = history_lib.SearchDir(str(tmp_path))
+    search_dir = search_dir_lib.SearchDir(str(tmp_path))
     oracle = oracle_lib.ControllerOracle(
         SPACE,
         controller.RandomPolicy(SPACE.num_choices, SPACE.mask, seed=3),
@@ -72,7 +74,7 @@ def test_run_trial_stores_the_result_then_releases(tmp_path):
     assert metrics == {"reward": formula(spec.canonical_key())}
     work_dir = oracle.search_dir.trial_dir(0)
     assert proxy.calls == proxy.released == [work_dir]
-    stored = history_lib.read_json(oracle.search_dir.result_path(0))
+    stored = files.read_json(oracle.search_dir.result_path(0))
     assert stored["hash"] == spec.canonical_key()
     assert stored["tuner"] == "tuner0" and stored["status"] == "ok"
     # Run again (a restart before the report): the stored result is used.
@@ -92,7 +94,7 @@ def test_a_stored_result_of_another_spec_is_not_reused(tmp_path):
 
 def test_the_proxy_is_made_only_when_a_child_trains(tmp_path):
     made = []
-    search_dir = history_lib.SearchDir(str(tmp_path))
+    search_dir = search_dir_lib.SearchDir(str(tmp_path))
     oracle = oracle_lib.ControllerOracle(
         SPACE,
         controller.RandomPolicy(SPACE.num_choices, SPACE.mask),

@@ -16,10 +16,12 @@ from search_helpers import (
 )
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import files
 from nasfpn_tf import main as main_lib
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.search import warm_start
 from nasfpn_tf.search.scheduler import RUN, Scheduler
 from nasfpn_tf.search.warm_start import WarmStartError
@@ -53,7 +55,7 @@ def _scheduler(root, policy, num_samples, per_update, warm=None, **kwargs):
     scheduler = Scheduler(
         SPACE,
         policy,
-        history_lib.SearchDir(str(root)),
+        search_dir_lib.SearchDir(str(root)),
         warm_start=warm,
         **keywords,
     )
@@ -95,7 +97,7 @@ def _lines(path):
 
 
 def _saved(root):
-    return history_lib.read_json(os.path.join(root, "warm_start.json"))
+    return files.read_json(os.path.join(root, "warm_start.json"))
 
 
 def test_rewards_rated_before_are_cached_not_trained(tmp_path):
@@ -174,9 +176,7 @@ def test_replay_equals_updating_the_controller_by_hand(tmp_path):
         warmed.trainable_variables, by_hand.trainable_variables
     ):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
-    pointer = history_lib.read_json(
-        os.path.join(root, "controller", "latest.json")
-    )
+    pointer = files.read_json(os.path.join(root, "controller", "latest.json"))
     assert pointer["updates"] == 0  # the replay counts none of its own
 
 
@@ -203,7 +203,7 @@ def _resume_after(tmp_path, monkeypatch, point, make_policy):
             def save_policy(self, policy, updates, algorithm):
                 raise Crash("before the pointer")
 
-            patch.setattr(history_lib.SearchDir, "save_policy", save_policy)
+            patch.setattr(search_dir_lib.SearchDir, "save_policy", save_policy)
             with pytest.raises(Crash):
                 _warm_search(root, first, make_policy())
         assert _saved(root)["replayed_updates"] == 3

@@ -1,26 +1,18 @@
-"""The search directory: sample history, reward cache, best specs, state.
+"""The sample history of a search: records, the log, the reward cache.
 
 An architecture search (NAS-FPN, Ghiasi et al., CVPR 2019,
-arXiv:1904.07392, Sec. 3) keeps everything it decides in one directory,
-local or `gs://`:
+arXiv:1904.07392, Sec. 3) rates one sampled spec after another; each
+sample becomes a `SampleRecord` (step, spec, reward, status, seconds),
+appended as one JSON line to `history.jsonl` in the search directory
+(`search_dir.py` lists the directory). The history plus the controller
+checkpoint are the source of truth a resumed search restarts from; the
+`RewardCache` built from it lets a repeat of a rated spec reuse its reward.
 
-  config.yaml        the resolved config (written by `main`)
-  history.jsonl      one `SampleRecord` per sample, in the order recorded
-  controller/        the policy checkpoint of each of the last updates and
-                     `latest.json`, naming the one to resume from
-  trials/trial_N/    the work directory of child N and its `result.json`
-  best_spec.json     the best spec so far (`--arch` reads it)
-  top_specs.json     the best specs with their rewards
-  search_progress.png, best_spec.png, summaries/   plots, drawing, scalars
-  warm_start.json    what a warm start used (`warm_start.py`)
-
-`history.jsonl` plus the controller checkpoint are the source of truth a
-resumed search restarts from. Appends to a local history are flushed and
-fsynced; object stores such as GCS cannot append, so there the whole file is
-rewritten (atomically) at each append, a few MB at most for thousands of
-samples. Every other file is written atomically: to a temporary name, then
-renamed. A write cut short by a kill leaves at most a torn last line in the
-history, which `read_history` reports and `History.open` drops.
+Appends to a local history are flushed and fsynced; object stores such as
+GCS cannot append, so there the whole file is rewritten (atomically) at
+each append, a few MB at most for thousands of samples. A write cut short
+by a kill leaves at most a torn last line, which `read_history` reports
+and `History.open` drops.
 """
 
 from __future__ import annotations
@@ -28,29 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import tensorflow as tf
-
 from nasfpn_tf import files
-from nasfpn_tf.arch.spec import NeckSpec, SpecError
+from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.checks import is_int, is_number
 from nasfpn_tf.errors import UserError
-from nasfpn_tf.files import write_atomic
-from nasfpn_tf.run_files import (
-    BEST_SPEC_FILE,
-    CONTROLLER_DIR,
-    DRAWING_FILE,
-    HISTORY_FILE,
-    LATEST_FILE,
-    RESULT_FILE,
-    SUMMARIES_DIR,
-    TOP_SPECS_FILE,
-    TRIALS_DIR,
-)
-from nasfpn_tf.run_files import SEARCH_PLOT_FILE as PLOT_FILE
 
 # A record's status; the one place these are defined.
 OK = "ok"
@@ -60,46 +36,9 @@ STATUSES = (OK, FAILED, CACHED)
 # Statuses whose reward measures the architecture (a failure's is a penalty).
 RATED_STATUSES = (OK, CACHED)
 
-# Controller checkpoints kept: the last one, and the one before in case the
-# last is unreadable.
-KEEP_CHECKPOINTS = 2
-DEFAULT_TOP_K = 10
-# Zero-padded width of sample numbers in trial directory names.
-SAMPLE_DIGITS = 6
-_CHECKPOINT_PREFIX = "update-"
-
 
 class HistoryError(UserError, ValueError):
     """A history file or search directory that cannot be read as written."""
-
-
-# --------------------------------------------------------------------------
-# Files.
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-    """Writes `value` as indented JSON, atomically."""
-    write_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
-def read_json(path: str) -> Any | None:
-    """The JSON value in `path`, or None when the file does not exist.
-
-    Raises:
-        HistoryError: the file exists but is not JSON.
-    """
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise HistoryError(f"{path}: not valid JSON ({error})") from None
-
-
-# --------------------------------------------------------------------------
-# Records.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,16 +213,11 @@ def read_history(path: str) -> tuple[list[SampleRecord], str | None]:
         HistoryError: a line other than the last is not a valid record,
             naming the file and line number.
     """
-    records, torn, _ = _read_history(path)
-    return records, torn
-
-
-def _read_history(path: str) -> tuple[list[SampleRecord], str | None, bool]:
-    """As `read_history`, plus whether the file ends cleanly."""
     try:
-        return files.read_jsonl(path, _parse_record, RECORD)
+        records, torn, _ = files.read_jsonl(path, _parse_record, RECORD)
     except files.JsonlError as error:
         raise HistoryError(str(error)) from None
+    return records, torn
 
 
 # What a history line is, in error messages.
@@ -400,10 +334,6 @@ class RewardCache:
         return len(self._entries)
 
 
-# --------------------------------------------------------------------------
-# Results.
-
-
 def ranked(records: Iterable[SampleRecord]) -> list[SampleRecord]:
     """Rated records best first, one per hash (its first sample).
 
@@ -414,171 +344,3 @@ def ranked(records: Iterable[SampleRecord]) -> list[SampleRecord]:
         if record.rated and record.hash not in first:
             first[record.hash] = record
     return sorted(first.values(), key=lambda r: (-r.reward, r.sample))
-
-
-def _top_entry(rank: int, record: SampleRecord) -> dict[str, Any]:
-    spec = record.neck_spec()
-    try:
-        block_specs = [list(b) for b in spec.to_block_specs()]
-    except SpecError:
-        block_specs = None
-    return {
-        "rank": rank,
-        "reward": record.reward,
-        "sample": record.sample,
-        "step": record.step,
-        "hash": record.hash,
-        "metrics": dict(record.metrics),
-        "spec": dict(record.spec),
-        "block_specs": block_specs,
-    }
-
-
-# --------------------------------------------------------------------------
-# The directory.
-
-
-class SearchDir:
-    """Paths and state files of one search directory.
-
-    Args:
-        root: the search's model_dir (local or gs://).
-    """
-
-    def __init__(self, root: str):
-        if not root:
-            raise HistoryError("the search directory must not be empty")
-        self.root = root
-
-    def _path(self, *parts: str) -> str:
-        return os.path.join(self.root, *parts)
-
-    @property
-    def history_path(self) -> str:
-        return self._path(HISTORY_FILE)
-
-    @property
-    def best_spec_path(self) -> str:
-        return self._path(BEST_SPEC_FILE)
-
-    @property
-    def top_specs_path(self) -> str:
-        return self._path(TOP_SPECS_FILE)
-
-    @property
-    def controller_dir(self) -> str:
-        return self._path(CONTROLLER_DIR)
-
-    @property
-    def trials_dir(self) -> str:
-        return self._path(TRIALS_DIR)
-
-    @property
-    def plot_path(self) -> str:
-        return self._path(PLOT_FILE)
-
-    @property
-    def drawing_path(self) -> str:
-        return self._path(DRAWING_FILE)
-
-    @property
-    def summaries_dir(self) -> str:
-        return self._path(SUMMARIES_DIR)
-
-    def trial_dir(self, sample: int) -> str:
-        """Work directory of child `sample` (KerasTuner's trial_<id>)."""
-        return self._path(TRIALS_DIR, f"trial_{trial_id(sample)}")
-
-    def result_path(self, sample: int) -> str:
-        return os.path.join(self.trial_dir(sample), RESULT_FILE)
-
-    # -- controller state ---------------------------------------------------
-
-    def save_policy(self, policy: Any, updates: int, algorithm: str) -> str:
-        """Checkpoints `policy` after `updates` updates; returns the prefix.
-
-        The checkpoint is written under a fresh name first and
-        `controller/latest.json` is pointed at it afterwards, so a kill at
-        any moment leaves `latest.json` naming a complete checkpoint.
-        Checkpoints beyond the last `KEEP_CHECKPOINTS` are deleted.
-        """
-        name = f"{_CHECKPOINT_PREFIX}{updates:06d}"
-        prefix = os.path.join(self.controller_dir, name)
-        tf.io.gfile.makedirs(self.controller_dir)
-        policy.save(prefix)
-        write_json_atomic(
-            os.path.join(self.controller_dir, LATEST_FILE),
-            {"updates": updates, "checkpoint": name, "algorithm": algorithm},
-        )
-        self._prune_checkpoints(updates)
-        return prefix
-
-    def _prune_checkpoints(self, updates: int) -> None:
-        pattern = os.path.join(self.controller_dir, f"{_CHECKPOINT_PREFIX}*")
-        kept = {
-            f"{_CHECKPOINT_PREFIX}{u:06d}"
-            for u in range(updates - KEEP_CHECKPOINTS + 1, updates + 1)
-        }
-        for path in tf.io.gfile.glob(pattern):
-            name = os.path.basename(path).split(".", 1)[0]
-            if name not in kept:
-                tf.io.gfile.remove(path)
-
-    def latest_policy(self, algorithm: str) -> tuple[int, str] | None:
-        """(updates, checkpoint prefix) to resume from, or None if none.
-
-        Raises:
-            HistoryError: the pointer names another algorithm or a
-                checkpoint that is not there.
-        """
-        pointer = os.path.join(self.controller_dir, LATEST_FILE)
-        data = read_json(pointer)
-        if data is None:
-            return None
-        try:
-            updates = int(data["updates"])
-            name = str(data["checkpoint"])
-            saved_algorithm = str(data["algorithm"])
-        except (KeyError, TypeError, ValueError):
-            raise HistoryError(
-                f"{pointer}: expected updates, checkpoint and algorithm; "
-                f"got {data!r}"
-            ) from None
-        if saved_algorithm != algorithm:
-            raise HistoryError(
-                f"{pointer}: this search ran with algorithm "
-                f"{saved_algorithm!r}, the config asks for {algorithm!r}; use "
-                "a new model_dir"
-            )
-        prefix = os.path.join(self.controller_dir, name)
-        if not tf.io.gfile.exists(f"{prefix}.index"):
-            raise HistoryError(
-                f"{pointer}: names checkpoint {prefix}, which is missing"
-            )
-        return updates, prefix
-
-    # -- results ------------------------------------------------------------
-
-    def write_results(
-        self, records: Iterable[SampleRecord], top_k: int = DEFAULT_TOP_K
-    ) -> SampleRecord | None:
-        """Writes best_spec.json and top_specs.json; returns the best record.
-
-        Nothing is written while no sample has a rated reward.
-        """
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        best = ranked(records)
-        if not best:
-            return None
-        write_atomic(self.best_spec_path, best[0].neck_spec().to_json() + "\n")
-        write_json_atomic(
-            self.top_specs_path,
-            [_top_entry(i + 1, r) for i, r in enumerate(best[:top_k])],
-        )
-        return best[0]
-
-
-def trial_id(sample: int) -> str:
-    """KerasTuner trial id of a sample: its index, zero-padded."""
-    return f"{sample:0{SAMPLE_DIGITS}d}"

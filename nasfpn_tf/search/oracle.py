@@ -49,12 +49,14 @@ from keras_tuner.engine import base_tuner
 from keras_tuner.engine import trial as trial_lib
 from keras_tuner.src.distribute import utils as distribute_utils
 
+from nasfpn_tf import run_files
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.search.results import SearchStorageError
 from nasfpn_tf.search.resume import SearchStateError
 from nasfpn_tf.search.scheduler import SearchAborted
@@ -143,7 +145,7 @@ class ControllerOracle(kt.Oracle):
         self,
         space: SearchSpace,
         policy: controller_lib.Policy | None,
-        search_dir: history_lib.SearchDir | None,
+        search_dir: search_dir_lib.SearchDir | None,
         **settings: Any,
     ):
         super().__init__(
@@ -187,7 +189,7 @@ class ControllerOracle(kt.Oracle):
             self.scheduler.restore()
 
     @property
-    def search_dir(self) -> history_lib.SearchDir | None:
+    def search_dir(self) -> search_dir_lib.SearchDir | None:
         return None if self.scheduler is None else self.scheduler.search_dir
 
     @property
@@ -216,7 +218,7 @@ class ControllerOracle(kt.Oracle):
         """`Scheduler.reclaim_lost`; returns the trial ids taken back."""
         with self._lock:
             lost = self.scheduler.reclaim_lost(silent_for)
-            return [history_lib.trial_id(sample) for sample in lost]
+            return [search_dir_lib.trial_id(sample) for sample in lost]
 
     # -- KerasTuner's Oracle interface ---------------------------------------
 
@@ -228,7 +230,7 @@ class ControllerOracle(kt.Oracle):
                 return trial_lib.Trial(self.get_space(), status=IDLE)
             if assignment.status == scheduler_lib.STOP:
                 return trial_lib.Trial(self.get_space(), status=STOPPED)
-            trial_id = history_lib.trial_id(assignment.sample)
+            trial_id = search_dir_lib.trial_id(assignment.sample)
             if assignment.again and trial_id in self._trials:
                 return self._trials[trial_id]
             hps = self.get_space()
@@ -319,7 +321,7 @@ class SearchTuner(base_tuner.BaseTuner):
         self,
         oracle: ControllerOracle,
         space: SearchSpace,
-        search_dir: history_lib.SearchDir,
+        search_dir: search_dir_lib.SearchDir,
         proxy_factory: ProxyFactory,
         worker_timeout: float | None = None,
     ):
@@ -332,7 +334,7 @@ class SearchTuner(base_tuner.BaseTuner):
         super().__init__(
             oracle=oracle,
             directory=search_dir.root,
-            project_name=history_lib.TRIALS_DIR,
+            project_name=run_files.TRIALS_DIR,
         )
 
     @property

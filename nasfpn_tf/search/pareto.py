@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import files
 from nasfpn_tf.arch.known import NASFPN_SPEC
 from nasfpn_tf.arch.spec import SpecError
 from nasfpn_tf.run_files import PARETO_PLOT_FILE, PARETO_SPECS_FILE
@@ -190,13 +191,13 @@ def write(
     specs_path = os.path.join(root, PARETO_SPECS_FILE)
     plot_path = os.path.join(root, PARETO_PLOT_FILE)
     members = front(candidates)
-    history_lib.write_json_atomic(specs_path, front_entries(members, cost))
+    files.write_json_atomic(specs_path, front_entries(members, cost))
     figure = pareto_figure(
         candidates, cost, published_cost, published_hash, title
     )
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
-    history_lib.write_atomic(plot_path, buffer.getvalue())
+    files.write_atomic(plot_path, buffer.getvalue())
     return {"specs": specs_path, "plot": plot_path, "front": len(members)}
 
 

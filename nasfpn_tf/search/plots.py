@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from nasfpn_tf import files
 from nasfpn_tf.search import history as history_lib
 
 FIGURE_SIZE = (10.0, 4.0)
@@ -163,4 +164,4 @@ def save_progress_plot(
     figure = progress_figure(records, title)
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
-    history_lib.write_atomic(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())

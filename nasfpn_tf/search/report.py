@@ -25,9 +25,10 @@ from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import pareto as pareto_lib
 from nasfpn_tf.search import plots
 from nasfpn_tf.search import scheduler as scheduler_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.train.progress import format_duration
 
-TOP_K = history_lib.DEFAULT_TOP_K
+TOP_K = search_dir_lib.DEFAULT_TOP_K
 # The progress figure costs about a second to draw: redrawn after an update
 # at most this often (and always at the end).
 PLOT_INTERVAL_SECONDS = 60.0
@@ -56,7 +57,7 @@ class Reporter:
     def __init__(
         self,
         config: config_lib.ExperimentConfig,
-        search_dir: history_lib.SearchDir,
+        search_dir: search_dir_lib.SearchDir,
         top_k: int = TOP_K,
     ):
         self.config = config

@@ -16,10 +16,11 @@ from __future__ import annotations
 import tensorflow as tf
 from absl import logging
 
+from nasfpn_tf import files
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.errors import UserError
-from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 
 class SearchStorageError(UserError, RuntimeError):
@@ -32,27 +33,27 @@ class SearchStorageError(UserError, RuntimeError):
 
 
 def write_result(
-    search_dir: history_lib.SearchDir,
+    search_dir: search_dir_lib.SearchDir,
     sample: int,
     key: str,
     result: proxy_lib.ProxyResult,
     tuner_id: str,
 ) -> None:
     """Stores a child's result in its trial directory, atomically."""
-    history_lib.write_json_atomic(
+    files.write_json_atomic(
         search_dir.result_path(sample),
         {"hash": key, "tuner": tuner_id, **result.to_dict()},
     )
 
 
 def read_result(
-    search_dir: history_lib.SearchDir, sample: int, key: str
+    search_dir: search_dir_lib.SearchDir, sample: int, key: str
 ) -> tuple[proxy_lib.ProxyResult, str] | None:
     """(result, tuner id) stored for `sample`, if it is for hash `key`."""
     path = search_dir.result_path(sample)
     try:
-        data = history_lib.read_json(path)
-    except history_lib.HistoryError as error:
+        data = files.read_json(path)
+    except files.JsonFileError as error:
         logging.warning("Ignoring %s", error)
         return None
     if not isinstance(data, dict) or data.get("hash") != key:
@@ -65,7 +66,7 @@ def read_result(
 
 
 def rate(
-    search_dir: history_lib.SearchDir,
+    search_dir: search_dir_lib.SearchDir,
     sample: int,
     spec: NeckSpec,
     proxy: proxy_lib.Proxy,

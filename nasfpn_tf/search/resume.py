@@ -17,6 +17,7 @@ import tensorflow as tf
 from nasfpn_tf.errors import UserError
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 
 class SearchStateError(UserError, RuntimeError):
@@ -46,7 +47,7 @@ def check_record(
 
 
 def restore_policy(
-    search_dir: history_lib.SearchDir,
+    search_dir: search_dir_lib.SearchDir,
     policy: controller_lib.Policy,
     algorithm: str,
     warm_updates: int = 0,
@@ -92,7 +93,7 @@ def check_updates(
     num_samples: int,
     samples_per_update: int,
     finished: Collection[int],
-    search_dir: history_lib.SearchDir,
+    search_dir: search_dir_lib.SearchDir,
 ) -> None:
     """Every sample the checkpoint learned from must be in the history
     (`finished`: the samples it records)."""

@@ -14,12 +14,12 @@ and every other one trains children (`launch/tpu_search.sh` starts one per
 TPU VM); `search.oracle_host` and `search.oracle_port` fill in
 `KERASTUNER_ORACLE_IP`/`_PORT` when they are not set.
 
-The search directory (`history.py` lists it) ends up holding the history,
+The search directory (`search_dir.py` lists it) ends up holding the history,
 the controller checkpoints and what `report.py` writes: `best_spec.json`
 (train it with `--arch`), `top_specs.json`, the progress figure, the
-AP-cost front, a drawing of the best spec and TensorBoard scalars. Rerunning the same command
-resumes: no finished child is lost or trained again, and the controller is
-the one the uninterrupted search would have.
+AP-cost front, a drawing of the best spec and TensorBoard scalars.
+Rerunning the same command resumes: no finished child is lost or trained
+again, and the controller is the one the uninterrupted search would have.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.run_files import SUPERNET_BASELINES_FILE
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import finalists as finalists_lib
-from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import oracle as oracle_lib
 from nasfpn_tf.search import proxy as proxy_lib
 from nasfpn_tf.search import report as report_lib
 from nasfpn_tf.search import results as results_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.search import warm_start as warm_start_lib
 from nasfpn_tf.search.scheduler import DEFAULT_MAX_CONSECUTIVE_FAILURES
 
@@ -182,7 +182,7 @@ def search(
     start = time.monotonic()
     _export_oracle_address(config)
     space = make_space(config)
-    search_dir = history_lib.SearchDir(model_dir)
+    search_dir = search_dir_lib.SearchDir(model_dir)
     if not tf.io.gfile.exists(config_lib.config_path(model_dir)):
         config_lib.save(config, model_dir)
     part = oracle_lib.role()
@@ -297,7 +297,7 @@ def _oracle_kwargs(
 def _run_worker(
     config: config_lib.ExperimentConfig,
     space: SearchSpace,
-    search_dir: history_lib.SearchDir,
+    search_dir: search_dir_lib.SearchDir,
     factory: Any,
     oracle_kwargs: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -334,7 +334,7 @@ def _warn_about_parallelism(
 
 
 @contextlib.contextmanager
-def _storage_errors_named(search_dir: history_lib.SearchDir, oracle):
+def _storage_errors_named(search_dir: search_dir_lib.SearchDir, oracle):
     """Turns a write failure anywhere in the search (a full disk, no
     permission) into a SearchStorageError that names the directory and
     says what is intact."""

@@ -64,6 +64,7 @@ from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import results as results_lib
 from nasfpn_tf.search import resume
+from nasfpn_tf.search import search_dir as search_dir_lib
 from nasfpn_tf.search import warm_start as warm_start_lib
 
 RUN = "run"
@@ -145,7 +146,7 @@ class Scheduler:
         self,
         space: SearchSpace,
         policy: controller_lib.Policy,
-        search_dir: history_lib.SearchDir,
+        search_dir: search_dir_lib.SearchDir,
         *,
         num_samples: int,
         samples_per_update: int,

@@ -49,11 +49,13 @@ import tensorflow as tf
 from absl import logging
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import files
 from nasfpn_tf.arch.space import SearchSpace
 from nasfpn_tf.errors import UserError
 from nasfpn_tf.run_files import HISTORY_FILE, WARM_START_FILE
 from nasfpn_tf.search import controller as controller_lib
 from nasfpn_tf.search import history as history_lib
+from nasfpn_tf.search import search_dir as search_dir_lib
 
 FLAG = "--warm_start"
 VERSION = 1
@@ -291,7 +293,7 @@ def load(
 
 
 def settle(
-    search_dir: history_lib.SearchDir,
+    search_dir: search_dir_lib.SearchDir,
     warm: WarmStart | None,
     *,
     started: bool,
@@ -319,8 +321,8 @@ def settle(
     """
     path = os.path.join(search_dir.root, WARM_START_FILE)
     try:
-        saved = history_lib.read_json(path)
-    except history_lib.HistoryError as error:
+        saved = files.read_json(path)
+    except files.JsonFileError as error:
         raise WarmStartError(str(error)) from None
     given = [] if warm is None else warm.paths
     if saved is None:
@@ -332,7 +334,7 @@ def settle(
                 f"{FLAG}; a warm start must come first: use a new model_dir"
             )
         replayed = warm.num_updates(samples_per_update) if learns else 0
-        history_lib.write_json_atomic(
+        files.write_json_atomic(
             path, warm.summary(samples_per_update, replayed)
         )
         return warm
