@@ -124,9 +124,9 @@ def read_jsonl(
 ) -> tuple[list[Any], str | None, bool]:
     """Reads a file of JSON values, one a line, tolerating a torn last line.
 
-    A kill during an append can leave the last line incomplete: it is
-    returned separately, not as a row. A last line that is complete but
-    lacks only its newline is kept.
+    A kill during an append can leave the last line incomplete, its JSON
+    cut short: it is returned separately, not as a row. A last line that
+    is complete JSON but lacks only its newline is read as a row.
 
     Args:
         path: the file; missing is empty.
@@ -139,40 +139,33 @@ def read_jsonl(
         the file ends with a newline).
 
     Raises:
-        JsonlError: a line other than the last is not ``what``, naming
-            the file, the line and the reason.
+        JsonlError: a line other than a torn last one is not ``what``,
+            naming the file, the line and the reason.
     """
     if not tf.io.gfile.exists(path):
         return [], None, True
     with tf.io.gfile.GFile(path, "r") as f:
         lines = f.read().split("\n")
-    tail = lines.pop()  # "" when the file ends with a newline
+    tail = lines[-1]  # "" when the file ends with a newline
     rows = []
+    torn = None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            rows.append(_parse_line(line, parse))
-        except ValueError as error:
-            raise JsonlError(f"{path}:{number}: not {what} ({error})") from None
-    torn = None
-    if tail.strip():
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # the tail: a row cut short
+                torn = tail
+                break
+            raise JsonlError(
+                f"{path}:{number}: not {what} (not JSON: {error})"
+            ) from None
         try:
-            rows.append(_parse_line(tail, parse))
-        except ValueError:
-            torn = tail
+            rows.append(parse(value))
+        except (TypeError, ValueError) as error:
+            raise JsonlError(f"{path}:{number}: not {what} ({error})") from None
     return rows, torn, not tail
-
-
-def _parse_line(line: str, parse: Callable[[Any], Any]) -> Any:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error}") from None
-    try:
-        return parse(value)
-    except TypeError as error:
-        raise ValueError(str(error)) from None
 
 
 class JsonlLog:

@@ -79,6 +79,12 @@ def test_jsonl_log_keeps_a_complete_last_line_and_names_bad_lines(tmp_path):
     path.write_text('{"a": 1}\n[1, 2]\n{"a": 3}\n')
     with pytest.raises(ValueError, match="log.jsonl:2: not a JSON object"):
         JsonlLog.open(str(path))
+    # A complete last line is no torn write, even one that is not a row
+    # (a newer release's): named, and the file is left as it is.
+    path.write_text('{"a": 1}\n[1, 2]')
+    with pytest.raises(ValueError, match="log.jsonl:2: not a JSON object"):
+        JsonlLog.open(str(path))
+    assert path.read_text() == '{"a": 1}\n[1, 2]'
 
 
 def test_run_file_names_are_defined_once():
