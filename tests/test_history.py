@@ -1,12 +1,14 @@
 """Tests of the sample history: records, the history file, reward cache."""
 
 import json
+import pathlib
+import re
 
 import pytest
 import tensorflow as tf
 from search_helpers import sample_record as _record
 
-from nasfpn_tf import files
+from nasfpn_tf import files, versioning
 from nasfpn_tf.arch import known
 from nasfpn_tf.search import history as history_lib
 
@@ -169,3 +171,89 @@ def test_ranked_is_best_first_one_per_hash():
     ]
     best = history_lib.ranked(records)
     assert [r.sample for r in best] == [1, 4, 0]
+
+
+# One pinned history per record version, v{N}_history.jsonl: files written
+# by the releases of that version that this one must still read. Each holds
+# the same records (ok, failed, cached, with rungs, from another history).
+HISTORIES = pathlib.Path(__file__).parent / "data" / "history"
+PINNED = sorted(HISTORIES.glob("v*_history.jsonl"))
+
+
+def test_every_record_version_has_a_pinned_history():
+    versions = [int(re.match(r"v(\d+)_", p.name).group(1)) for p in PINNED]
+    assert versions == list(range(1, history_lib.RECORD_VERSION + 1))
+
+
+@pytest.mark.parametrize("path", PINNED, ids=lambda p: p.name)
+def test_pinned_history_loads_as_the_current_one(path):
+    records, torn = history_lib.read_history(str(path))
+    current, _ = history_lib.read_history(str(PINNED[-1]))
+    assert torn is None and len(records) == 5
+    assert records == current
+    assert {r.status for r in records} == set(history_lib.STATUSES)
+
+
+def test_records_lead_with_their_version():
+    line = _record(0).to_json()
+    assert line.startswith(f'{{"version":{history_lib.RECORD_VERSION},')
+
+
+def test_a_record_without_version_is_upgraded():
+    # Written before records named their version: read as version 1.
+    record = _record(3, metrics={"AP": 0.5})
+    fields = record.to_dict()
+    del fields["version"]
+    upgraded = history_lib.upgrade_record(fields)
+    assert upgraded["version"] == history_lib.RECORD_VERSION
+    assert "version" not in fields  # the input is not changed
+    assert history_lib.SampleRecord.from_dict(fields) == record
+
+
+def test_record_upgraders_apply_in_order(monkeypatch):
+    # A pretend release at version 3 that renamed "tuner" to "worker".
+    upgraders = dict(history_lib.RECORD_UPGRADERS)
+    monkeypatch.setattr(history_lib, "RECORD_UPGRADERS", upgraders)
+    monkeypatch.setattr(history_lib, "RECORD_VERSION", 3)
+
+    @versioning.register(upgraders, 2, "record")
+    def _v2_to_v3(data):
+        worker = data.pop("tuner")
+        return {**data, "version": 3, "worker": worker}
+
+    fields = _record(0, tuner="tuner7").to_dict()
+    del fields["version"]
+    upgraded = history_lib.upgrade_record(fields)
+    assert upgraded["version"] == 3
+    assert upgraded["worker"] == "tuner7" and "tuner" not in upgraded
+    with pytest.raises(ValueError, match="record version 2 is already"):
+        versioning.register(upgraders, 2, "record")(_v2_to_v3)
+
+
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        (99, "version 99 is newer than this release reads"),
+        (0, "expected an int version >= 1"),
+        ("2", "expected an int version >= 1"),
+        (None, "expected an int version >= 1"),
+    ],
+)
+def test_unreadable_record_versions_are_named(version, message):
+    fields = {**_record(0).to_dict(), "version": version}
+    with pytest.raises(history_lib.HistoryError, match=f"version: {message}"):
+        history_lib.SampleRecord.from_dict(fields)
+
+
+@pytest.mark.parametrize("newline", ["\n", ""], ids=["ended", "last"])
+def test_a_newer_record_names_file_line_and_version(tmp_path, newline):
+    # Even as the last line without its newline, a newer release's
+    # record is complete JSON, not a torn write: it is named, not dropped.
+    path = tmp_path / "history.jsonl"
+    newer = json.dumps({**_record(2).to_dict(), "version": 99})
+    text = _record(0).to_json() + "\n" + _record(1).to_json() + "\n" + newer
+    path.write_text(text + newline)
+    pattern = r"history\.jsonl:3: .*version 99 is newer than this release"
+    with pytest.raises(history_lib.HistoryError, match=pattern):
+        history_lib.History.open(str(path))
+    assert path.read_text() == text + newline  # not rewritten

@@ -13,6 +13,12 @@ GCS cannot append, so there the whole file is rewritten (atomically) at
 each append, a few MB at most for thousands of samples. A write cut short
 by a kill leaves at most a torn last line, which `read_history` reports
 and `History.open` drops.
+
+Each line leads with the record's format version (`RECORD_VERSION`), as a
+spec does (`arch/versions.py`): when the record changes, the version goes
+up and an upgrader from the previous one is registered here, so the
+histories of earlier releases still load (`tests/data/history/` pins one
+per version); a line of a newer version is refused, naming it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from nasfpn_tf import files
+from nasfpn_tf import files, versioning
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.checks import is_int, is_number
 from nasfpn_tf.errors import UserError
@@ -39,6 +45,36 @@ RATED_STATUSES = (OK, CACHED)
 
 class HistoryError(UserError, ValueError):
     """A history file or search directory that cannot be read as written."""
+
+
+# The version `SampleRecord.to_dict` writes. Version 1 is the record of the
+# releases before records named their version: the same fields and no
+# "version" key, which reads as version 1.
+RECORD_VERSION = 2
+UNVERSIONED = 1
+# from_version -> function taking a from_version dict to from_version + 1.
+RECORD_UPGRADERS: dict[int, versioning.Upgrader] = {}
+
+
+def upgrade_record(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's JSON object of any readable version as one of
+    `RECORD_VERSION`; a copy, `data` is not changed.
+
+    Raises:
+        HistoryError: the version is not an int >= 1, or is newer than
+            this release reads.
+    """
+    data = {"version": UNVERSIONED, **data}
+    try:
+        return versioning.upgrade(data, RECORD_VERSION, RECORD_UPGRADERS)
+    except versioning.VersionError as error:
+        raise HistoryError(f"version: {error}") from None
+
+
+@versioning.register(RECORD_UPGRADERS, 1, "record")
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 only names its version.
+    return {**data, "version": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +193,8 @@ class SampleRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """The record's JSON object, led by its format version."""
+        data = {"version": RECORD_VERSION, **dataclasses.asdict(self)}
         data["actions"] = list(self.actions)
         data["spec"] = dict(self.spec)
         data["metrics"] = dict(self.metrics)
@@ -175,10 +212,18 @@ class SampleRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SampleRecord:
+        """Reads a record's JSON object of any readable version.
+
+        Raises:
+            HistoryError: a field is missing, unknown or invalid, or the
+                version is not one this release reads (a newer one).
+        """
         if not isinstance(data, Mapping):
             raise HistoryError(
                 f"expected a JSON object, got {type(data).__name__}"
             )
+        data = upgrade_record(data)
+        del data["version"]
         names = {f.name for f in dataclasses.fields(cls)}
         required = {
             f.name
