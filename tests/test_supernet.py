@@ -41,6 +41,7 @@ FAST = {
     "data.synthetic.num_val": 4,
     "data.shuffle_buffer": 8,
     "search.supernet.train_steps": 3,
+    "search.supernet.warmup_steps": 0,
     "search.supernet.checkpoint_every": 2,
     "search.supernet.calibration_batches": 2,
 }
@@ -234,6 +235,61 @@ def test_training_moves_only_the_path(data_dir, tmp_path):
                 np.testing.assert_array_equal(
                     bank.moving_mean.numpy()[row], old[row]
                 )
+
+
+def _rows_equal(variable, rows):
+    values = variable.numpy()
+    return [np.array_equal(values[a], values[b]) for a, b in rows]
+
+
+def test_warmup_trains_one_path_then_spreads_it_once(data_dir, tmp_path):
+    """Steps 0-1 train the published path; at step 2 every row takes its
+    row; steps 2 and 3 (after a resume) move their own rows only."""
+    warm = {"search.supernet.warmup_steps": 2}
+    config = fast_config(**warm)
+    trainer = training.SupernetTrainer(config, str(tmp_path / "sn"))
+    assert [trainer.sampler.spec(s) for s in (0, 1)] == [NASFPN_SPEC] * 2
+    assert trainer.sampler.spec(2) != NASFPN_SPEC
+    space = trainer.space
+    warm_row = encoding.encode(space, NASFPN_SPEC).branch
+    # Rows taken by step 2's spec but not step 3's keep step 2's values.
+    used = [
+        encoding.used_branches(space, encoding.encode(space, spec))
+        for spec in (trainer.sampler.spec(2), trainer.sampler.spec(3))
+    ]
+    assert trainer.fit()["warmup_steps"] == 2
+    assert int(trainer.spread.numpy()) == 1
+    longer = fast_config(
+        **warm, **{"search.supernet.train_steps": 4}
+    )
+    resumed = training.SupernetTrainer(longer, str(tmp_path / "sn"))
+    assert resumed.fit()["resumed_from"] == 3
+    checked = 0
+    for (i, rows, variables), (_, bank) in zip(
+        resumed._banks, resumed.model.neck.all_banks()
+    ):
+        untouched = [
+            r for r in range(rows) if not (used[0][i, r] or used[1][i, r])
+        ]
+        if len(untouched) < 2 or warm_row[i] >= rows:
+            continue
+        pairs = [(untouched[0], r) for r in untouched[1:]]
+        for variable in (*variables, bank.moving_mean):
+            # Untouched rows are copies of the warm row as spread.
+            assert all(_rows_equal(variable, pairs)), variable.name
+            checked += 1
+        kernel = bank.kernels()[0].numpy()
+        only_second = [
+            r for r in range(rows) if used[0][i, r] and not used[1][i, r]
+        ]
+        for r in only_second:  # moved by step 2, not spread over again
+            assert not np.array_equal(kernel[r], kernel[untouched[0]])
+    assert checked > 0
+
+
+def test_warmup_must_leave_steps_to_sample():
+    with pytest.raises(config_lib.ConfigError, match="warmup_steps"):
+        fast_config(**{"search.supernet.warmup_steps": 3})
 
 
 @pytest.mark.slow

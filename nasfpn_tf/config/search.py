@@ -238,6 +238,11 @@ class SupernetConfig:
         path: a trained supernet's directory (its `config.yaml` and
             checkpoints) to rate with; "" trains one in
             `<model_dir>/supernet` (or resumes it).
+        warmup_steps: the first steps train one path alone (the
+            published spec's, or a seeded random spec where the space does
+            not hold it); then every level row of each cell takes that
+            path's weights and sampling goes on (`supernet/training.py`);
+            0 = sample from the first step.
         finalists: a two-stage search: after the samples are rated on
             the supernet, the `finalists` distinct specs with the best
             supernet rewards train as standalone proxy children
@@ -245,7 +250,8 @@ class SupernetConfig:
             search's answer (`search/finalists.py`); 0 = off.
     """
 
-    train_steps: int = 2000
+    train_steps: int = 1500
+    warmup_steps: int = 500
     sampling: str = "uniform"
     bn_mode: str = "recalibrate"
     calibration_batches: int = 4
@@ -257,6 +263,12 @@ class SupernetConfig:
     def __post_init__(self):
         _positive("search.supernet.train_steps", self.train_steps)
         _non_negative("search.supernet.finalists", self.finalists)
+        _non_negative("search.supernet.warmup_steps", self.warmup_steps)
+        if self.warmup_steps >= self.train_steps:
+            raise ConfigError(
+                "search.supernet.warmup_steps must be below train_steps "
+                f"({self.train_steps}); got {self.warmup_steps}"
+            )
         _choice("search.supernet.sampling", self.sampling, SUPERNET_SAMPLING)
         _choice("search.supernet.bn_mode", self.bn_mode, BN_MODES)
         _positive(
