@@ -92,6 +92,17 @@ def test_down_pads_with_lowest_value_not_zero():
     np.testing.assert_array_equal(y, -np.ones([1, 2, 2, 1]))
 
 
+@pytest.mark.parametrize("size, stride", [(3, 2), (5, 4), (9, 8), (10, 16)])
+def test_down_padding_with_the_minimum_equals_the_lowest_float(size, stride):
+    # The pad is the input's minimum (int8 TFLite converts it); each
+    # window holds a real pixel, so the max is the lowest-padded one's.
+    x = tf.random.stateless_normal([2, size, size + 1, 3], seed=[0, size])
+    pad = [[0, 0], [0, -size % stride], [0, -(size + 1) % stride], [0, 0]]
+    lowest = tf.pad(x, pad, constant_values=x.dtype.min)
+    want = tf.nn.max_pool2d(lowest, stride, stride, "VALID")
+    np.testing.assert_array_equal(max_pool_down(x, stride), want)
+
+
 def test_config_round_trip():
     layer = Resample(
         3,

@@ -111,9 +111,15 @@ def max_pool_down(x: tf.Tensor, stride: int) -> tf.Tensor:
     shape = tf.shape(x)
     pad_h = (-shape[1]) % stride
     pad_w = (-shape[2]) % stride
-    lowest = x.dtype.min
+    # Padding with the input's own minimum leaves every window's max as it
+    # is (each window holds a real pixel, none exceeds the minimum), as
+    # the dtype's lowest value would, but stays inside the range an int8
+    # TFLite model calibrates: converted with the lowest float32 as the
+    # pad value, the int8 model aborts when its tensors are allocated.
     x = tf.pad(
-        x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], constant_values=lowest
+        x,
+        [[0, 0], [0, pad_h], [0, pad_w], [0, 0]],
+        constant_values=tf.reduce_min(x),
     )
     return tf.nn.max_pool2d(x, stride, stride, "VALID")
 
