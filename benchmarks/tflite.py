@@ -423,22 +423,6 @@ def run_models(args, out_dir: str) -> list[dict]:
     return rows
 
 
-def int8_network(model, image_size: int, calibration) -> bytes:
-    """The network alone (no NMS) in TFLite int8, float in and out."""
-    import tensorflow as tf
-
-    from nasfpn_tf.modeling import flops
-
-    concrete = flops.forward_graph(model, image_size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [concrete], model
-    )
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x] for x in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
-
-
 def run_ranking(args) -> dict:
     import numpy as np
     import tf_keras
@@ -476,10 +460,8 @@ def run_ranking(args) -> dict:
             seen.add(spec.canonical_key())
             specs[f"random_{len(specs) - 1}"] = spec
     size = args.rank_image_size
-    # TFLite runs at the export's input size (320 -> 384): at a size that
-    # 2**max_level does not divide, the neck pads before max-pooling with
-    # the float32 lowest value (layers/resample.py), and the int8 model
-    # converted from that aborts when its tensors are allocated.
+    # TFLite runs at the export's input size (320 -> 384), the size the
+    # exported file takes.
     padded = export_tflite.input_size(config)[0]
     mean = np.asarray(preprocess_ops.MEAN_NORM, np.float32)
     std = np.asarray(preprocess_ops.STDDEV_NORM, np.float32)
@@ -496,7 +478,9 @@ def run_ranking(args) -> dict:
                 n: latency.model_latency_ms(model, n, args.repeats, args.warmup)
                 for n in dict.fromkeys((size, padded))
             }
-            content = int8_network(model, padded, calibration)
+            content = export_tflite.convert_network(
+                model, padded, "int8", calibration
+            )
             path = os.path.join(tmp, f"{name}.tflite")
             pathlib.Path(path).write_bytes(content)
             interpreter = tflite_detector.interpreter_class()(

@@ -264,8 +264,38 @@ def convert(
         TFLiteExportError: an unknown quantization, or int8 without
             calibration images.
     """
-    check_quantizations([quantization])
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    return _quantized(converter, quantization, representative).convert()
+
+
+def convert_network(
+    model: tf_keras.Model,
+    image_size: int,
+    quantization: str,
+    representative: Sequence[np.ndarray] = (),
+) -> bytes:
+    """The detector's network alone in TFLite: ``flops.forward_function``
+    (backbone, neck and head, no box decoding or NMS) at batch 1,
+    normalised float32 [1, S, S, 3] in, the heads' outputs out (float32
+    also for int8: QUANTIZE and DEQUANTIZE at the edges). Any
+    ``image_size`` converts, also one that 2**max_level does not divide.
+
+    Raises:
+        TFLiteExportError: an unknown quantization, or int8 without
+            calibration inputs.
+    """
+    concrete = flops.forward_graph(model, image_size)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [concrete], model
+    )
+    return _quantized(converter, quantization, representative).convert()
+
+
+def _quantized(
+    converter: Any, quantization: str, representative: Sequence[np.ndarray]
+) -> Any:
+    """`converter` set up for `quantization` (module docstring)."""
+    check_quantizations([quantization])
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -279,7 +309,7 @@ def convert(
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8
         ]
-    return converter.convert()
+    return converter
 
 
 def op_counts(interpreter: Any) -> dict[str, int]:
