@@ -61,6 +61,7 @@ from official.vision.ops import anchor, preprocess_ops
 
 from nasfpn_tf import compat, files
 from nasfpn_tf import config as config_lib
+from nasfpn_tf.config.search import TFLITE_QUANTIZATIONS
 from nasfpn_tf.data import pipeline
 from nasfpn_tf.modeling import detector, flops
 from nasfpn_tf.tflite_detector import (
@@ -73,7 +74,7 @@ from nasfpn_tf.tflite_detector import (
     prepare_image,
 )
 
-QUANTIZATIONS = ("float32", "float16", "int8")
+QUANTIZATIONS = TFLITE_QUANTIZATIONS
 DEFAULT_REPRESENTATIVE_IMAGES = 100
 MODEL_NAME = "model_{}"
 SUMMARY_SUFFIX = ".txt"

@@ -55,6 +55,10 @@ def test_costs_become_metrics_and_back():
     assert objective.cost_value(metrics, "flops") == 1.5
     assert objective.cost_value(metrics, "latency") == 3.0
     assert objective.cost_value({"AP": 0.1}, "flops") is None
+    tflite = objective.Costs(1, 2, tflite_latency_ms=4.0).metrics()
+    assert tflite == {"flops": 1.0, "params": 2.0, "tflite_latency_ms": 4.0}
+    assert objective.cost_value(tflite, "tflite_latency") == 4.0
+    assert objective.cost_value(tflite, "latency") is None
 
 
 @pytest.mark.parametrize(
@@ -69,6 +73,11 @@ def test_costs_become_metrics_and_back():
             "search.objective.weight must be < 0",
         ),
         ({"latency_runs": 0}, "search.objective.latency_runs must be"),
+        (
+            {"cost": "tflite_latency", "tflite_quantization": "int4"},
+            "search.objective.tflite_quantization must be one of 'float32'",
+        ),
+        ({"tflite_threads": 0}, "search.objective.tflite_threads must be"),
     ],
 )
 def test_bad_values_give_one_line_errors(changes, message):
@@ -91,6 +100,10 @@ def test_uses_latency_only_when_the_reward_needs_it():
     assert not ObjectiveConfig(cost="latency").uses_latency
     assert ObjectiveConfig(kind="soft", cost="latency", target=1).uses_latency
     assert not ObjectiveConfig(kind="soft", target=1).uses_latency
+    assert ObjectiveConfig(
+        kind="hard", cost="tflite_latency", target=1
+    ).uses_latency
+    assert not ObjectiveConfig(cost="tflite_latency").uses_latency
 
 
 # -- the proxy's hook ----------------------------------------------------------
@@ -223,3 +236,33 @@ def test_measured_costs_of_a_tiny_child():
     )
     assert costs.flops > 0 and costs.params > 0
     assert math.isfinite(costs.latency_ms) and costs.latency_ms > 0
+
+
+def test_tflite_latency_of_a_tiny_child_is_measured_once_and_recorded(
+    tmp_path,
+):
+    """The child's network converted to TFLite int8 at 32 px (which
+    2**max_level does not divide) and timed; cached per spec like the
+    other costs, and in the child's metrics."""
+    config = _config(
+        kind="soft", cost="tflite_latency", target=5.0, latency_runs=2
+    )
+    config = config_lib.override(config, {"search.proxy.seeds": 2})
+    calls = []
+
+    def measure(*args):
+        calls.append(args)
+        return objective.measure_costs(*args)
+
+    task = proxy_lib.ProxyTask(
+        config, train_fn=FakeTrain(), objective=_objective(config, measure)
+    )
+    result = task.reward(known.NASFPN_SPEC, str(tmp_path / "a"))
+    again = task.reward(known.NASFPN_SPEC, str(tmp_path / "b"))
+    ms = result.metrics["tflite_latency_ms"]
+    assert math.isfinite(ms) and ms > 0
+    assert "latency_ms" not in result.metrics
+    assert result.metrics["flops"] > 0
+    assert result.reward == pytest.approx(AP * (ms / 5.0) ** -0.07)
+    assert again.metrics["tflite_latency_ms"] == ms
+    assert len(calls) == 1

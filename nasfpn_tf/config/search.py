@@ -22,7 +22,10 @@ OBJECTIVE_KINDS = ("ap", "soft", "hard")
 RATERS = ("proxy", "supernet")
 SUPERNET_SAMPLING = ("uniform", "balanced")
 BN_MODES = ("inherited", "recalibrate", "batch")
-OBJECTIVE_COSTS = ("flops", "latency")
+OBJECTIVE_COSTS = ("flops", "latency", "tflite_latency")
+# What the TFLite export writes (`export_tflite.QUANTIZATIONS`); the
+# "tflite_latency" cost times one of them.
+TFLITE_QUANTIZATIONS = ("float32", "float16", "int8")
 MAX_PORT = 65535
 
 
@@ -174,14 +177,20 @@ class ObjectiveConfig:
         kind: "ap" (the reward is AP), "soft" (AP * (cost / target) **
             weight) or "hard" (AP at or below the target, 0 above).
         cost: "flops" (analytic FLOPs of the child's network at the proxy
-            image size) or "latency" (median measured forward time on the
-            search host).
+            image size), "latency" (median measured forward time on the
+            search host, in TensorFlow) or "tflite_latency" (the network
+            converted to TFLite with `tflite_quantization` and timed in
+            the TFLite interpreter on `tflite_threads` threads).
         target: the cost aimed at, in GFLOPs (1e9 FLOPs) for "flops" and
-            milliseconds for "latency"; required unless kind is "ap".
+            milliseconds for the latencies; required unless kind is "ap".
         weight: the exponent of the soft reward, < 0 (MnasNet's -0.07:
             twice the cost costs about 5% of the reward).
         latency_runs: timed forward passes per child, of which the median
-            is taken (cost "latency" only).
+            is taken (the latency costs only).
+        tflite_quantization: how "tflite_latency" converts the network:
+            "int8" (full-integer, as it is deployed; calibrated on
+            generated inputs), "float16" or "float32".
+        tflite_threads: interpreter threads of "tflite_latency".
     """
 
     kind: str = "ap"
@@ -189,6 +198,8 @@ class ObjectiveConfig:
     target: float | None = None
     weight: float = -0.07
     latency_runs: int = 20
+    tflite_quantization: str = "int8"
+    tflite_threads: int = 1
 
     def __post_init__(self):
         _choice("search.objective.kind", self.kind, OBJECTIVE_KINDS)
@@ -206,11 +217,18 @@ class ObjectiveConfig:
                 f"less); got {self.weight!r}."
             )
         _positive("search.objective.latency_runs", self.latency_runs)
+        _choice(
+            "search.objective.tflite_quantization",
+            self.tflite_quantization,
+            TFLITE_QUANTIZATIONS,
+        )
+        _positive("search.objective.tflite_threads", self.tflite_threads)
 
     @property
     def uses_latency(self) -> bool:
-        """Whether children's latency must be measured."""
-        return self.kind != "ap" and self.cost == "latency"
+        """Whether children's latency (in TensorFlow or TFLite) must be
+        measured: each child is then built and timed."""
+        return self.kind != "ap" and self.cost in ("latency", "tflite_latency")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,10 +4,12 @@ MnasNet (Tan et al., CVPR 2019, arXiv:1807.11626, Eq. 2) searches for
 accuracy under a latency target T with the reward ``ACC * (LAT / T) ** w``:
 the soft form uses ``w = -0.07`` on both sides of the target (a child twice
 as costly as another earns about 5% less); the hard form here gives AP at
-or below the target and 0 above it. The cost is either the analytic FLOPs
-of the child's network at the proxy image size (`modeling/flops.py`, cheap
-and the same on every host) or its median measured latency on the search
-host (`modeling/latency.py`).
+or below the target and 0 above it. The cost is the analytic FLOPs of the
+child's network at the proxy image size (`modeling/flops.py`, cheap and
+the same on every host), its median measured latency on the search host
+in TensorFlow, or that of the network converted to TFLite and run in the
+TFLite interpreter, as a phone or edge board runs it
+(`modeling/latency.py`; seconds more per child for the conversion).
 
 FLOPs and parameters are recorded for every child whatever the objective
 (they take a build and a trace, seconds for a proxy child); latency only
@@ -31,6 +33,7 @@ from nasfpn_tf.arch.spec import NeckSpec
 FLOPS = "flops"
 PARAMS = "params"
 LATENCY_MS = "latency_ms"
+TFLITE_LATENCY_MS = "tflite_latency_ms"
 # Metric of a child rated 0 untrained, its cost over the hard objective's
 # target.
 OVER_TARGET = "over_target"
@@ -40,6 +43,7 @@ FLOPS_PER_GFLOP = 1e9
 COSTS = {
     "flops": (FLOPS, FLOPS_PER_GFLOP, "GFLOPs"),
     "latency": (LATENCY_MS, 1.0, "latency (ms)"),
+    "tflite_latency": (TFLITE_LATENCY_MS, 1.0, "TFLite latency (ms)"),
 }
 
 
@@ -52,17 +56,23 @@ class Costs:
         params: weights of the detector.
         latency_ms: median forward time on the search host, or None when
             not measured.
+        tflite_latency_ms: median forward time in the TFLite
+            interpreter, or None when not measured.
     """
 
     flops: int
     params: int
     latency_ms: float | None = None
+    tflite_latency_ms: float | None = None
 
     def metrics(self) -> dict[str, float]:
-        """The costs under their metric names (latency only if measured)."""
+        """The costs under their metric names (latencies only if
+        measured)."""
         out = {FLOPS: float(self.flops), PARAMS: float(self.params)}
         if self.latency_ms is not None:
             out[LATENCY_MS] = float(self.latency_ms)
+        if self.tflite_latency_ms is not None:
+            out[TFLITE_LATENCY_MS] = float(self.tflite_latency_ms)
         return out
 
 
@@ -72,9 +82,9 @@ CostFn = Callable[
 
 
 def cost_value(costs: Mapping[str, float], cost: str) -> float | None:
-    """The cost `cost` ("flops" or "latency") in a child's metrics, in the
-    target's units (GFLOPs or ms); None when the metrics lack it (a
-    history older than the costs, or latency not measured)."""
+    """The cost `cost` (of COSTS) in a child's metrics, in the target's
+    units (GFLOPs or ms); None when the metrics lack it (a history older
+    than the costs, or latency not measured)."""
     metric, per_unit, _ = COSTS[cost]
     value = costs.get(metric)
     return None if value is None else float(value) / per_unit
@@ -179,21 +189,30 @@ def measure_costs(
     objective: config_lib.ObjectiveConfig,
 ) -> Costs:
     """Builds the child's detector at `model_config.image_size` and
-    counts its FLOPs and parameters, and times it when the objective uses
-    latency."""
+    counts its FLOPs and parameters, and times it in TensorFlow or TFLite
+    when the objective's cost is that latency."""
     from nasfpn_tf.modeling import detector, flops, latency
 
     size = model_config.image_size
     model = detector.build_detector(model_config, spec=spec, input_size=size)
-    latency_ms = None
-    if objective.uses_latency:
+    latency_ms = tflite_latency_ms = None
+    if objective.uses_latency and objective.cost == "latency":
         latency_ms = latency.model_latency_ms(
             model, size, objective.latency_runs
+        )
+    elif objective.uses_latency:
+        tflite_latency_ms = latency.tflite_latency_ms(
+            model,
+            size,
+            objective.latency_runs,
+            objective.tflite_quantization,
+            objective.tflite_threads,
         )
     return Costs(
         flops=flops.model_flops(model, size),
         params=flops.count_params(model),
         latency_ms=latency_ms,
+        tflite_latency_ms=tflite_latency_ms,
     )
 
 

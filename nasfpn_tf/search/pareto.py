@@ -55,7 +55,7 @@ def points(
     records: Sequence[history_lib.SampleRecord], cost: str
 ) -> list[Point]:
     """The rated architectures that have an AP and the cost `cost`
-    ("flops" or "latency"), one per hash, in sample order. With successive
+    (of `objective.COSTS`), one per hash, in sample order. With successive
     halving only the children rated at the highest rung any reached count:
     an AP after fewer steps is not comparable."""
     ranked = history_lib.ranked(records)
@@ -104,6 +104,7 @@ def front_entries(members: Sequence[Point], cost: str) -> list[dict]:
                 objective_lib.FLOPS,
                 objective_lib.PARAMS,
                 objective_lib.LATENCY_MS,
+                objective_lib.TFLITE_LATENCY_MS,
             )
             if name in record.metrics
         }
