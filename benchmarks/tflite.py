@@ -33,12 +33,22 @@ to TFLite int8 (calibrated on training images) and timed on 1 thread;
 Spearman and Kendall rank correlation with a bootstrap interval
 (``nasfpn_tf.search.ranking``).
 
+``--part objective``: what ``search.objective.cost: tflite_latency``
+costs a search. ``--specs`` specs as above, each priced by the search's
+own cost function (``search.objective.measure_costs``) at the Lite
+search's proxy (``configs/nasfpn_lite_mobilenetv2_320_search.yaml``: 3@64
+at 320, which 2**7 does not divide), once with ``cost: latency`` and once
+with ``cost: tflite_latency`` (int8, 1 thread), ``--repeats`` timed runs
+each: the wall seconds per child of each, the two latencies, and their
+rank correlation at the same size.
+
 The figures in docs/figures/tflite_*.txt came from:
 
   python benchmarks/tflite.py --part models --out_dir /tmp/tflite_bench \
       --train_steps 1200
   python benchmarks/tflite.py --part ranking --specs 12 --repeats 10 \
       --warmup 2
+  python benchmarks/tflite.py --part objective --specs 6 --repeats 20
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ common.quiet_tensorflow()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LITE_CONFIG = str(REPO / "configs" / "nasfpn_lite_mobilenetv2_320.yaml")
+LITE_SEARCH_CONFIG = str(
+    REPO / "configs" / "nasfpn_lite_mobilenetv2_320_search.yaml"
+)
 FORMATS = ("saved_model", "float32", "float16", "int8")
 QUANTIZATIONS = ("float32", "float16", "int8")
 AP_TARGET_POINTS = 1.5
@@ -88,12 +101,23 @@ RANK_COLUMNS = (
     "tflite_int8_ms",
     "tflite_bytes",
 )
+OBJECTIVE_COLUMNS = (
+    "spec",
+    "latency_ms",
+    "latency_s",
+    "tflite_latency_ms",
+    "tflite_latency_s",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--part", choices=("models", "ranking", "all"), default="all")
+    add(
+        "--part",
+        choices=("models", "ranking", "objective", "all"),
+        default="all",
+    )
     add("--out_dir", default="", help="run folder (reused); default: temp")
     add("--image_size", type=common.positive_int, default=128)
     add("--backbone_width", type=float, default=0.5)
@@ -423,6 +447,97 @@ def run_models(args, out_dir: str) -> list[dict]:
     return rows
 
 
+def drawn_specs(config, count: int, seed: int) -> dict:
+    """The published spec and `count` distinct ones drawn from the space."""
+    from nasfpn_tf.arch import known
+    from nasfpn_tf.arch.space import SearchSpace
+
+    space = SearchSpace.from_config(config.search.space)
+    rng = random.Random(seed)
+    specs = {"published": known.NASFPN_SPEC}
+    seen = {known.NASFPN_SPEC.canonical_key()}
+    while len(specs) < count + 1:
+        spec = space.random_spec(rng)
+        if spec.canonical_key() not in seen:
+            seen.add(spec.canonical_key())
+            specs[f"random_{len(specs) - 1}"] = spec
+    return specs
+
+
+def run_objective(args) -> dict:
+    """Seconds per child of the latency and tflite_latency costs."""
+    import statistics
+
+    import tf_keras
+
+    from nasfpn_tf import config as config_lib
+    from nasfpn_tf.search import objective, ranking
+
+    override = {"model.norm.use_sync_bn": False}
+    if args.quick:
+        override.update(
+            {
+                "search.proxy.image_size": args.rank_image_size,
+                "search.proxy.filters": args.rank_filters,
+                "search.proxy.repeats": args.rank_repeats,
+                "model.backbone_width": args.backbone_width,
+            }
+        )
+    config = config_lib.load_config(
+        [LITE_CONFIG, LITE_SEARCH_CONFIG], nested_json(override)
+    )
+    child = config_lib.proxy_experiment(config).model
+    costs = {
+        cost: config_lib.ObjectiveConfig(
+            kind="soft",
+            cost=cost,
+            target=1.0,
+            latency_runs=args.repeats,
+            tflite_threads=args.threads,
+        )
+        for cost in ("latency", "tflite_latency")
+    }
+    rows = []
+    for name, spec in drawn_specs(config, args.specs, args.seed).items():
+        row = {"spec": name}
+        for cost, objective_config in costs.items():
+            start = time.monotonic()
+            measured = objective.measure_costs(child, spec, objective_config)
+            metric = objective.COSTS[cost][0]
+            row[metric] = round(measured.metrics()[metric], 2)
+            row[f"{cost}_s"] = round(time.monotonic() - start, 1)
+            tf_keras.backend.clear_session()
+        rows.append(common.emit(row))
+    host = [r["latency_ms"] for r in rows]
+    device = [r["tflite_latency_ms"] for r in rows]
+    summary = {
+        "summary": "seconds per child of each latency cost",
+        "specs": len(rows),
+        "image_size": child.image_size,
+        "neck": f"{child.neck.repeats}@{child.neck.filters}",
+        "runs": args.repeats,
+        "threads": args.threads,
+        "latency_s_median": statistics.median(r["latency_s"] for r in rows),
+        "tflite_latency_s_median": statistics.median(
+            r["tflite_latency_s"] for r in rows
+        ),
+        "spearman": round(ranking.spearman(host, device), 3),
+        "kendall": round(ranking.kendall(host, device), 3),
+    }
+    common.emit(summary)
+    common.print_table(
+        f"search.objective costs per child at {child.image_size} px, "
+        f"{summary['neck']}, median of {args.repeats} runs, "
+        f"{args.threads} thread(s): seconds to build, count and time it "
+        f"(latency: TensorFlow; tflite_latency: convert to int8 and time in "
+        f"TFLite). Spearman {summary['spearman']}, Kendall "
+        f"{summary['kendall']}",
+        rows,
+        OBJECTIVE_COLUMNS,
+    )
+    return summary
+
+
 def run_ranking(args) -> dict:
     import numpy as np
     import tf_keras
@@ -430,8 +545,6 @@ def run_ranking(args) -> dict:
 
     from nasfpn_tf import config as config_lib
     from nasfpn_tf import export_tflite, tflite_detector
-    from nasfpn_tf.arch import known
-    from nasfpn_tf.arch.space import SearchSpace
     from nasfpn_tf.modeling import detector, latency
     from nasfpn_tf.search import ranking
 
@@ -450,15 +563,7 @@ def run_ranking(args) -> dict:
             }
         ),
     )
-    space = SearchSpace.from_config(config.search.space)
-    rng = random.Random(args.seed)
-    specs = {"published": known.NASFPN_SPEC}
-    seen = {known.NASFPN_SPEC.canonical_key()}
-    while len(specs) < args.specs + 1:
-        spec = space.random_spec(rng)
-        if spec.canonical_key() not in seen:
-            seen.add(spec.canonical_key())
-            specs[f"random_{len(specs) - 1}"] = spec
+    specs = drawn_specs(config, args.specs, args.seed)
     size = args.rank_image_size
     # TFLite runs at the export's input size (320 -> 384), the size the
     # exported file takes.
@@ -554,6 +659,8 @@ def main(argv: list[str] | None = None) -> None:
         run_models(args, out_dir)
     if args.part in ("ranking", "all"):
         run_ranking(args)
+    if args.part in ("objective", "all"):
+        run_objective(args)
 
 
 if __name__ == "__main__":
