@@ -101,9 +101,7 @@ def curves(rewards: list[float]) -> tuple[list[float], list[float]]:
     return best, top
 
 
-def run(
-    args, config, cache, algorithm: str, seed: int, standalone=None
-) -> dict:
+def run(args, config, cache, algorithm: str, seed: int) -> dict:
     run_config = config_lib.override(
         config,
         {
@@ -134,19 +132,49 @@ def run(
         "best_curve": [round(v, 4) for v in best],
         "top10_curve": [round(v, 4) for v in top],
     }
-    if standalone is not None:
-        two_stage = finalists.run(
-            config_lib.override(
-                run_config, {"search.supernet.finalists": args.finalists}
-            ),
-            model_dir,
-            records,
-            proxy=standalone,
-        )
-        row["finalist_reward"] = two_stage["best_reward"]
-        row["finalist_hash"] = two_stage["best_hash"]
-        row["finalist_rank"] = two_stage["best_supernet_rank"]
     return row
+
+
+def two_stage(args, config, row: dict, standalone) -> None:
+    """The run's finalists trained standalone (`finalists.run`); their
+    best is the run's answer (added to `row`)."""
+    model_dir = os.path.join(args.out_dir, f"{row['algorithm']}-s{row['seed']}")
+    records, _ = history_lib.read_history(
+        os.path.join(model_dir, "history.jsonl")
+    )
+    run_config = config_lib.override(
+        config,
+        {
+            "runtime.seed": row["seed"],
+            "search.supernet.finalists": args.finalists,
+        },
+    )
+    summary = finalists.run(run_config, model_dir, records, proxy=standalone)
+    row["finalist_reward"] = summary["best_reward"]
+    row["finalist_hash"] = summary["best_hash"]
+    row["finalist_rank"] = summary["best_supernet_rank"]
+    common.emit(
+        {"case": "finalist", **{k: row[k] for k in (
+            "algorithm", "seed", "best", "finalist_reward", "finalist_hash",
+            "finalist_rank")}}
+    )
+
+
+def standalone_baselines(args, randoms, standalone, baseline: dict) -> None:
+    """The published spec and 5 random specs trained as the finalists are."""
+    for name, spec in [("published", NASFPN_SPEC)] + [
+        (f"random{i}", s) for i, s in enumerate(randoms[:5])
+    ]:
+        result = standalone.reward(
+            spec, os.path.join(args.out_dir, "standalone", name)
+        )
+        baseline[f"standalone_{name}"] = result.reward
+        common.emit(
+            {"case": "standalone", "name": name, "reward": result.reward}
+        )
+    baseline["standalone_random_median"] = statistics.median(
+        baseline[f"standalone_random{i}"] for i in range(5)
+    )
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -283,30 +311,31 @@ def main(argv=None) -> dict:
     baseline["random_median"] = statistics.median(random_rewards)
     baseline["random_max"] = max(random_rewards)
     common.emit({"case": "baselines", **baseline, "bn_mode": rater.bn_mode})
-    standalone = None
-    if args.finalists:
-        standalone = StandaloneCache(config)
-        for name, spec in [("published", NASFPN_SPEC)] + [
-            (f"random{i}", s) for i, s in enumerate(randoms[:5])
-        ]:
-            result = standalone.reward(
-                spec, os.path.join(args.out_dir, "standalone", name)
-            )
-            baseline[f"standalone_{name}"] = result.reward
-            common.emit(
-                {"case": "standalone", "name": name, "reward": result.reward}
-            )
-        baseline["standalone_random_median"] = statistics.median(
-            baseline[f"standalone_random{i}"] for i in range(5)
-        )
     rows = []
     for seed in range(args.seeds):
         for algorithm in args.algorithms:
-            row = run(args, config, cache, algorithm, seed, standalone)
+            row = run(args, config, cache, algorithm, seed)
             rows.append(row)
             common.emit(
                 {k: v for k, v in row.items() if not k.endswith("_curve")}
             )
+    # The curves are written before the (long) standalone trainings.
+    write_results(args, rows, baseline, cache, rater)
+    if args.finalists:
+        standalone = StandaloneCache(config)
+        standalone_baselines(args, randoms, standalone, baseline)
+        for row in rows:
+            two_stage(args, config, row, standalone)
+            write_results(args, rows, baseline, cache, rater)
+    result = write_results(args, rows, baseline, cache, rater)
+    if args.retrain_steps:
+        result["retrained"] = retrain_all(args, config, rows, randoms)
+        with open(os.path.join(args.out_dir, "curves.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def write_results(args, rows, baseline, cache, rater) -> dict:
     table = aggregate(rows)
     result = {
         "baselines": baseline,
@@ -327,8 +356,6 @@ def main(argv=None) -> dict:
                 "finalist_range": entry.get("finalist_range"),
             }
         )
-    if args.retrain_steps:
-        result["retrained"] = retrain_all(args, config, rows, randoms)
     with open(os.path.join(args.out_dir, "curves.json"), "w") as f:
         json.dump(result, f, indent=1)
     plot(table, os.path.join(args.out_dir, "supernet_search.png"))
