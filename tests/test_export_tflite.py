@@ -197,16 +197,11 @@ def exported(tmp_path_factory, data_dir) -> Exported:
     return Exported(model_dir, config, result, image, reference)
 
 
-def run_fresh(image: np.ndarray, paths, tmp_path) -> dict:
-    """Each model's detections on `image` (SavedModel terms), the model
-    run in a new process that imports LiteRT only."""
-    inputs, scale = tflite_detector.prepare_image(
-        image, IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE)
-    )
-    inputs_path = tmp_path / "inputs.npy"
-    np.save(inputs_path, inputs)
+def _run_fresh(script: str, *args: str):
+    """Runs ``script`` in a fresh Python process; its last stdout line as
+    JSON."""
     process = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(inputs_path), *paths],
+        [sys.executable, "-c", script, *args],
         check=False,
         capture_output=True,
         text=True,
@@ -215,7 +210,17 @@ def run_fresh(image: np.ndarray, paths, tmp_path) -> dict:
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    raw = json.loads(process.stdout.strip().splitlines()[-1])
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+def run_fresh(image: np.ndarray, paths, tmp_path) -> dict:
+    """Each model's detections on `image` (SavedModel terms), the model
+    run in a new process that imports LiteRT only."""
+    inputs, scale = tflite_detector.prepare_image(
+        image, IMAGE_SIZE, (IMAGE_SIZE, IMAGE_SIZE)
+    )
+    inputs_path = tmp_path / "inputs.npy"
+    np.save(inputs_path, inputs)
+    raw = _run_fresh(FRESH_PROCESS, str(inputs_path), *paths)
     return {
         path: tflite_detector.to_original(
             {k: np.asarray(v) for k, v in outputs.items()},
@@ -452,22 +457,7 @@ def test_int8_network_at_a_size_the_levels_do_not_divide(tmp_path):
         export_tflite.convert_network(model, UNDIVIDED_SIZE, "int8", inputs)
     )
     np.save(tmp_path / "inputs.npy", inputs[0])
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            FRESH_NETWORK,
-            str(path),
-            tmp_path / "inputs.npy",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    got = json.loads(process.stdout.strip().splitlines()[-1])
+    got = _run_fresh(FRESH_NETWORK, str(path), str(tmp_path / "inputs.npy"))
     scores, boxes = flops.forward_function(model)(tf.constant(inputs[0]))
     want = [*scores.values(), *boxes.values()]
     assert [v.shape[1] for v in scores.values()] == [9, 5, 3, 2, 1]
