@@ -39,7 +39,7 @@ import argparse
 import logging as std_logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import flags, logging
@@ -75,6 +75,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Keys that may differ from the saved config on resume: where the run
 # executes, not what it computes (a TPU is often renamed between runs).
 RESUME_FREE_KEYS = ("runtime.tpu",)
+# What a mode keeps in config.yaml of the config it runs.
+ConfigForm = Callable[
+    [config_lib.ExperimentConfig], config_lib.ExperimentConfig
+]
 DEFAULT_RUNS_DIR = "runs"
 # Modes that build the neck from model.neck.arch (the search samples its
 # own specs).
@@ -266,6 +270,7 @@ def resolve_config(
     overwrite_config: bool = False,
     check_arch: bool = False,
     data: Mapping[str, Any] | None = None,
+    saved_form: ConfigForm | None = None,
 ) -> config_lib.ExperimentConfig:
     """Resolves the run's config and saves it to `model_dir/config.yaml`
     (the chief alone, in a multi-worker run).
@@ -286,6 +291,11 @@ def resolve_config(
             saving anything (the modes that build it).
         data: config keys of a `--data_dir` (`data_overrides`), applied
             after the files and before the override.
+        saved_form: what the mode keeps of the flags' config in
+            `config.yaml`, where that is not the config itself
+            (--mode=supernet keeps the experiment it trains, the
+            proxy's sizes): the saved config is checked against it and
+            it is what is saved.
 
     Returns:
         The config the run uses.
@@ -319,10 +329,11 @@ def resolve_config(
         config = config_lib.override(config, extra)
     if check_arch:
         check_spec(config)
+    kept = saved_form(config) if saved_form else config
     if saved is not None and not overwrite_config:
         conflicts = {
             key: values
-            for key, values in config_lib.diff(saved, config).items()
+            for key, values in config_lib.diff(saved, kept).items()
             if key not in RESUME_FREE_KEYS
         }
         if conflicts:
@@ -336,7 +347,7 @@ def resolve_config(
                 "drop the config flags to resume with the saved config, or "
                 "pass --overwrite_config."
             )
-    _save(config, model_dir)
+    _save(kept, model_dir)
     return config
 
 
@@ -493,6 +504,7 @@ def main(argv: Sequence[str]) -> None:
             args.overwrite_config,
             check_arch=mode in ARCH_MODES,
             data=data,
+            saved_form=_saved_form(mode),
         )
     except config_lib.ConfigError as error:
         # A bad config is not a flag-syntax problem: say what is wrong
@@ -511,6 +523,15 @@ def main(argv: Sequence[str]) -> None:
     # search, fidelity and supernet print their own
     if result is not None and mode not in ("search", "fidelity", "supernet"):
         print(f"{mode} result: {result}", flush=True)
+
+
+def _saved_form(mode: str) -> ConfigForm | None:
+    """`resolve_config`'s saved_form of `mode` (None: the config)."""
+    if mode != "supernet":
+        return None
+    from nasfpn_tf.supernet import training  # lazy: imports TensorFlow
+
+    return training.supernet_experiment
 
 
 def _tflite_options(
