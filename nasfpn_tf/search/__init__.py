@@ -36,6 +36,10 @@ by step, with the module of each step:
                   `report.py` writes the best and top specs, the figure
                   and the scalars.
 
+After the last sample, a two-stage search (`search.supernet.finalists`)
+trains the supernet's best few specs as standalone proxy children
+(`finalists.py`) and answers with the best of them.
+
 A rerun resumes from `history.jsonl` and the controller checkpoint
 (`Scheduler.restore`, checked by `resume.py`); `warm_start.py` starts a
 search with the rewards of earlier ones.
