@@ -16,6 +16,8 @@ MODEL_DIR/config.yaml, and calls one library function:
   predict         nasfpn_tf.predict.predict (reads, writes no config)
 
 Rerunning with the same --model_dir resumes with the saved config.
+This module parses the flags; `nasfpn_tf.run_config` resolves the config
+and `nasfpn_tf.modes` runs the mode.
 --data_dir=DIR takes the data of a folder the converter wrote
 (python -m nasfpn_tf.data.convert): paths, classes and their names.
 
@@ -39,18 +41,17 @@ import argparse
 import logging as std_logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from absl import flags, logging
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import modes
 from nasfpn_tf.errors import UserError
-from nasfpn_tf.run_files import (
-    EXPORT_SUBDIR,
-    PREDICTIONS_SUBDIR,
-    TFLITE_SUBDIR,
-)
+from nasfpn_tf.modes import MODES, execute
+from nasfpn_tf.run_config import data_overrides, resolve_config
+from nasfpn_tf.run_files import EXPORT_SUBDIR  # noqa: F401 (re-exported)
 
 # TensorFlow's C++ start-up lines (CUDA probing, CPU features) say nothing a
 # user can act on; TF_CPP_MIN_LOG_LEVEL set in the environment still wins.
@@ -58,46 +59,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Libraries that log chattily at INFO through the root logger.
 QUIET_LOGGERS = ("matplotlib", "PIL", "h5py")
 
-MODES = (
-    "search",
-    "fidelity",
-    "supernet",
-    "train",
-    "eval",
-    "train_and_eval",
-    "export",
-    "predict",
-)
 TRAINER_MODES = ("train", "eval", "train_and_eval")
 EXPORT_FORMATS = ("saved_model", "tflite")
 # absl verbosity names (absl reads ints as its own levels, not logging's).
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Keys that may differ from the saved config on resume: where the run
-# executes, not what it computes (a TPU is often renamed between runs).
-RESUME_FREE_KEYS = ("runtime.tpu",)
-# What a mode keeps in config.yaml of the config it runs.
-ConfigForm = Callable[
-    [config_lib.ExperimentConfig], config_lib.ExperimentConfig
-]
 DEFAULT_RUNS_DIR = "runs"
 # Modes that build the neck from model.neck.arch (the search samples its
 # own specs).
 ARCH_MODES = ("train", "eval", "train_and_eval", "export")
-# The splits of a --data_dir each mode reads.
-MODE_SPLITS = {
-    "search": ("train", "heldout"),
-    "fidelity": ("train", "heldout"),
-    "supernet": ("train", "heldout"),
-    "train": ("train",),
-    "eval": ("val",),
-    "train_and_eval": ("train", "val"),
-    "export": (),
-}
-SPLIT_HINTS = {
-    "train": "--train_sets/--train_images/--train_annotations",
-    "val": "--val_sets/--val_images/--val_annotations",
-    "heldout": "--heldout_fraction",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,218 +230,6 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def resolve_config(
-    model_dir: str,
-    config_files: Sequence[str] = (),
-    params_override: str = "",
-    arch: str | None = None,
-    tpu: str | None = None,
-    overwrite_config: bool = False,
-    check_arch: bool = False,
-    data: Mapping[str, Any] | None = None,
-    saved_form: ConfigForm | None = None,
-) -> config_lib.ExperimentConfig:
-    """Resolves the run's config and saves it to `model_dir/config.yaml`
-    (the chief alone, in a multi-worker run).
-
-    Without config flags (files, override, arch) a saved config is reused
-    (resume); `tpu` only names where it runs and may change. With config
-    flags, the result must equal the saved config (up to RESUME_FREE_KEYS)
-    unless `overwrite_config`.
-
-    Args:
-        model_dir: the run directory.
-        config_files: YAML files, later wins.
-        params_override: override text, applied after the files.
-        arch: spec JSON path for model.neck.arch.
-        tpu: TPU name; also selects the "tpu" strategy.
-        overwrite_config: let the flags replace a differing saved config.
-        check_arch: read and check the spec of `model.neck.arch` before
-            saving anything (the modes that build it).
-        data: config keys of a `--data_dir` (`data_overrides`), applied
-            after the files and before the override.
-        saved_form: what the mode keeps of the flags' config in
-            `config.yaml`, where that is not the config itself
-            (--mode=supernet keeps the experiment it trains, the
-            proxy's sizes): the saved config is checked against it and
-            it is what is saved.
-
-    Returns:
-        The config the run uses.
-
-    Raises:
-        config_lib.ConfigError: an invalid config, or flags that conflict
-            with the saved config.
-    """
-    saved = config_lib.load_saved(model_dir)
-    tpu_changes: dict[str, Any] = {}
-    if tpu is not None:
-        tpu_changes = {"runtime.tpu": tpu, "runtime.strategy": "tpu"}
-    flags_given = bool(
-        config_files or params_override or arch is not None or data
-    )
-    if saved is not None and not flags_given:
-        logging.info("Resuming with %s", config_lib.config_path(model_dir))
-        if check_arch:
-            check_spec(saved)
-        if not tpu_changes:
-            return saved
-        config = config_lib.override(saved, tpu_changes)
-        _save(config, model_dir)
-        return config
-    layers = [("--data_dir", dict(data))] if data else []
-    config = config_lib.load_config(config_files, params_override, layers)
-    extra: dict[str, Any] = dict(tpu_changes)
-    if arch is not None:
-        extra["model.neck.arch"] = arch
-    if extra:
-        config = config_lib.override(config, extra)
-    if check_arch:
-        check_spec(config)
-    kept = saved_form(config) if saved_form else config
-    if saved is not None and not overwrite_config:
-        conflicts = {
-            key: values
-            for key, values in config_lib.diff(saved, kept).items()
-            if key not in RESUME_FREE_KEYS
-        }
-        if conflicts:
-            lines = "\n".join(
-                f"  {key}: saved {old!r}, flags give {new!r}"
-                for key, (old, new) in sorted(conflicts.items())
-            )
-            raise config_lib.ConfigError(
-                f"{config_lib.config_path(model_dir)} differs from the "
-                f"config the flags give:\n{lines}\nUse a new --model_dir, "
-                "drop the config flags to resume with the saved config, or "
-                "pass --overwrite_config."
-            )
-    _save(kept, model_dir)
-    return config
-
-
-def _save(config: config_lib.ExperimentConfig, model_dir: str) -> None:
-    # The workers of a multi-worker run other than the chief read the
-    # saved config but write nothing to model_dir.
-    from nasfpn_tf.train import strategy as strategy_lib
-
-    if strategy_lib.owns_model_dir(config.runtime):
-        config_lib.save(config, model_dir)
-
-
-def data_overrides(data_dir: str, mode: str) -> dict[str, Any]:
-    """The config keys a converted data folder sets (see
-    `nasfpn_tf.data.dataset`).
-
-    Raises:
-        config_lib.ConfigError: no readable dataset.json in `data_dir`, or
-            it lacks a split `mode` reads.
-    """
-    from nasfpn_tf.data import dataset
-
-    try:
-        info = dataset.load(data_dir)
-    except dataset.DatasetError as error:
-        raise config_lib.ConfigError(str(error)) from None
-    for split in MODE_SPLITS.get(mode, ()):
-        if info.split(split) is None:
-            raise config_lib.ConfigError(
-                f"--data_dir={data_dir} has no {split!r} split, which "
-                f"--mode={mode} reads; convert again with "
-                f"{SPLIT_HINTS[split]}."
-            )
-    return info.config_overrides()
-
-
-def check_spec(config: config_lib.ExperimentConfig) -> None:
-    """Reads and checks the neck spec `model.neck.arch` names, if any.
-
-    Raises:
-        config_lib.ConfigError: a missing or invalid spec file (the
-            message names the field at fault), or a spec whose levels
-            differ from model.min_level..max_level.
-    """
-    path = config.model.neck.arch
-    if not path:
-        return
-    from nasfpn_tf.arch.spec import NeckSpec, SpecError
-
-    try:
-        spec = NeckSpec.load(path)
-    except SpecError as error:
-        raise config_lib.ConfigError(f"model.neck.arch: {error}") from None
-    try:
-        spec.check_levels(config.model.min_level, config.model.max_level)
-    except SpecError as error:
-        raise config_lib.ConfigError(
-            f"model.neck.arch: {path} {error}."
-        ) from None
-
-
-def execute(
-    mode: str,
-    config: config_lib.ExperimentConfig,
-    model_dir: str,
-    export_dir: str = "",
-    freeze: bool = False,
-    warm_start: Sequence[str] = (),
-    tflite: Mapping[str, Any] | None = None,
-) -> Any:
-    """Runs the library function of `mode`; returns what it returns.
-
-    `export_dir` and `freeze` are export's (see `nasfpn_tf.export`), and
-    `tflite` its TFLite options (`nasfpn_tf.export_tflite.export`'s
-    keyword arguments; None exports a SavedModel);
-    `warm_start` is search's (see `nasfpn_tf.search.warm_start`).
-
-    Sets the mixed precision policy first. Only the trainer modes take a
-    strategy, so only they create one (and check the batch split); the
-    search trains its children itself.
-    """
-    if mode not in MODES or mode == "predict":
-        modes = tuple(m for m in MODES if m != "predict")
-        raise ValueError(
-            f"mode must be one of {modes} (predict runs through "
-            f"nasfpn_tf.predict.predict); got {mode!r}."
-        )
-    import tf_keras  # lazy: heavy, keeps --help fast
-
-    # Set once, before any layer exists: layers read the global policy
-    # when they are built.
-    tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
-    if mode == "search":
-        from nasfpn_tf.search import runner
-
-        return runner.search(config, model_dir, warm_start=warm_start)
-    if mode == "fidelity":
-        if config.search.rater == "supernet":
-            from nasfpn_tf.supernet import fidelity as supernet_fidelity
-
-            return supernet_fidelity.run(config, model_dir)
-        from nasfpn_tf.search import fidelity
-
-        return fidelity.run(config, model_dir)
-    if mode == "supernet":
-        from nasfpn_tf.supernet import training
-
-        return training.train_supernet(config, model_dir)
-    if mode == "export":
-        from nasfpn_tf import export
-
-        export_dir = export_dir or f"{model_dir.rstrip('/')}/{EXPORT_SUBDIR}"
-        if tflite is not None:
-            return export.export_tflite(
-                config, model_dir, f"{export_dir}/{TFLITE_SUBDIR}", **tflite
-            )
-        return export.export(config, model_dir, export_dir, freeze=freeze)
-    from nasfpn_tf.train import strategy as strategy_lib
-    from nasfpn_tf.train import trainer
-
-    strategy = strategy_lib.make_strategy(config.runtime)
-    config_lib.check_batch(config, strategy.num_replicas_in_sync)
-    return trainer.run(mode, config, model_dir, strategy)
-
-
 def main(argv: Sequence[str]) -> None:
     """Runs the command line ``argv`` (``argv[0]`` is the program).
 
@@ -489,7 +246,7 @@ def main(argv: Sequence[str]) -> None:
     _quiet_imports()
     logging.set_verbosity(args.log_level)
     if args.mode == "predict":
-        _predict(args)
+        modes.predict(args)
         return
     mode = args.mode
     model_dir = args.model_dir or f"{DEFAULT_RUNS_DIR}/{mode}"
@@ -504,7 +261,7 @@ def main(argv: Sequence[str]) -> None:
             args.overwrite_config,
             check_arch=mode in ARCH_MODES,
             data=data,
-            saved_form=_saved_form(mode),
+            saved_form=modes.saved_form(mode),
         )
     except config_lib.ConfigError as error:
         # A bad config is not a flag-syntax problem: say what is wrong
@@ -525,15 +282,6 @@ def main(argv: Sequence[str]) -> None:
         print(f"{mode} result: {result}", flush=True)
 
 
-def _saved_form(mode: str) -> ConfigForm | None:
-    """`resolve_config`'s saved_form of `mode` (None: the config)."""
-    if mode != "supernet":
-        return None
-    from nasfpn_tf.supernet import training  # lazy: imports TensorFlow
-
-    return training.supernet_experiment
-
-
 def _tflite_options(
     parser: argparse.ArgumentParser, args: argparse.Namespace
 ) -> dict[str, Any] | None:
@@ -548,30 +296,6 @@ def _tflite_options(
         "quantizations": args.tflite_quantization.split(","),
         "representative_images": args.representative_images,
     }
-
-
-def _predict(args: argparse.Namespace) -> None:
-    """--mode=predict: reads a trained model, writes only predictions."""
-    from nasfpn_tf import predict
-
-    if not (args.model_dir or args.saved_model):
-        raise predict.PredictError(
-            "--mode=predict needs --model_dir (its newest checkpoint) or "
-            "--saved_model"
-        )
-    output_dir = args.output_dir or (
-        f"{args.model_dir.rstrip('/')}/{PREDICTIONS_SUBDIR}"
-        if args.model_dir
-        else f"{args.saved_model.rstrip('/')}/{PREDICTIONS_SUBDIR}"
-    )
-    result = predict.predict(
-        args.images,
-        output_dir,
-        model_dir=args.model_dir,
-        saved_model=args.saved_model,
-        score_threshold=args.score_threshold,
-    )
-    print(result.summary(), flush=True)
 
 
 def _init_absl_logging() -> None:
