@@ -8,7 +8,7 @@ import pytest
 
 from nasfpn_tf import config as config_lib
 from nasfpn_tf.arch import known
-from nasfpn_tf.search import fidelity
+from nasfpn_tf.search import fidelity, fidelity_report
 from nasfpn_tf.search import proxy as proxy_lib
 
 
@@ -18,7 +18,7 @@ def test_noise_figures():
             "published": published,
             fidelity.PROXY: {
                 "mean": sum(rewards) / len(rewards),
-                "std": fidelity._std(rewards),
+                "std": fidelity_report._std(rewards),
             },
         }
 
