@@ -29,7 +29,8 @@ an SSD. ``nasfpn_tf.tflite_detector.TFLiteDetector`` does the preprocessing and 
 the original image and classes to 1-based ids, giving the SavedModel's
 outputs. Beside each model, ``<name>.json`` records the input, the
 preprocessing, the outputs, the post-processing and the class names, and
-``<name>.txt`` a short signature and op summary.
+``<name>.txt`` a short signature and op summary
+(``nasfpn_tf.tflite_summary``).
 
 Quantization: ``float32``; ``float16`` (weights stored in float16,
 computed in float32 on CPUs); ``int8``: full-integer post-training
@@ -42,7 +43,6 @@ DEQUANTIZE ops.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -73,6 +73,12 @@ from nasfpn_tf.tflite_detector import (
     interpreter_class,
     prepare_image,
 )
+from nasfpn_tf.tflite_summary import (  # noqa: F401 (re-exported)
+    describe,
+    float_ops,
+    op_counts,
+    summary_text,
+)
 
 QUANTIZATIONS = TFLITE_QUANTIZATIONS
 DEFAULT_REPRESENTATIVE_IMAGES = 100
@@ -87,8 +93,6 @@ PAD_VALUE = tuple(round(v) for v in preprocess_ops.MEAN_RGB)
 # Background is column 0 of the head's class logits (Model Garden's
 # RetinaNet); the SavedModel's NMS drops it, so the TFLite model does too.
 BACKGROUND_COLUMNS = 1
-# Nodes a delegate (XNNPACK) adds once it has taken over ops.
-DELEGATE_OP = "DELEGATE"
 OUTPUT_MEANINGS = {
     "detection_boxes": "ymin, xmin, ymax, xmax in [0, 1] of the P x P "
     "input; / scale maps them to the original image",
@@ -311,87 +315,6 @@ def _quantized(
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8
         ]
     return converter
-
-
-def op_counts(interpreter: Any) -> dict[str, int]:
-    """``"OP dtype"`` -> count over the model's ops (not the nodes of a
-    delegate), the dtype being the op's first input's (``int8`` for a
-    quantized op, ``float32`` for a float one)."""
-    # The interpreter's op list has no public accessor;
-    # tests/test_export_tflite.py fails when it changes.
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    counts: collections.Counter = collections.Counter()
-    for op in interpreter._get_ops_details():
-        if op["op_name"] == DELEGATE_OP:
-            continue
-        dtypes = [
-            np.dtype(tensors[i]["dtype"]).name
-            for i in op["inputs"]
-            if i in tensors
-        ]
-        counts[f"{op['op_name']} {dtypes[0] if dtypes else '-'}"] += 1
-    return dict(sorted(counts.items()))
-
-
-def float_ops(counts: dict[str, int]) -> dict[str, int]:
-    """The ops of ``op_counts`` that compute in float (for an int8 model:
-    what did not quantize)."""
-    return {
-        name: n
-        for name, n in counts.items()
-        if name.endswith(("float32", "float16"))
-    }
-
-
-def _tensor_entry(detail: dict) -> dict:
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    entry = {
-        "shape": [int(v) for v in detail["shape"]],
-        "dtype": np.dtype(detail["dtype"]).name,
-    }
-    if scale:
-        entry["quantization"] = {"scale": scale, "zero_point": zero_point}
-    return entry
-
-
-def describe(path: str, interpreter: Any) -> dict:
-    """The signature (names, shapes, dtypes) and op counts of a model."""
-    # Before the first run: the ops of the file, not the delegate's.
-    ops = op_counts(interpreter)
-    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
-    inputs = runner.get_input_details()
-    # The post-process op sizes its outputs when it first runs.
-    zeros = {k: np.zeros(v["shape"], v["dtype"]) for k, v in inputs.items()}
-    outputs = runner(**zeros)
-    return {
-        "signature": SIGNATURE_KEY,
-        "inputs": {k: _tensor_entry(v) for k, v in inputs.items()},
-        "outputs": {
-            k: _tensor_entry(dict(v, shape=outputs[k].shape))
-            for k, v in runner.get_output_details().items()
-        },
-        "ops": ops,
-        "bytes": tf.io.gfile.stat(path).length,
-    }
-
-
-def summary_text(name: str, description: dict) -> str:
-    """A few lines: the signature, then the ops by kind and dtype."""
-    lines = [f"{name}  signature {description['signature']!r}"]
-    for role in ("inputs", "outputs"):
-        for key, entry in description[role].items():
-            shape = "x".join(str(v) for v in entry["shape"])
-            lines.append(
-                f"  {role[:-1]:6} {key:18} {entry['dtype']:8} [{shape}]"
-            )
-    ops = ", ".join(f"{n} {op}" for op, n in description["ops"].items())
-    lines.append(f"  ops: {ops}")
-    float_count = sum(float_ops(description["ops"]).values())
-    lines.append(
-        f"  {description['bytes']} bytes; {float_count} of "
-        f"{sum(description['ops'].values())} ops compute in float"
-    )
-    return "\n".join(lines) + "\n"
 
 
 def model_info(
