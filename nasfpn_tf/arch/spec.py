@@ -8,6 +8,10 @@ output level, merges them (``sum`` or ``global_attention``) and appends one
 new node. Exactly one output cell per level forms the output pyramid.
 
 The spec holds topology only: width, repeats and conv type are config.
+
+About 500 lines, yet one concern: validation, the canonical form and
+hash, and the JSON and Model Garden forms are the methods of one value
+type; its format upgraders already live in `versions.py`.
 """
 
 from __future__ import annotations

@@ -44,6 +44,11 @@ Warm starts. Given the histories of earlier searches (`warm_start.py`),
 batch is sampled, updates the policy on them once and checkpoints it.
 
 Not thread-safe: its caller serializes the calls.
+
+Over 500 lines, yet one concern: the methods of `Scheduler` share one
+state (the batch, its pending samples, the failure count), and the parts
+that stand alone already live beside it (`batch.py`, `results.py`,
+`resume.py`, `warm_start.py`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ step count goes on.
 A non-finite loss (or weights) stops training with `NonFiniteLossError`
 before anything is saved; the error names the newest checkpoint whose
 values are all finite.
+
+Over 500 lines, yet one concern: a `Session`'s steps (build, checkpoints,
+the orbit controller, fit, evaluate, close) share one state, and the parts
+that stand alone already live beside it (`loops.py`, `checkpoints.py`,
+`progress.py`, `schedule.py`).
 """
 
 from __future__ import annotations
