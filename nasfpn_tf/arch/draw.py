@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from nasfpn_tf.arch.spec import NeckSpec
+from nasfpn_tf.arch.spec import CellSpec, NeckSpec
 
 OP_SYMBOLS = {"sum": "+", "global_attention": "GP"}
 OP_COLORS = {"sum": "#9ecae1", "global_attention": "#fdae6b"}
@@ -93,39 +93,9 @@ def to_dot(spec: NeckSpec, title: str | None = None) -> str:
         )
     lines.append("  // Cells, in build order.")
     for i, cell in enumerate(spec.cells):
-        node = spec.num_inputs + i
-        attrs = [
-            f'label="{OP_SYMBOLS[cell.op]}\\n{node}"',
-            "shape=circle",
-            "fixedsize=true",
-            "width=0.55",
-        ]
-        if live[i]:
-            attrs += ["style=filled", f'fillcolor="{OP_COLORS[cell.op]}"']
-        else:
-            attrs += [
-                'style="filled,dashed"',
-                f'fillcolor="{DEAD_COLOR}"',
-                f'fontcolor="{DEAD_TEXT_COLOR}"',
-                f'color="{DEAD_TEXT_COLOR}"',
-            ]
-        if cell.is_output:
-            attrs += [
-                "peripheries=2",
-                f'color="{OUTPUT_COLOR}"',
-                "penwidth=2",
-                f'xlabel="P{cell.level} out"',
-            ]
-        lines.append(f"  n{node} [{', '.join(attrs)}];")
+        lines.append(_dot_cell(spec.num_inputs + i, cell, live[i]))
     lines.append("  // One row per level; invisible edges keep build order.")
-    for level in reversed(spec.levels):
-        members = [f"L{level}"] + [
-            f"n{node}" for node, lv in enumerate(levels) if lv == level
-        ]
-        lines.append(f"  {{ rank=same; {'; '.join(members)}; }}")
-        if len(members) > 1:
-            row = " -> ".join(members)
-            lines.append(f"  {row} [style=invis];")
+    lines += _dot_rows(spec.levels, levels)
     lines.append("  // Data flow; constraint=false leaves rows to the levels.")
     for i, cell in enumerate(spec.cells):
         node = spec.num_inputs + i
@@ -138,6 +108,51 @@ def to_dot(spec: NeckSpec, title: str | None = None) -> str:
             )
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _dot_cell(node: int, cell: CellSpec, live: bool) -> str:
+    """The DOT line of cell node ``node``: op colour, grey when dead, a
+    double red border when an output."""
+    attrs = [
+        f'label="{OP_SYMBOLS[cell.op]}\\n{node}"',
+        "shape=circle",
+        "fixedsize=true",
+        "width=0.55",
+    ]
+    if live:
+        attrs += ["style=filled", f'fillcolor="{OP_COLORS[cell.op]}"']
+    else:
+        attrs += [
+            'style="filled,dashed"',
+            f'fillcolor="{DEAD_COLOR}"',
+            f'fontcolor="{DEAD_TEXT_COLOR}"',
+            f'color="{DEAD_TEXT_COLOR}"',
+        ]
+    if cell.is_output:
+        attrs += [
+            "peripheries=2",
+            f'color="{OUTPUT_COLOR}"',
+            "penwidth=2",
+            f'xlabel="P{cell.level} out"',
+        ]
+    return f"  n{node} [{', '.join(attrs)}];"
+
+
+def _dot_rows(
+    spec_levels: Sequence[int], node_levels: Sequence[int]
+) -> list[str]:
+    """One ``rank=same`` row per level, coarsest first, its label then its
+    nodes in build order (kept by invisible edges)."""
+    lines = []
+    for level in reversed(spec_levels):
+        members = [f"L{level}"] + [
+            f"n{node}" for node, lv in enumerate(node_levels) if lv == level
+        ]
+        lines.append(f"  {{ rank=same; {'; '.join(members)}; }}")
+        if len(members) > 1:
+            row = " -> ".join(members)
+            lines.append(f"  {row} [style=invis];")
+    return lines
 
 
 def _edge_curvature(
