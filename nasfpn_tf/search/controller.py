@@ -102,26 +102,7 @@ class Controller(PolicyBase):
         # sampling steps its cell, the same weights. A generic RNN over the
         # cell traces twice as fast as the LSTM layer, which also builds a
         # cuDNN variant that a controller this small never needs.
-        self._lstm = tf_keras.layers.RNN(
-            tf_keras.layers.LSTMCell(
-                self.config.lstm_size,
-                kernel_initializer=tf_keras.initializers.RandomUniform(
-                    -INIT_SCALE, INIT_SCALE, seed=self.seed
-                ),
-                recurrent_initializer=tf_keras.initializers.RandomUniform(
-                    -INIT_SCALE, INIT_SCALE, seed=self.seed + 1
-                ),
-                # The policy stays float32 whatever mixed precision the
-                # children train with: log-probs and PPO ratios need it.
-                dtype="float32",
-            ),
-            return_sequences=True,
-            dtype="float32",
-            name="lstm",
-        )
-        self._lstm.build(
-            tf.TensorShape([None, None, self.config.embedding_size])
-        )
+        self._lstm = self._make_lstm()
         # One projection per step, stacked and padded to the widest step so
         # all steps score in one batched matmul; a padded column is always
         # masked, so it gets no gradient and stays zero.
@@ -144,17 +125,43 @@ class Controller(PolicyBase):
         self._optimizer.build(self._weights)
         self._baseline = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self._updates = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._evaluate_fn, self._train_fn = self._make_functions()
+
+    def _make_lstm(self) -> tf_keras.layers.RNN:
+        """The LSTM over a whole sequence, built (its weights exist)."""
+        lstm = tf_keras.layers.RNN(
+            tf_keras.layers.LSTMCell(
+                self.config.lstm_size,
+                kernel_initializer=tf_keras.initializers.RandomUniform(
+                    -INIT_SCALE, INIT_SCALE, seed=self.seed
+                ),
+                recurrent_initializer=tf_keras.initializers.RandomUniform(
+                    -INIT_SCALE, INIT_SCALE, seed=self.seed + 1
+                ),
+                # The policy stays float32 whatever mixed precision the
+                # children train with: log-probs and PPO ratios need it.
+                dtype="float32",
+            ),
+            return_sequences=True,
+            dtype="float32",
+            name="lstm",
+        )
+        lstm.build(tf.TensorShape([None, None, self.config.embedding_size]))
+        return lstm
+
+    def _make_functions(self) -> tuple[Any, Any]:
+        """`_evaluate` and `_train_step` as tf.functions of fixed
+        signatures (actions, masks[, old log-probs, advantages])."""
         signature = [
             tf.TensorSpec([None, self.num_steps], tf.int32),
             tf.TensorSpec([None, self.num_steps, self.max_choices], tf.bool),
         ]
-        self._evaluate_fn = tf.function(
-            self._evaluate, input_signature=signature
-        )
-        self._train_fn = tf.function(
+        evaluate_fn = tf.function(self._evaluate, input_signature=signature)
+        train_fn = tf.function(
             self._train_step,
             input_signature=signature + [tf.TensorSpec([None], tf.float32)] * 2,
         )
+        return evaluate_fn, train_fn
 
     @property
     def baseline(self) -> float:
