@@ -90,27 +90,19 @@ class NasFpnNeck(tf_keras.Model):
             level_key(int(k)): tf.TensorShape(v) for k, v in input_specs.items()
         }
         _check_input_specs(input_specs, spec)
-        kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
-        bias_regularizer = tf_keras.regularizers.get(bias_regularizer)
-        norm = {
+        # The arguments every cell shares, in get_config()'s order.
+        options = {
+            "use_separable_conv": use_separable_conv,
+            "activation": activation,
+            "use_sync_bn": use_sync_bn,
             "norm_momentum": norm_momentum,
             "norm_epsilon": norm_epsilon,
-            "use_sync_bn": use_sync_bn,
-        }
-        conv = {
-            "use_separable_conv": use_separable_conv,
-            "kernel_regularizer": kernel_regularizer,
-            "bias_regularizer": bias_regularizer,
-            **norm,
-        }
-        cell_kwargs = {
-            "filters": filters,
-            "activation": activation,
             "dropblock_keep_prob": dropblock_keep_prob,
             "dropblock_size": dropblock_size,
-            **conv,
+            "kernel_regularizer": tf_keras.regularizers.get(kernel_regularizer),
+            "bias_regularizer": tf_keras.regularizers.get(bias_regularizer),
         }
-
+        conv, cell_kwargs = _layer_kwargs(filters, options)
         inputs = {
             k: tf_keras.Input(shape=shape[1:], name=f"C{k}")
             for k, shape in sorted(
@@ -133,15 +125,13 @@ class NasFpnNeck(tf_keras.Model):
                 "spec": spec.to_dict(),
                 "filters": filters,
                 "repeats": repeats,
-                "use_separable_conv": use_separable_conv,
-                "activation": activation,
-                "use_sync_bn": use_sync_bn,
-                "norm_momentum": norm_momentum,
-                "norm_epsilon": norm_epsilon,
-                "dropblock_keep_prob": dropblock_keep_prob,
-                "dropblock_size": dropblock_size,
-                "kernel_regularizer": serialize_or_none(kernel_regularizer),
-                "bias_regularizer": serialize_or_none(bias_regularizer),
+                **options,
+                "kernel_regularizer": serialize_or_none(
+                    options["kernel_regularizer"]
+                ),
+                "bias_regularizer": serialize_or_none(
+                    options["bias_regularizer"]
+                ),
                 "anytime": anytime,
             }
         )
@@ -175,6 +165,29 @@ class NasFpnNeck(tf_keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+def _layer_kwargs(
+    filters: int, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keyword arguments of every conv (with its BN) and of every
+    merging cell, from the neck's shared `options`."""
+    conv = {
+        "use_separable_conv": options["use_separable_conv"],
+        "kernel_regularizer": options["kernel_regularizer"],
+        "bias_regularizer": options["bias_regularizer"],
+        "norm_momentum": options["norm_momentum"],
+        "norm_epsilon": options["norm_epsilon"],
+        "use_sync_bn": options["use_sync_bn"],
+    }
+    cell_kwargs = {
+        "filters": filters,
+        "activation": options["activation"],
+        "dropblock_keep_prob": options["dropblock_keep_prob"],
+        "dropblock_size": options["dropblock_size"],
+        **conv,
+    }
+    return conv, cell_kwargs
 
 
 def _resolve_spec(spec: NeckSpec | Mapping[str, Any] | None) -> NeckSpec:
