@@ -218,15 +218,24 @@ def search(
     if oracle.aborted is not None:
         raise oracle.aborted
     if supernet_dir is not None and summary["best_reward"] is not None:
-        summary["supernet_baselines"] = _supernet_baselines(
-            config, space, factory(), summary, model_dir
+        _add_supernet_results(
+            config, space, factory, oracle, summary, model_dir
         )
-        if config.search.supernet.finalists:
-            summary["finalists"] = finalists_lib.run(
-                config, model_dir, oracle.records
-            )
-            print(finalists_lib.final_text(summary["finalists"], model_dir))
     return summary
+
+
+def _add_supernet_results(config, space, factory, oracle, summary, model_dir):
+    """A supernet search's extras in `summary`: the baselines rated through
+    the same weights and, with `search.supernet.finalists`, the finalists
+    trained standalone (printed)."""
+    summary["supernet_baselines"] = _supernet_baselines(
+        config, space, factory(), summary, model_dir
+    )
+    if config.search.supernet.finalists:
+        summary["finalists"] = finalists_lib.run(
+            config, model_dir, oracle.records
+        )
+        print(finalists_lib.final_text(summary["finalists"], model_dir))
 
 
 def _supernet_baselines(config, space, rater, summary, model_dir):
