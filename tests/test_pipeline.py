@@ -225,6 +225,21 @@ def test_autotune_follows_the_config_and_children_turn_it_off(records_file):
     assert not pipeline.InputConfig.from_experiment(child).autotune
 
 
+def test_children_augment_deterministically_and_full_trainings_in_parallel():
+    """A search's children parse training images in order, so a seed
+    gives one child (`test_trainer`'s rungs test checks the weights)."""
+    from nasfpn_tf import config as config_lib
+
+    default = config_lib.ExperimentConfig()
+    child = config_lib.proxy_experiment(default)
+    assert not pipeline.InputConfig.from_experiment(
+        default
+    ).deterministic_augmentation
+    assert pipeline.InputConfig.from_experiment(
+        child
+    ).deterministic_augmentation
+
+
 def test_corrupt_records_are_skipped_not_fatal(tmp_path, caplog):
     good = [
         _example(_image(64, i), [[0.1, 0.1, 0.5, 0.5]], [1], i + 1)

@@ -367,6 +367,8 @@ def proxy_experiment(config: ExperimentConfig) -> ExperimentConfig:
             "eval.steps": proxy.eval_steps,
             # A child's iterators die young; see `data.autotune`.
             "data.autotune": False,
+            # Rungs and reruns of a child see the straight run's images.
+            "data.deterministic_augmentation": True,
         },
     )
 

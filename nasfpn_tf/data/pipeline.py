@@ -86,6 +86,9 @@ class InputConfig:
       shuffle_buffer: records in the shuffle buffer (training).
       cache: keep the serialized records in memory after the first pass.
       autotune: tf.data autotuning (``data.autotune``).
+      deterministic_augmentation: parse training images one at a time, so
+        their random flip and scale follow from the seed
+        (``data.deterministic_augmentation``).
       dtype: image dtype, ``"bfloat16"`` on TPU (``IMAGE_DTYPES`` of
         ``train.mixed_precision``).
       pad: pad to a multiple of 2**max_level (see the module docstring).
@@ -108,6 +111,7 @@ class InputConfig:
     shuffle_buffer: int = _DEFAULT.data.shuffle_buffer
     cache: bool = _DEFAULT.data.cache
     autotune: bool = _DEFAULT.data.autotune
+    deterministic_augmentation: bool = _DEFAULT.data.deterministic_augmentation
     dtype: str = IMAGE_DTYPES[_DEFAULT.train.mixed_precision]
     pad: bool = True
 
@@ -133,6 +137,7 @@ class InputConfig:
             shuffle_buffer=data.shuffle_buffer,
             cache=data.cache,
             autotune=data.autotune,
+            deterministic_augmentation=data.deterministic_augmentation,
             dtype=IMAGE_DTYPES[config.train.mixed_precision],
         )
 
@@ -295,7 +300,8 @@ def build_dataset(
         ``input_context``.
       seed: shuffle seed; also makes the element order deterministic
         (the parser's random flip and scale come from stateful ops in a
-        parallel map, so which image gets which draw may still vary).
+        parallel map, so which image gets which draw may still vary,
+        unless ``config.deterministic_augmentation``).
       drop_remainder: drop a final partial batch.
       skip_errors: skip unreadable records and undecodable images with a
         warning instead of raising.
@@ -363,9 +369,11 @@ def _parse(
     skip_errors: bool,
 ) -> tf.data.Dataset:
     """(image, labels) per record; training repeats."""
+    one_at_a_time = is_training and config.deterministic_augmentation
     examples = records.map(
         make_parse_fn(config, is_training),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        # None: in order, so each image's random draws follow the seed.
+        num_parallel_calls=None if one_at_a_time else tf.data.AUTOTUNE,
     )
     if skip_errors:
         examples = examples.ignore_errors(log_warning=True)

@@ -91,6 +91,9 @@ def supernet_experiment(
             "train.checkpoint_every": settings.checkpoint_every,
             # A long training keeps tf.data's autotuning (`data.autotune`).
             "data.autotune": config.data.autotune,
+            "data.deterministic_augmentation": (
+                config.data.deterministic_augmentation
+            ),
         },
     )
 
