@@ -200,8 +200,21 @@ def test_reference_setting_replaces_the_proxy():
     assert fidelity.setting_config(config, fidelity.PROXY) is config
 
 
+# The end-to-end run's sizes: 3 specs so that Spearman is a number, 2
+# proxy seeds so that the noise is known, and steps enough for a nonzero
+# held-out AP. After 2 steps every child had AP 0.0 (no ranking, verdict
+# undecided); after 30 steps on 16 held-out images, 6 children of random
+# specs had APs from 2.8e-5 to 1.4e-4, all different.
+E2E_PROXY_STEPS = 30
+E2E_REFERENCE_STEPS = 40
+E2E_HELDOUT = 16
+DECIDED = ("usable", "weak", "unusable")
+
+
 @pytest.mark.slow
 def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
+    """Real proxy and reference trainings of 3 specs: every training
+    logged, Spearman a number and the verdict decided."""
     from nasfpn_tf import main
 
     monkeypatch.setenv("NASFPN_TF_DATA_DIR", str(tmp_path / "data"))
@@ -209,19 +222,19 @@ def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
         config_lib.ExperimentConfig(),
         {
             "data.synthetic.num_train": 8,
-            "data.synthetic.num_heldout": 4,
+            "data.synthetic.num_heldout": E2E_HELDOUT,
             "data.synthetic.num_val": 4,
             "model.image_size": 64,
             "train.batch_size": 2,
             "train.warmup_steps": 1,
-            "eval.batch_size": 2,
-            "search.proxy.train_steps": 2,
+            "eval.batch_size": 8,
+            "search.proxy.train_steps": E2E_PROXY_STEPS,
             "search.proxy.image_size": 64,
             "search.proxy.repeats": 1,
             "search.proxy.filters": 8,
-            "fidelity.num_specs": 2,
-            "fidelity.seeds": 1,
-            "fidelity.reference.train_steps": 3,
+            "fidelity.num_specs": 3,
+            "fidelity.seeds": 2,
+            "fidelity.reference.train_steps": E2E_REFERENCE_STEPS,
             "fidelity.reference.image_size": 64,
             "fidelity.reference.repeats": 1,
             "fidelity.reference.filters": 8,
@@ -230,9 +243,13 @@ def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
     result = main.execute("fidelity", config, model_dir)
     rows = open(os.path.join(model_dir, fidelity.LOG_FILE)).read().splitlines()
-    assert len(rows) == 4
+    assert len(rows) == 3 * 2 + 3
     assert {json.loads(r)["status"] for r in rows} == {"ok"}
-    assert result["complete_specs"] == 2
+    assert result["complete_specs"] == 3
+    assert isinstance(result["spearman"], float), result
+    assert -1.0 <= result["spearman"] <= 1.0
+    assert result["within_spec_std"] is not None
+    assert result["verdict"].startswith(DECIDED), result["verdict"]
     assert os.path.exists(result["plot"])
 
 
