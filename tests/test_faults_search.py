@@ -964,3 +964,123 @@ def test_sigkill_during_promotions_then_rerun(tmp_path, record_property):
         "no logged rung trained or decided again, history and rungs "
         f"equal to the uninterrupted search's; {len(runs)} launches",
     )
+
+
+# The same kill with the real trainer: the promoted child goes on in its
+# held session, and after the kill from its checkpoint at the rung.
+_REAL_RUNGS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    from nasfpn_tf import config as config_lib
+    from nasfpn_tf.search import runner
+    from nasfpn_tf.train import trainer
+
+    fit = trainer.Session.fit
+
+    def logged_fit(self, until=None, **kwargs):
+        with open({log!r}, "a") as f:
+            f.write(
+                f"start {{os.getpid()}} {{os.path.basename(self.model_dir)}} "
+                f"{{self.step}} {{until}}\\n"
+            )
+        return fit(self, until, **kwargs)
+
+    trainer.Session.fit = logged_fit
+    config = config_lib.from_yaml(open({config!r}).read())
+    runner.search(config, {model_dir!r})
+    """
+)
+# Rungs 10 -> 30 steps of a tiny real child (enough for a held-out AP
+# above 0 on 16 images); the kill comes a random part of
+# REAL_KILL_WINDOW_S after the promoted rung started (its 20 steps and
+# held-out rating took 2-5 s on 2 busy cores).
+REAL_RUNG_STEPS = (10, 30)
+REAL_KILL_WINDOW_S = 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sigkill_of_a_real_halving_search_during_a_promotion(
+    tmp_path, record_property
+):
+    """kill -9 of a search with rungs and the real trainer while its
+    promoted child trains (or rates) its second rung; the rerun of the
+    same command finishes every sample once, trains no logged rung
+    again, resumes the cut rung from the child's checkpoint, and each
+    reward is the one its rungs.jsonl logged."""
+    low, high = REAL_RUNG_STEPS
+    config = config_lib.override(
+        tiny_config("random", num_samples=2, samples_per_update=2),
+        {
+            "search.reuse_rewards": False,
+            "search.proxy.train_steps": high,
+            "search.proxy.image_size": 64,
+            "search.proxy.repeats": 1,
+            "search.proxy.filters": 8,
+            "search.rungs.min_steps": low,
+            "model.image_size": 64,
+            "train.batch_size": 2,
+            "train.warmup_steps": 1,
+            "eval.batch_size": 8,
+            "data.synthetic.num_train": 8,
+            "data.synthetic.num_heldout": 16,
+            "data.synthetic.num_val": 4,
+        },
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config_lib.to_yaml(config))
+    model_dir = str(tmp_path / "search")
+    log = str(tmp_path / "fits.log")
+    script = tmp_path / "search.py"
+    script.write_text(
+        _REAL_RUNGS_SCRIPT.format(
+            repo=fh.REPO, log=log, config=str(config_path), model_dir=model_dir
+        )
+    )
+    command = [sys.executable, str(script)]
+    env = fh.child_env(str(tmp_path / "data"))
+    output = str(tmp_path / "runs.log")
+    delay = random.Random(KILL_SEED).uniform(0.0, REAL_KILL_WINDOW_S)
+    process = fh.start(command, env, output)
+    killed = fh.kill_when(process, _DuePromoted(log, process.pid, delay))
+    assert killed, "the search finished before the kill: " + fh.tail(output)
+    logged_at_kill = _logged_rungs(model_dir)
+    process = fh.start(command, env, output)
+    assert fh.finish(process) == 0, fh.tail(output)
+
+    records = _records(model_dir)
+    assert sorted(r.sample for r in records) == [0, 1]
+    starts = _rung_starts(log)
+    _, rerun = list(dict.fromkeys(pid for pid, *_ in starts))
+    trained_again = {(n, u) for p, n, _, u in starts if p == rerun}
+    assert not logged_at_kill & trained_again, logged_at_kill & trained_again
+    rerun_starts = [(n, u) for p, n, _, u in starts if p == rerun]
+    assert len(rerun_starts) == len(set(rerun_starts)), rerun_starts
+    # The cut rung went on from the checkpoint at the first rung (a kill
+    # after its training but before its log: rated again, not trained).
+    for pid, name, start, until in starts:
+        allowed = [(0, low), (low, high)]
+        if pid == rerun:
+            allowed.append((high, high))
+        assert (start, until) in allowed, (pid, name, start, until)
+    for record in records:
+        work_dir = os.path.join(
+            model_dir,
+            history_lib.TRIALS_DIR,
+            f"trial_{history_lib.trial_id(record.sample)}",
+        )
+        logged = fh.jsonl_rows(os.path.join(work_dir, "rungs.jsonl"))
+        assert [dict(r) for r in record.rungs] == logged
+        assert record.reward == logged[-1]["reward"]  # final_reward highest
+        assert all(r["reward"] == r["metrics"]["AP"] for r in logged)
+        assert [r["steps"] for r in logged] == list(
+            REAL_RUNG_STEPS[: len(logged)]
+        )
+    fh.record_fault(
+        record_property,
+        f"search with successive halving and the real trainer (rungs "
+        f"{low}/{high}): SIGKILL {delay:.2f} s after a promoted rung started",
+        f"rerun finished samples 0 and 1 once; rungs logged at the kill "
+        f"({len(logged_at_kill)}) not trained again, rewards from rungs.jsonl",
+    )

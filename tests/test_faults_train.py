@@ -12,7 +12,6 @@ import ast
 import json
 import os
 import random
-import socket
 import time
 
 import faults_helpers as fh
@@ -278,12 +277,6 @@ MW_KILL_AT = 9
 MW_CHIEF_STOP_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _result(log_path: str) -> dict:
     """The `train result: {...}` a run printed last."""
     with open(log_path, errors="replace") as f:
@@ -302,7 +295,7 @@ def test_multi_worker_non_chief_killed_then_both_rerun(
     at the same step with the same loss, and only the chief wrote
     model_dir (the non-chief's saves go to its own temp folder)."""
     model_dir = str(tmp_path / "run")
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"127.0.0.1:{fh.free_port()}" for _ in range(2)]}
     worker_tmp = tmp_path / "worker_tmp"
     worker_tmp.mkdir()
 
