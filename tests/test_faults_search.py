@@ -1065,11 +1065,7 @@ def test_sigkill_of_a_real_halving_search_during_a_promotion(
             allowed.append((high, high))
         assert (start, until) in allowed, (pid, name, start, until)
     for record in records:
-        work_dir = os.path.join(
-            model_dir,
-            history_lib.TRIALS_DIR,
-            f"trial_{history_lib.trial_id(record.sample)}",
-        )
+        work_dir = search_dir_lib.SearchDir(model_dir).trial_dir(record.sample)
         logged = fh.jsonl_rows(os.path.join(work_dir, "rungs.jsonl"))
         assert [dict(r) for r in record.rungs] == logged
         assert record.reward == logged[-1]["reward"]  # final_reward highest
