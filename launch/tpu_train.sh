@@ -18,7 +18,9 @@
 #                    copied to the TPU VM, gs:// paths passed as they are
 #   ARCH             spec JSON to train, e.g. results/RUN/best_spec.json
 #   PARAMS_OVERRIDE  extra overrides, a list like train.batch_size=64
-#   MODE             train_and_eval (default), train or eval
+#   MODE             train_and_eval (default), train, eval, or supernet
+#                    (trains the search's shared-weight supernet at the
+#                    proxy's sizes; point search.supernet.path at it)
 #   FOLLOW           0 to start the run without streaming its log
 #   REMOTE_ENV       VAR=VALUE words set for the remote process
 #   DRY_RUN          1 to print the commands instead of running them
@@ -34,8 +36,8 @@ require_bool FOLLOW
 require TPU_NAME ZONE PROJECT MODEL_DIR CONFIG_FILES
 require_gcs MODEL_DIR
 case "$MODE" in
-  train | eval | train_and_eval) ;;
-  *) die "MODE must be train, eval or train_and_eval, got '$MODE'" ;;
+  train | eval | train_and_eval | supernet) ;;
+  *) die "MODE must be train, eval, train_and_eval or supernet, got '$MODE'" ;;
 esac
 stage_inputs
 

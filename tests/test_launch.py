@@ -496,6 +496,14 @@ def test_tpu_train(sandbox):
     assert "nasfpn-train_and_eval.log" in flag(follow, "command")
 
 
+def test_tpu_train_trains_a_supernet_on_the_tpu(sandbox):
+    cmds = dry_run(sandbox, "tpu_train.sh", **TRAIN, MODE="supernet")
+    _, argv = remote_main(flag(cmds[1], "command"))
+    assert argv[3] == "--mode=supernet"
+    assert argv[-1] == "--tpu=local"
+    assert "nasfpn-supernet.log" in flag(cmds[2], "command")
+
+
 def test_tpu_train_quotes_awkward_values(sandbox):
     override = "data.train_path=gs://b/it's here/*.tfrecord"
     cmds = dry_run(
@@ -520,7 +528,7 @@ def test_tpu_train_quotes_awkward_values(sandbox):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"MODE": "search"}, "MODE must be train, eval or train_and_eval"),
+        ({"MODE": "search"}, "MODE must be train, eval, train_and_eval or supernet"),
         ({"MODEL_DIR": "runs/x"}, "MODEL_DIR must be a gs:// path"),
         ({"ARCH": "missing.json"}, "arch file not found: 'missing.json'"),
         ({"REMOTE_ENV": "A=1 oops"}, "REMOTE_ENV words must be VAR=VALUE"),
