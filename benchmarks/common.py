@@ -458,7 +458,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def search_config(args: argparse.Namespace, samples: int | None = None):
-    """The files and override of ``args``, then its search budget.
+    """The files and override of ``args``, then its search budget, with
+    children trained (`search.rater: proxy`): the search benchmarks measure
+    standalone children (`supernet_search.py` rates on a supernet).
 
     Args:
         args: parsed `add_search_flags` flags.
@@ -474,6 +476,7 @@ def search_config(args: argparse.Namespace, samples: int | None = None):
     return config_lib.override(
         config,
         {
+            "search.rater": "proxy",
             "search.num_samples": args.samples if samples is None else samples,
             "search.samples_per_update": args.samples_per_update,
             "search.proxy.train_steps": args.train_steps,

@@ -4,14 +4,18 @@ one frozen supernet, side by side, then the best specs retrained.
 Every arm searches with the same trained supernet and BN mode, so their
 rewards are comparable and the supernet is paid for once. A rating is
 deterministic, so one cache by canonical key serves every arm and seed
-(``SharedCache``): a spec two arms both sample is rated once. Each run is
+(``SharedCache``): a spec two arms both sample is rated once, and
+``--ratings_from`` reuses an earlier run's ratings on the same supernet
+(a longer budget then rates only its new samples). Each run is
 ``runner.search`` itself (history, controller, resume), with the cache as
 its rater.
 
 Prints and writes (``--out_dir``): one JSON row per run (best reward,
-samples to it, top-10 mean), the median and range over seeds of the best
-and top-10-mean reward against samples per algorithm (``curves.json``,
-``supernet_search.png``), the supernet's reward of the published spec and
+samples to it, top-10 mean, mean of the last 50 samples), the median and
+range over seeds of those three against samples per algorithm
+(``curves.json``, ``supernet_search.png``; the last is what the policy
+itself samples, which the best-so-far of a random search can match by
+luck), the supernet's reward of the published spec and
 of random specs, and with ``--retrain_steps`` the standalone AP of each
 run's best spec, the published spec and ``--random_specs`` random specs
 (``--retrain_seeds`` seeds). With ``--finalists k`` each run is the
@@ -48,6 +52,8 @@ from nasfpn_tf.search import runner
 
 ALGORITHMS = ("ppo", "reinforce", "random")
 TOP = 10
+# The policy's own quality: the mean reward of the last WINDOW samples.
+WINDOW = 50
 
 
 class StandaloneCache:
@@ -77,6 +83,39 @@ class SharedCache:
         self.rater = rater
         self.results: dict[str, proxy_lib.ProxyResult] = {}
         self.rated_seconds = 0.0
+        self.reused = 0
+
+    def load(self, out_dir: str, supernet: str) -> int:
+        """Adds the ratings recorded by the runs of an earlier benchmark
+        `out_dir` on the same supernet and BN mode (a rating is a function
+        of the spec, the weights and the mode); returns how many were
+        new. A folder rated on another supernet or mode is a ValueError."""
+        with open(os.path.join(out_dir, "curves.json")) as f:
+            earlier = json.load(f)
+        if (
+            os.path.realpath(earlier["supernet"]) != os.path.realpath(supernet)
+            or earlier["bn_mode"] != self.rater.bn_mode
+        ):
+            raise ValueError(
+                f"{out_dir} was rated on {earlier['supernet']} "
+                f"({earlier['bn_mode']}), not {supernet} "
+                f"({self.rater.bn_mode})"
+            )
+        added = 0
+        for name in sorted(os.listdir(out_dir)):
+            path = os.path.join(out_dir, name, "history.jsonl")
+            if not os.path.exists(path):
+                continue
+            records, _ = history_lib.read_history(path)
+            for record in records:
+                if record.status != history_lib.OK or record.hash in self.results:
+                    continue
+                self.results[record.hash] = proxy_lib.ProxyResult(
+                    record.reward, record.status, record.metrics, 0.0
+                )
+                added += 1
+        self.reused += added
+        return added
 
     def reward(self, spec: NeckSpec, work_dir: str):
         key = spec.canonical_key()
@@ -90,15 +129,19 @@ class SharedCache:
         del work_dir
 
 
-def curves(rewards: list[float]) -> tuple[list[float], list[float]]:
-    """Best and top-10 mean of the rewards so far, per sample."""
-    best, top, seen = [], [], []
+def curves(
+    rewards: list[float],
+) -> tuple[list[float], list[float], list[float]]:
+    """Per sample: the best and the top-10 mean of the rewards so far, and
+    the mean of the last `WINDOW` (what the policy samples now)."""
+    best, top, recent, seen = [], [], [], []
     for reward in rewards:
         seen.append(reward)
         ranked = sorted(seen, reverse=True)[:TOP]
         best.append(ranked[0])
         top.append(statistics.mean(ranked))
-    return best, top
+        recent.append(statistics.mean(seen[-WINDOW:]))
+    return best, top, recent
 
 
 def run(args, config, cache, algorithm: str, seed: int) -> dict:
@@ -117,7 +160,7 @@ def run(args, config, cache, algorithm: str, seed: int) -> dict:
     records, _ = history_lib.read_history(summary["history"])
     records.sort(key=lambda r: r.sample)
     rewards = [r.reward for r in records]
-    best, top = curves(rewards)
+    best, top, recent = curves(rewards)
     row = {
         "algorithm": algorithm,
         "seed": seed,
@@ -131,6 +174,8 @@ def run(args, config, cache, algorithm: str, seed: int) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
         "best_curve": [round(v, 4) for v in best],
         "top10_curve": [round(v, 4) for v in top],
+        "recent_curve": [round(v, 4) for v in recent],
+        "last_window_mean": round(recent[-1], 4),
     }
     return row
 
@@ -183,7 +228,7 @@ def aggregate(rows: list[dict]) -> dict:
         mine = [r for r in rows if r["algorithm"] == algorithm]
         length = min(len(r["best_curve"]) for r in mine)
         entry = {}
-        for name in ("best_curve", "top10_curve"):
+        for name in ("best_curve", "top10_curve", "recent_curve"):
             columns = list(zip(*(r[name][:length] for r in mine)))
             entry[name] = {
                 "median": [round(statistics.median(c), 4) for c in columns],
@@ -192,6 +237,9 @@ def aggregate(rows: list[dict]) -> dict:
             }
         entry["best_median"] = statistics.median(r["best"] for r in mine)
         entry["top10_median"] = statistics.median(r["top10_mean"] for r in mine)
+        entry["last_window_median"] = statistics.median(
+            r["last_window_mean"] for r in mine
+        )
         finals = [r["finalist_reward"] for r in mine if "finalist_reward" in r]
         if finals:
             entry["finalist_median"] = statistics.median(finals)
@@ -206,10 +254,11 @@ def plot(curve_table: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=False)
     for ax, name, title in (
         (axes[0], "best_curve", "best reward so far"),
         (axes[1], "top10_curve", "top-10 mean reward so far"),
+        (axes[2], "recent_curve", f"mean reward of the last {WINDOW}"),
     ):
         for algorithm, entry in curve_table.items():
             c = entry[name]
@@ -290,6 +339,14 @@ def parse_args(argv=None):
     )
     parser.add_argument("--retrain_steps", type=int, default=0)
     parser.add_argument("--retrain_seeds", type=int, default=2)
+    parser.add_argument(
+        "--ratings_from",
+        action="append",
+        default=[],
+        help="an earlier --out_dir rated on the same supernet and BN mode "
+        "(repeatable): its ratings are reused, not computed again; the "
+        "--out_dir itself is read when it has curves.json",
+    )
     parser.add_argument("--out_dir", required=True)
     return parser.parse_args(argv)
 
@@ -303,6 +360,14 @@ def main(argv=None) -> dict:
     os.makedirs(args.out_dir, exist_ok=True)
     rater = rater_lib.SupernetRater(config, args.supernet, bn_mode=args.bn_mode)
     cache = SharedCache(rater)
+    sources = list(args.ratings_from)
+    if os.path.exists(os.path.join(args.out_dir, "curves.json")):
+        sources.append(args.out_dir)
+    for source in sources:
+        common.emit(
+            {"case": "reused", "from": source,
+             "ratings": cache.load(source, args.supernet)}
+        )
     space = runner.make_space(config)
     baseline = {"published": cache.reward(NASFPN_SPEC, "").reward}
     rng = random.Random(12345)
@@ -342,6 +407,7 @@ def write_results(args, rows, baseline, cache, rater) -> dict:
         "bn_mode": rater.bn_mode,
         "supernet": args.supernet,
         "rated_specs": len(cache.results),
+        "reused_ratings": cache.reused,
         "rated_seconds": round(cache.rated_seconds, 1),
         "runs": rows,
         "curves": table,
@@ -352,6 +418,7 @@ def write_results(args, rows, baseline, cache, rater) -> dict:
                 "case": algorithm,
                 "best_median": entry["best_median"],
                 "top10_median": entry["top10_median"],
+                "last_window_median": entry["last_window_median"],
                 "finalist_median": entry.get("finalist_median"),
                 "finalist_range": entry.get("finalist_range"),
             }

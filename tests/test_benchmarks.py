@@ -114,6 +114,8 @@ def test_search_config_sets_the_budget_of_the_shared_flags():
     assert config.search.num_samples == 5
     assert config.search.samples_per_update == 5
     assert config.search.proxy.train_steps == 7
+    # Children are trained whatever the defaults' rater.
+    assert config.search.rater == "proxy"
     assert common.search_config(args, samples=10).search.num_samples == 10
 
 
@@ -696,3 +698,55 @@ def test_ppo_finds_the_hidden_target_in_fewer_samples_than_random(
         )
     wins = sum(ppo < random_search for ppo, random_search in runs)
     assert wins >= 4, runs
+
+
+def test_supernet_search_reuses_the_ratings_of_an_earlier_out_dir(tmp_path):
+    """Ratings recorded on the same supernet and BN mode are reused
+    (ok records only); another supernet's folder is refused by name."""
+    import types
+
+    from benchmarks import supernet_search
+
+    from nasfpn_tf.arch.known import NASFPN_SPEC
+    from nasfpn_tf.search import history as history_lib
+
+    earlier = tmp_path / "earlier"
+    for run, rows in {"ppo-s0": [("a", 0.5, "ok"), ("b", 0.0, "failed")],
+                      "random-s0": [("a", 0.5, "ok"), ("c", 0.25, "ok")]}.items():
+        (earlier / run).mkdir(parents=True)
+        with open(earlier / run / "history.jsonl", "w") as f:
+            for i, (key, reward, status) in enumerate(rows):
+                record = history_lib.SampleRecord(
+                    step=0, sample=i, actions=(0,),
+                    spec=NASFPN_SPEC.to_dict(), hash=key, reward=reward,
+                    status=status, metrics={"AP": reward},
+                )
+                f.write(record.to_json() + "\n")
+    (earlier / "curves.json").write_text(
+        json.dumps({"supernet": str(tmp_path / "sn"), "bn_mode": "inherited"})
+    )
+    rater = types.SimpleNamespace(bn_mode="inherited")
+    cache = supernet_search.SharedCache(rater)
+    assert cache.load(str(earlier), str(tmp_path / "sn")) == 2
+    assert {k: r.reward for k, r in cache.results.items()} == {
+        "a": 0.5, "c": 0.25}
+    # Nothing is rated again: the rater would fail if it were asked.
+    spec = types.SimpleNamespace(canonical_key=lambda: "c")
+    assert cache.reward(spec, "").reward == 0.25
+    with pytest.raises(ValueError, match="not .*other"):
+        cache.load(str(earlier), str(tmp_path / "other"))
+    rater.bn_mode = "recalibrate"
+    with pytest.raises(ValueError, match="inherited"):
+        cache.load(str(earlier), str(tmp_path / "sn"))
+
+
+def test_supernet_search_curves_best_top10_and_last_window():
+    from benchmarks import supernet_search
+
+    rewards = [float(i % 7) for i in range(60)]
+    best, top, recent = supernet_search.curves(rewards)
+    assert best[0] == 0.0 and best[-1] == 6.0
+    assert top[5] == statistics.mean(rewards[:6])
+    assert top[-1] == statistics.mean(sorted(rewards)[-10:])
+    assert recent[9] == statistics.mean(rewards[:10])
+    assert recent[-1] == statistics.mean(rewards[-supernet_search.WINDOW:])

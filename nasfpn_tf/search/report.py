@@ -73,6 +73,12 @@ class Reporter:
         self._counts = dict.fromkeys(history_lib.STATUSES, 0)
 
     @property
+    def _done_word(self) -> str:
+        """What happened to a sample that was not cached: a supernet rates
+        it, a proxy child trains."""
+        return "rated" if self.config.search.rater == "supernet" else "trained"
+
+    @property
     def _records(self) -> list[history_lib.SampleRecord]:
         return [] if self.oracle is None else self.oracle.records
 
@@ -109,7 +115,7 @@ class Reporter:
         detail = f" [{record.error}]" if record.error else ""
         logging.info(
             "search: %d/%d samples, sample %d %s reward %.4f%s; best %s; "
-            "%d trained, %d cached, %d failed; %s elapsed, ETA %s",
+            "%d %s, %d cached, %d failed; %s elapsed, ETA %s",
             len(records),
             total,
             record.sample,
@@ -118,6 +124,7 @@ class Reporter:
             detail,
             best_text,
             self._counts[history_lib.OK],
+            self._done_word,
             self._counts[history_lib.CACHED],
             self._counts[history_lib.FAILED],
             format_duration(elapsed),
@@ -247,7 +254,8 @@ class Reporter:
     ) -> str:
         root = self.search_dir.root
         counts = (
-            f"  {summary['samples']} samples ({summary['trained']} trained, "
+            f"  {summary['samples']} samples ({summary['trained']} "
+            f"{self._done_word}, "
             f"{summary['cached']} cached, {summary['failed']} failed), "
             f"{summary['unique']} unique, {summary['updates']} controller "
             "updates"
