@@ -427,3 +427,12 @@ def test_proxy_experiment_applies_the_proxy_sizes():
     assert child.train.step_boundaries == ()
     assert child.eval.steps == 2
     assert child.search == base.search
+
+
+def test_halving_with_the_supernet_rater_is_a_config_error():
+    with pytest.raises(ConfigError, match="search.rater: proxy"):
+        config_lib.load_config(params_override="search.rungs.min_steps=10")
+    config = config_lib.load_config(
+        params_override="search.rater=proxy,search.rungs.min_steps=10"
+    )
+    assert config.search.rungs.min_steps == 10

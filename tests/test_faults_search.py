@@ -634,6 +634,7 @@ def test_a_real_full_disk_under_a_child_stops_the_proxy(
     config = config_lib.override(
         config_lib.ExperimentConfig(),
         {
+            "search.rater": "proxy",
             "search.proxy.train_steps": 4,
             "train.warmup_steps": 1,
             "data.synthetic.num_train": 8,

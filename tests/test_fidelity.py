@@ -221,6 +221,7 @@ def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     config = config_lib.override(
         config_lib.ExperimentConfig(),
         {
+            "search.rater": "proxy",
             "data.synthetic.num_train": 8,
             "data.synthetic.num_heldout": E2E_HELDOUT,
             "data.synthetic.num_val": 4,

@@ -275,8 +275,9 @@ def test_data_dir_runs_a_two_sample_search(converted):
         f"--model_dir={search_dir}",
         f"--config_file={TINY}",
         f"--data_dir={data_dir}",
+        # The default search on the user's data: a (4-step) supernet.
         "--params_override=search.num_samples=2,search.samples_per_update=2,"
-        "search.proxy.train_steps=2",
+        "search.supernet.train_steps=4,search.supernet.warmup_steps=2",
     )
     history = (search_dir / "history.jsonl").read_text().splitlines()
     assert len(history) == 2

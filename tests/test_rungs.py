@@ -173,6 +173,7 @@ class CurveTrain:
 
 def _halving_config(**changes):
     base = {
+        "search.rater": "proxy",
         "search.proxy.train_steps": 90,
         "search.rungs.min_steps": 10,
         "search.rungs.eta": 3,

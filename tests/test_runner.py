@@ -58,6 +58,9 @@ def tiny_config(algorithm="random", **search):
             "search.space.num_intermediate": 0,
             "search.space.intermediate_levels": [4],
             "search.space.ops": ["sum"],
+            # Children are trained (a fake or real proxy), not rated on
+            # the supernet of the defaults.
+            "search.rater": "proxy",
             "search.algorithm": algorithm,
             "search.num_samples": NUM_SAMPLES,
             "search.samples_per_update": PER_UPDATE,

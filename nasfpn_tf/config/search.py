@@ -368,6 +368,12 @@ class SearchConfig:
                 f"({self.proxy.train_steps}), the last rung's steps; 0 "
                 "turns successive halving off."
             )
+        if self.rungs.min_steps and self.rater == "supernet":
+            raise ConfigError(
+                "search.rungs (successive halving) shortens the training of "
+                "children, and search.rater: supernet trains none: set "
+                "search.rater: proxy, or search.rungs.min_steps: 0."
+            )
         if not self.oracle_host:
             raise ConfigError("search.oracle_host must not be empty.")
         if not 0 < self.oracle_port <= MAX_PORT:
