@@ -43,6 +43,7 @@ import common
 common.quiet_tensorflow()
 
 from nasfpn_tf import config as config_lib
+from nasfpn_tf import files
 from nasfpn_tf.arch.known import NASFPN_SPEC
 from nasfpn_tf.arch.spec import NeckSpec
 from nasfpn_tf.search import finalists
@@ -58,17 +59,34 @@ WINDOW = 50
 
 class StandaloneCache:
     """Standalone proxy children (`search.proxy`) shared by every run's
-    finalists: a spec trains once whichever runs pick it."""
+    finalists and the baselines: a spec trains once whichever runs pick
+    it, and its result is kept in `path` (JSON lines by canonical key), so
+    a rerun of the benchmark trains no spec again."""
 
-    def __init__(self, config):
+    def __init__(self, config, path: str):
         self.proxy = proxy_lib.ProxyTask(config)
+        self.path = path
         self.results: dict[str, proxy_lib.ProxyResult] = {}
+        if os.path.exists(path):
+            for row in files.read_jsonl(path)[0]:
+                self.results[row["hash"]] = proxy_lib.ProxyResult(
+                    row["reward"], row["status"], row.get("metrics", {})
+                )
 
     def reward(self, spec: NeckSpec, work_dir: str):
         key = spec.canonical_key()
         if key not in self.results:
-            self.results[key] = self.proxy.reward(spec, work_dir)
+            result = self.proxy.reward(spec, work_dir)
             self.proxy.release(work_dir)
+            self.results[key] = result
+            if result.status == history_lib.OK:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({
+                        "hash": key, "reward": result.reward,
+                        "status": result.status,
+                        "metrics": dict(result.metrics),
+                    }) + "\n")
         return self.results[key]
 
     def release(self, work_dir: str) -> None:
@@ -387,7 +405,9 @@ def main(argv=None) -> dict:
     # The curves are written before the (long) standalone trainings.
     write_results(args, rows, baseline, cache, rater)
     if args.finalists:
-        standalone = StandaloneCache(config)
+        standalone = StandaloneCache(
+            config, os.path.join(args.out_dir, "standalone", "results.jsonl")
+        )
         standalone_baselines(args, randoms, standalone, baseline)
         for row in rows:
             two_stage(args, config, row, standalone)

@@ -750,3 +750,43 @@ def test_supernet_search_curves_best_top10_and_last_window():
     assert top[-1] == statistics.mean(sorted(rewards)[-10:])
     assert recent[9] == statistics.mean(rewards[:10])
     assert recent[-1] == statistics.mean(rewards[-supernet_search.WINDOW:])
+
+
+def test_supernet_search_keeps_standalone_results_for_a_rerun(
+    tmp_path, monkeypatch
+):
+    """A spec's standalone child trains once, also across reruns of the
+    benchmark (results.jsonl by canonical key); failures are not kept."""
+    import types
+
+    from benchmarks import supernet_search
+
+    from nasfpn_tf.search import proxy as proxy_lib
+
+    trained = []
+
+    class FakeTask:
+        def __init__(self, config):
+            del config
+
+        def reward(self, spec, work_dir):
+            trained.append(spec.canonical_key())
+            if spec.canonical_key() == "bad":
+                return proxy_lib.ProxyResult(0.0, "failed", error="E: x")
+            return proxy_lib.ProxyResult(0.25, "ok", {"AP": 0.25})
+
+        def release(self, work_dir):
+            del work_dir
+
+    monkeypatch.setattr(proxy_lib, "ProxyTask", FakeTask)
+    path = str(tmp_path / "standalone" / "results.jsonl")
+    good = types.SimpleNamespace(canonical_key=lambda: "good")
+    bad = types.SimpleNamespace(canonical_key=lambda: "bad")
+    first = supernet_search.StandaloneCache(None, path)
+    for spec in (good, good, bad):
+        first.reward(spec, str(tmp_path / "w"))
+    assert trained == ["good", "bad"]
+    again = supernet_search.StandaloneCache(None, path)
+    assert again.reward(good, "").reward == 0.25
+    again.reward(bad, "")
+    assert trained == ["good", "bad", "bad"]
