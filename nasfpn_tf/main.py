@@ -1,13 +1,16 @@
 """NAS-FPN (Ghiasi et al., CVPR 2019): search, train, evaluate, export.
 
 With no flags it runs a small architecture search on generated data,
-sized for a CPU. Each mode reads the config, writes it to
+sized for a CPU: a shared-weight supernet trained for 600 steps rates 200
+sampled specs (search.rater=proxy trains each child instead, as the
+paper's configs and configs/tiny_search.yaml do). Each mode reads the config, writes it to
 MODEL_DIR/config.yaml, and calls one library function:
 
   search          nasfpn_tf.search.runner.search
   fidelity        nasfpn_tf.search.fidelity.run (does the proxy rank specs
                   as the longer reference training does?); with
-                  search.rater=supernet nasfpn_tf.supernet.fidelity.run
+                  search.rater=supernet (the built-in default)
+                  nasfpn_tf.supernet.fidelity.run
   supernet        nasfpn_tf.supernet.training.train_supernet (the shared
                   weights a search.rater=supernet search rates specs with)
   train, eval,
