@@ -80,10 +80,12 @@ def test_benchmark_base_configs_are_the_clis(cli):
     assert controller_synthetic.controller_config(args) == (
         cli.search.controller
     )
-    # The search benchmark changes only the budget it is given.
+    # The search benchmark changes only the budget it is given, and trains
+    # its children (the defaults rate on a supernet).
     args = search_vs_random.parse_args([])
     changed = config_lib.diff(common.search_config(args), cli)
     assert set(changed) <= {
+        "search.rater",
         "search.num_samples",
         "search.samples_per_update",
         "search.proxy.train_steps",
