@@ -241,7 +241,7 @@ class SupernetConfig:
     for `train_steps` steps, one spec sampled per step.
 
     The defaults are the quickstart's supernet, sized to its budget: on
-    the tiny task 600 steps (300 warm) train in about 2.5 minutes on 2
+    the tiny task 600 steps (300 warm) train in about 2 minutes on 2
     cores and rank 12 specs as 1,000-step standalone training does with
     Kendall tau 0.67 with inherited BN statistics (71% of the noise
     ceiling; recalibrated 0.58, batch 0.48). `configs/tiny_search.yaml`
