@@ -65,13 +65,13 @@ class StandaloneCache:
 
     def __init__(self, config, path: str):
         self.proxy = proxy_lib.ProxyTask(config)
-        self.path = path
-        self.results: dict[str, proxy_lib.ProxyResult] = {}
-        if os.path.exists(path):
-            for row in files.read_jsonl(path)[0]:
-                self.results[row["hash"]] = proxy_lib.ProxyResult(
-                    row["reward"], row["status"], row.get("metrics", {})
-                )
+        self.log = files.JsonlLog.open(path)
+        self.results: dict[str, proxy_lib.ProxyResult] = {
+            row["hash"]: proxy_lib.ProxyResult(
+                row["reward"], row["status"], row.get("metrics", {})
+            )
+            for row in self.log.rows
+        }
 
     def reward(self, spec: NeckSpec, work_dir: str):
         key = spec.canonical_key()
@@ -80,13 +80,10 @@ class StandaloneCache:
             self.proxy.release(work_dir)
             self.results[key] = result
             if result.status == history_lib.OK:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                with open(self.path, "a") as f:
-                    f.write(json.dumps({
-                        "hash": key, "reward": result.reward,
-                        "status": result.status,
-                        "metrics": dict(result.metrics),
-                    }) + "\n")
+                self.log.append({
+                    "hash": key, "reward": result.reward,
+                    "status": result.status, "metrics": dict(result.metrics),
+                })
         return self.results[key]
 
     def release(self, work_dir: str) -> None:
@@ -108,8 +105,12 @@ class SharedCache:
         `out_dir` on the same supernet and BN mode (a rating is a function
         of the spec, the weights and the mode); returns how many were
         new. A folder rated on another supernet or mode is a ValueError."""
-        with open(os.path.join(out_dir, "curves.json")) as f:
-            earlier = json.load(f)
+        earlier = files.read_json(os.path.join(out_dir, "curves.json"))
+        if earlier is None:
+            raise ValueError(
+                f"{out_dir} has no curves.json: not a supernet_search "
+                "--out_dir"
+            )
         if (
             os.path.realpath(earlier["supernet"]) != os.path.realpath(supernet)
             or earlier["bn_mode"] != self.rater.bn_mode

@@ -305,6 +305,24 @@ def _storage_failure(tmp_path, model_dir, code, breaks, repair, record):
     )
 
 
+def _script_command(
+    tmp_path, template, config, model_dir, name="search.py", **fields
+):
+    """Writes `config` to tmp_path/config.yaml and `template`, filled with
+    the checkout, that config, `model_dir` and `fields`, to tmp_path/name;
+    returns the command that runs the script."""
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config_lib.to_yaml(config))
+    script = tmp_path / name
+    script.write_text(
+        template.format(
+            repo=fh.REPO, config=str(config_path), model_dir=model_dir,
+            **fields,
+        )
+    )
+    return [sys.executable, str(script)]
+
+
 def _baseline(model_dir, config, proxy):
     runner.search(config, str(model_dir), proxy=proxy)
     return _records(model_dir)
@@ -411,22 +429,13 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path, record_property):
     expected = [
         r.outcome() for r in _baseline(baseline_dir, config, FormulaProxy())
     ]
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(config_lib.to_yaml(config))
     model_dir = str(tmp_path / "search")
     log = str(tmp_path / "children.log")
-    script = tmp_path / "search.py"
-    script.write_text(
-        _SEARCH_SCRIPT.format(
-            repo=fh.REPO,
-            log=log,
-            seconds=CHILD_SECONDS,
-            config=str(config_path),
-            model_dir=model_dir,
-        )
+    command = _script_command(
+        tmp_path, _SEARCH_SCRIPT, config, model_dir,
+        log=log, seconds=CHILD_SECONDS,
     )
     env = fh.child_env(str(tmp_path / "data"))
-    command = [sys.executable, str(script)]
     rng = random.Random(KILL_SEED)
     output = str(tmp_path / "runs.log")
     kills, stored_at_kill, records_at_kill = [], [], []
@@ -719,19 +728,12 @@ def test_killed_worker_child_is_retried_then_failed(tmp_path, record_property):
         max_retries=1,
         worker_timeout=WORKER_TIMEOUT_S,
     )
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(config_lib.to_yaml(config))
     marks = tmp_path / "marks"
     marks.mkdir()
     model_dir = str(tmp_path / "search")
-    script = tmp_path / "run.py"
-    script.write_text(
-        _WORKER_SCRIPT.format(
-            repo=fh.REPO,
-            marks=str(marks),
-            config=str(config_path),
-            model_dir=model_dir,
-        )
+    command = _script_command(
+        tmp_path, _WORKER_SCRIPT, config, model_dir, "run.py",
+        marks=str(marks),
     )
     port = _free_port()
     processes, logs = {}, {}
@@ -744,7 +746,7 @@ def test_killed_worker_child_is_retried_then_failed(tmp_path, record_property):
         )
         logs[tuner_id] = str(tmp_path / f"{tuner_id}.log")
         processes[tuner_id] = fh.start(
-            [sys.executable, str(script)], env, logs[tuner_id]
+            command, env, logs[tuner_id]
         )
     try:
         first = _wait_for(
@@ -890,22 +892,14 @@ def test_sigkill_during_promotions_then_rerun(tmp_path, record_property):
             "train.warmup_steps": 5,
         },
     )
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(config_lib.to_yaml(config))
     env = fh.child_env(str(tmp_path / "data"))
 
     def script(model_dir, log):
-        path = tmp_path / f"{os.path.basename(model_dir)}.py"
-        path.write_text(
-            _RUNGS_SCRIPT.format(
-                repo=fh.REPO,
-                log=log,
-                seconds=CHILD_SECONDS,
-                config=str(config_path),
-                model_dir=model_dir,
-            )
+        return _script_command(
+            tmp_path, _RUNGS_SCRIPT, config, model_dir,
+            f"{os.path.basename(model_dir)}.py", log=log,
+            seconds=CHILD_SECONDS,
         )
-        return [sys.executable, str(path)]
 
     baseline_dir = str(tmp_path / "baseline")
     output = str(tmp_path / "runs.log")
@@ -1029,17 +1023,11 @@ def test_sigkill_of_a_real_halving_search_during_a_promotion(
             "data.synthetic.num_val": 4,
         },
     )
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(config_lib.to_yaml(config))
     model_dir = str(tmp_path / "search")
     log = str(tmp_path / "fits.log")
-    script = tmp_path / "search.py"
-    script.write_text(
-        _REAL_RUNGS_SCRIPT.format(
-            repo=fh.REPO, log=log, config=str(config_path), model_dir=model_dir
-        )
+    command = _script_command(
+        tmp_path, _REAL_RUNGS_SCRIPT, config, model_dir, log=log
     )
-    command = [sys.executable, str(script)]
     env = fh.child_env(str(tmp_path / "data"))
     output = str(tmp_path / "runs.log")
     delay = random.Random(KILL_SEED).uniform(0.0, REAL_KILL_WINDOW_S)
