@@ -482,3 +482,15 @@ def search_config(args: argparse.Namespace, samples: int | None = None):
             "search.proxy.train_steps": args.train_steps,
         },
     )
+
+
+def nested_json(flat: dict[str, Any]) -> str:
+    """``{"a.b": 1}`` as the JSON text ``--params_override`` takes."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return json.dumps(nested)

@@ -46,10 +46,9 @@ from nasfpn_tf import config as config_lib
 from nasfpn_tf import files
 from nasfpn_tf.arch.known import NASFPN_SPEC
 from nasfpn_tf.arch.spec import NeckSpec
-from nasfpn_tf.search import finalists
+from nasfpn_tf.search import finalists, runner
 from nasfpn_tf.search import history as history_lib
 from nasfpn_tf.search import proxy as proxy_lib
-from nasfpn_tf.search import runner
 
 ALGORITHMS = ("ppo", "reinforce", "random")
 TOP = 10

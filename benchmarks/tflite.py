@@ -2,8 +2,10 @@
 and whether the search's host latency ranks specs as TFLite int8 does.
 
 ``--part models``: the Lite config (``configs/nasfpn_lite_mobilenetv2_320
-.yaml``) shrunk to what a 2-core CPU affords (``--image_size``,
-``--backbone_width``, ``--repeats_neck``, ``--filters``) is trained for
+.yaml``), or with ``--base_config r50`` the ResNet-50 one
+(``configs/nasfpn_r50_640.yaml``), shrunk to what a 2-core CPU affords
+(``--image_size``, ``--backbone_width``, ``--repeats_neck``,
+``--filters``) is trained for
 ``--train_steps`` on the default generated task (or its run in
 ``--out_dir`` is reused), exported as a SavedModel and as TFLite float32,
 float16 and int8 (``nasfpn_tf.export_tflite``), and each is measured in
@@ -46,6 +48,8 @@ The figures in docs/figures/tflite_*.txt came from:
 
   python benchmarks/tflite.py --part models --out_dir /tmp/tflite_bench \
       --train_steps 1200
+  python benchmarks/tflite.py --part models --base_config r50 \
+      --out_dir /tmp/tflite_bench_r50 --train_steps 1200
   python benchmarks/tflite.py --part ranking --specs 12 --repeats 10 \
       --warmup 2
   python benchmarks/tflite.py --part objective --specs 6 --repeats 20
@@ -57,32 +61,28 @@ import argparse
 import json
 import os
 import pathlib
-import random
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks import common
+from benchmarks import common, tflite_latency
+from benchmarks.tflite_latency import LITE_CONFIG
 
 common.quiet_tensorflow()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LITE_CONFIG = str(REPO / "configs" / "nasfpn_lite_mobilenetv2_320.yaml")
-LITE_SEARCH_CONFIG = str(
-    REPO / "configs" / "nasfpn_lite_mobilenetv2_320_search.yaml"
-)
+R50_CONFIG = str(REPO / "configs" / "nasfpn_r50_640.yaml")
+# --part models: the config shrunk, and its backbone width unless given.
+BASE_CONFIGS = {"lite": (LITE_CONFIG, 0.5), "r50": (R50_CONFIG, 1.0)}
 FORMATS = ("saved_model", "float32", "float16", "int8")
 QUANTIZATIONS = ("float32", "float16", "int8")
 AP_TARGET_POINTS = 1.5
 LATENCY_TARGET_RATIO = 0.6
 AP_SCALE = 100.0
-# Training images calibrating each spec's int8 network (--part ranking).
-CALIBRATION_IMAGES = 8
 MODEL_COLUMNS = (
     "format",
     "AP",
@@ -93,20 +93,6 @@ MODEL_COLUMNS = (
     "vs_saved_model_2t",
     "bytes",
     "float_ops",
-)
-RANK_COLUMNS = (
-    "spec",
-    "host_tf_ms",
-    "host_tf_ms_padded",
-    "tflite_int8_ms",
-    "tflite_bytes",
-)
-OBJECTIVE_COLUMNS = (
-    "spec",
-    "latency_ms",
-    "latency_s",
-    "tflite_latency_ms",
-    "tflite_latency_s",
 )
 
 
@@ -120,7 +106,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--out_dir", default="", help="run folder (reused); default: temp")
     add("--image_size", type=common.positive_int, default=128)
-    add("--backbone_width", type=float, default=0.5)
+    add(
+        "--base_config",
+        choices=sorted(BASE_CONFIGS),
+        default="lite",
+        help="--part models: the Lite (MobileNetV2) or the ResNet-50 config",
+    )
+    add(
+        "--backbone_width",
+        type=float,
+        default=None,
+        help="default: 0.5 for lite, 1.0 for r50",
+    )
     add("--repeats_neck", type=common.positive_int, default=3)
     add("--filters", type=common.positive_int, default=32)
     add("--train_steps", type=common.positive_int, default=1500)
@@ -138,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--latency_child", nargs=4, metavar=("KIND", "PATH", "INPUT", "N"))
     common.add_timing_flags(parser, warmup=3, repeats=20)
     args = parser.parse_args(argv)
+    if args.backbone_width is None:
+        args.backbone_width = BASE_CONFIGS[args.base_config][1]
     if args.quick:
         args.image_size, args.backbone_width = 64, 0.25
         args.repeats_neck, args.filters, args.train_steps = 1, 8, 4
@@ -213,8 +212,8 @@ def time_in_child(kind: str, path: str, image, threads: int, args) -> float:
     return json.loads(process.stdout.strip().splitlines()[-1])["median_ms"]
 
 
-def lite_config(args, model_dir: str):
-    """The Lite config, shrunk, on the generated task, saved in the run."""
+def model_config(args, model_dir: str):
+    """``--base_config``, shrunk, on the generated task, saved in the run."""
     from nasfpn_tf import main as main_lib
 
     override = {
@@ -250,20 +249,11 @@ def lite_config(args, model_dir: str):
         "eval.every": args.train_steps,
     }
     return main_lib.resolve_config(
-        model_dir, [LITE_CONFIG], nested_json(override), overwrite_config=True
+        model_dir,
+        [BASE_CONFIGS[args.base_config][0]],
+        common.nested_json(override),
+        overwrite_config=True,
     )
-
-
-def nested_json(flat: dict[str, Any]) -> str:
-    """``{"a.b": 1}`` as the JSON text ``--params_override`` takes."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return json.dumps(nested)
 
 
 def heldout(config, limit: int):
@@ -339,7 +329,7 @@ def run_models(args, out_dir: str) -> list[dict]:
     from nasfpn_tf.train import trainer
 
     model_dir = os.path.join(out_dir, "run")
-    config = lite_config(args, model_dir)
+    config = model_config(args, model_dir)
     start = time.monotonic()
     strategy = strategy_lib.make_strategy(config.runtime)
     trained = trainer.run("train", config, model_dir, strategy)
@@ -447,205 +437,6 @@ def run_models(args, out_dir: str) -> list[dict]:
     return rows
 
 
-def drawn_specs(config, count: int, seed: int) -> dict:
-    """The published spec and `count` distinct ones drawn from the space."""
-    from nasfpn_tf.arch import known
-    from nasfpn_tf.arch.space import SearchSpace
-
-    space = SearchSpace.from_config(config.search.space)
-    rng = random.Random(seed)
-    specs = {"published": known.NASFPN_SPEC}
-    seen = {known.NASFPN_SPEC.canonical_key()}
-    while len(specs) < count + 1:
-        spec = space.random_spec(rng)
-        if spec.canonical_key() not in seen:
-            seen.add(spec.canonical_key())
-            specs[f"random_{len(specs) - 1}"] = spec
-    return specs
-
-
-def run_objective(args) -> dict:
-    """Seconds per child of the latency and tflite_latency costs."""
-    import statistics
-
-    import tf_keras
-
-    from nasfpn_tf import config as config_lib
-    from nasfpn_tf.search import objective, ranking
-
-    override = {"model.norm.use_sync_bn": False}
-    if args.quick:
-        override.update(
-            {
-                "search.proxy.image_size": args.rank_image_size,
-                "search.proxy.filters": args.rank_filters,
-                "search.proxy.repeats": args.rank_repeats,
-                "model.backbone_width": args.backbone_width,
-            }
-        )
-    config = config_lib.load_config(
-        [LITE_CONFIG, LITE_SEARCH_CONFIG], nested_json(override)
-    )
-    child = config_lib.proxy_experiment(config).model
-    costs = {
-        cost: config_lib.ObjectiveConfig(
-            kind="soft",
-            cost=cost,
-            target=1.0,
-            latency_runs=args.repeats,
-            tflite_threads=args.threads,
-        )
-        for cost in ("latency", "tflite_latency")
-    }
-    rows = []
-    for name, spec in drawn_specs(config, args.specs, args.seed).items():
-        row = {"spec": name}
-        for cost, objective_config in costs.items():
-            start = time.monotonic()
-            measured = objective.measure_costs(child, spec, objective_config)
-            metric = objective.COSTS[cost][0]
-            row[metric] = round(measured.metrics()[metric], 2)
-            row[f"{cost}_s"] = round(time.monotonic() - start, 1)
-            tf_keras.backend.clear_session()
-        rows.append(common.emit(row))
-    host = [r["latency_ms"] for r in rows]
-    device = [r["tflite_latency_ms"] for r in rows]
-    summary = {
-        "summary": "seconds per child of each latency cost",
-        "specs": len(rows),
-        "image_size": child.image_size,
-        "neck": f"{child.neck.repeats}@{child.neck.filters}",
-        "runs": args.repeats,
-        "threads": args.threads,
-        "latency_s_median": statistics.median(r["latency_s"] for r in rows),
-        "tflite_latency_s_median": statistics.median(
-            r["tflite_latency_s"] for r in rows
-        ),
-        "spearman": round(ranking.spearman(host, device), 3),
-        "kendall": round(ranking.kendall(host, device), 3),
-    }
-    common.emit(summary)
-    common.print_table(
-        f"search.objective costs per child at {child.image_size} px, "
-        f"{summary['neck']}, median of {args.repeats} runs, "
-        f"{args.threads} thread(s): seconds to build, count and time it "
-        f"(latency: TensorFlow; tflite_latency: convert to int8 and time in "
-        f"TFLite). Spearman {summary['spearman']}, Kendall "
-        f"{summary['kendall']}",
-        rows,
-        OBJECTIVE_COLUMNS,
-    )
-    return summary
-
-
-def run_ranking(args) -> dict:
-    import numpy as np
-    import tf_keras
-    from official.vision.ops import preprocess_ops
-
-    from nasfpn_tf import config as config_lib
-    from nasfpn_tf import export_tflite, tflite_detector
-    from nasfpn_tf.modeling import detector, latency
-    from nasfpn_tf.search import ranking
-
-    config = config_lib.load_config(
-        [LITE_CONFIG],
-        nested_json(
-            {
-                "model.image_size": args.rank_image_size,
-                "model.neck.repeats": args.rank_repeats,
-                "model.neck.filters": args.rank_filters,
-                "model.norm.use_sync_bn": False,
-                "data.train_path": "",
-                "data.synthetic.num_train": 16,
-                "data.synthetic.num_heldout": 4,
-                "data.synthetic.num_val": 4,
-            }
-        ),
-    )
-    specs = drawn_specs(config, args.specs, args.seed)
-    size = args.rank_image_size
-    # TFLite runs at the export's input size (320 -> 384), the size the
-    # exported file takes.
-    padded = export_tflite.input_size(config)[0]
-    mean = np.asarray(preprocess_ops.MEAN_NORM, np.float32)
-    std = np.asarray(preprocess_ops.STDDEV_NORM, np.float32)
-    calibration = [
-        (x.astype(np.float32) / 255.0 - mean) / std
-        for x in export_tflite.calibration_images(config, CALIBRATION_IMAGES)
-    ]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, spec in specs.items():
-            start = time.monotonic()
-            model = detector.build_detector(config.model, spec=spec)
-            host = {
-                n: latency.model_latency_ms(model, n, args.repeats, args.warmup)
-                for n in dict.fromkeys((size, padded))
-            }
-            content = export_tflite.convert_network(
-                model, padded, "int8", calibration
-            )
-            path = os.path.join(tmp, f"{name}.tflite")
-            pathlib.Path(path).write_bytes(content)
-            interpreter = tflite_detector.interpreter_class()(
-                model_path=path, num_threads=1
-            )
-            interpreter.allocate_tensors()
-            index = interpreter.get_input_details()[0]["index"]
-
-            def call(interpreter=interpreter, index=index):
-                interpreter.set_tensor(index, calibration[0])
-                interpreter.invoke()
-
-            timing = common.best_of(call, args.warmup, args.repeats)
-            row = {
-                "spec": name,
-                "host_tf_ms": round(host[size], 2),
-                "host_tf_ms_padded": round(host[padded], 2),
-                "tflite_int8_ms": round(timing.median_s * 1000.0, 2),
-                "tflite_bytes": len(content),
-                "seconds": round(time.monotonic() - start, 1),
-                "spec_json": spec.to_json(),
-            }
-            rows.append(common.emit(row))
-            del model
-            tf_keras.backend.clear_session()
-    device = [r["tflite_int8_ms"] for r in rows]
-    summary = {
-        "summary": "rank correlation, host TF latency vs TFLite int8",
-        "specs": len(rows),
-        "image_size": size,
-        "tflite_size": padded,
-        "neck": f"{args.rank_repeats}@{args.rank_filters}",
-    }
-    for key, label in (("host_tf_ms", ""), ("host_tf_ms_padded", "_padded")):
-        host_ms = [r[key] for r in rows]
-        summary[f"spearman{label}"] = round(
-            ranking.spearman(host_ms, device), 3
-        )
-        summary[f"kendall{label}"] = round(ranking.kendall(host_ms, device), 3)
-        summary[f"spearman{label}_90ci"] = [
-            round(v, 3)
-            for v in ranking.bootstrap_interval(
-                host_ms, device, ranking.spearman
-            )
-        ]
-    common.emit(summary)
-    common.print_table(
-        f"network latency (no NMS), 1 thread, median of {args.repeats}: host "
-        f"TF at {size} px (what the search measures) and at {padded} px, "
-        f"TFLite int8 at {padded} px. Spearman host@{size} vs TFLite "
-        f"{summary['spearman']} (90% CI {summary['spearman_90ci']}), "
-        f"Kendall {summary['kendall']}; host@{padded} vs TFLite "
-        f"{summary['spearman_padded']} "
-        f"(90% CI {summary['spearman_padded_90ci']})",
-        rows,
-        RANK_COLUMNS,
-    )
-    return summary
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.latency_child:
@@ -658,9 +449,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("models", "all"):
         run_models(args, out_dir)
     if args.part in ("ranking", "all"):
-        run_ranking(args)
+        tflite_latency.run_ranking(args)
     if args.part in ("objective", "all"):
-        run_objective(args)
+        tflite_latency.run_objective(args)
 
 
 if __name__ == "__main__":

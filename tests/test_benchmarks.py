@@ -421,9 +421,7 @@ def test_numerics_quick_trains_each_variant(capsys, tmp_path, monkeypatch):
     assert summary["float32"]["step_ratio_vs_float32"] == pytest.approx(1.0)
 
 
-def test_search_vs_random_retrains_best_specs_and_summarizes(
-    capsys, tmp_path
-):
+def test_search_vs_random_retrains_best_specs_and_summarizes(capsys, tmp_path):
     from benchmarks import search_vs_random
 
     rows = search_vs_random.main(
@@ -441,9 +439,10 @@ def test_search_vs_random_retrains_best_specs_and_summarizes(
     assert len(searches) == 4  # ppo and random, 2 seeds each
     for row in searches:
         # The match proxy is deterministic: retraining gives the best.
-        assert row["retrained_rewards"] == [
-            pytest.approx(row["best"], abs=1e-4)
-        ] * 2
+        assert (
+            row["retrained_rewards"]
+            == [pytest.approx(row["best"], abs=1e-4)] * 2
+        )
     (published,) = [r for r in rows if r["case"] == "published NAS-FPN"]
     assert published["best"] == 1.0 and published["retrained"] == (
         "1.0000 ± 0.0000"
@@ -495,9 +494,7 @@ def test_search_vs_random_random_arm_reuses_the_ppo_arms_rewards(tmp_path):
     assert "ppo-seed0" in warm
 
 
-def test_search_vs_random_merges_runs_started_side_by_side(
-    capsys, tmp_path
-):
+def test_search_vs_random_merges_runs_started_side_by_side(capsys, tmp_path):
     from benchmarks import search_vs_random
 
     common_args = [
@@ -706,20 +703,26 @@ def test_supernet_search_reuses_the_ratings_of_an_earlier_out_dir(tmp_path):
     import types
 
     from benchmarks import supernet_search
-
     from nasfpn_tf.arch.known import NASFPN_SPEC
     from nasfpn_tf.search import history as history_lib
 
     earlier = tmp_path / "earlier"
-    for run, rows in {"ppo-s0": [("a", 0.5, "ok"), ("b", 0.0, "failed")],
-                      "random-s0": [("a", 0.5, "ok"), ("c", 0.25, "ok")]}.items():
+    for run, rows in {
+        "ppo-s0": [("a", 0.5, "ok"), ("b", 0.0, "failed")],
+        "random-s0": [("a", 0.5, "ok"), ("c", 0.25, "ok")],
+    }.items():
         (earlier / run).mkdir(parents=True)
         with open(earlier / run / "history.jsonl", "w") as f:
             for i, (key, reward, status) in enumerate(rows):
                 record = history_lib.SampleRecord(
-                    step=0, sample=i, actions=(0,),
-                    spec=NASFPN_SPEC.to_dict(), hash=key, reward=reward,
-                    status=status, metrics={"AP": reward},
+                    step=0,
+                    sample=i,
+                    actions=(0,),
+                    spec=NASFPN_SPEC.to_dict(),
+                    hash=key,
+                    reward=reward,
+                    status=status,
+                    metrics={"AP": reward},
                 )
                 f.write(record.to_json() + "\n")
     (earlier / "curves.json").write_text(
@@ -729,7 +732,9 @@ def test_supernet_search_reuses_the_ratings_of_an_earlier_out_dir(tmp_path):
     cache = supernet_search.SharedCache(rater)
     assert cache.load(str(earlier), str(tmp_path / "sn")) == 2
     assert {k: r.reward for k, r in cache.results.items()} == {
-        "a": 0.5, "c": 0.25}
+        "a": 0.5,
+        "c": 0.25,
+    }
     # Nothing is rated again: the rater would fail if it were asked.
     spec = types.SimpleNamespace(canonical_key=lambda: "c")
     assert cache.reward(spec, "").reward == 0.25
@@ -749,7 +754,7 @@ def test_supernet_search_curves_best_top10_and_last_window():
     assert top[5] == statistics.mean(rewards[:6])
     assert top[-1] == statistics.mean(sorted(rewards)[-10:])
     assert recent[9] == statistics.mean(rewards[:10])
-    assert recent[-1] == statistics.mean(rewards[-supernet_search.WINDOW:])
+    assert recent[-1] == statistics.mean(rewards[-supernet_search.WINDOW :])
 
 
 def test_supernet_search_keeps_standalone_results_for_a_rerun(
@@ -760,7 +765,6 @@ def test_supernet_search_keeps_standalone_results_for_a_rerun(
     import types
 
     from benchmarks import supernet_search
-
     from nasfpn_tf.search import proxy as proxy_lib
 
     trained = []
@@ -790,3 +794,98 @@ def test_supernet_search_keeps_standalone_results_for_a_rerun(
     assert again.reward(good, "").reward == 0.25
     again.reward(bad, "")
     assert trained == ["good", "bad", "bad"]
+
+
+@pytest.mark.parametrize(
+    "base, backbone, width",
+    [("lite", "mobilenetv2", 0.5), ("r50", "resnet50", 1.0)],
+)
+def test_tflite_models_base_config_picks_the_backbone_and_its_width(
+    tmp_path, base, backbone, width
+):
+    from benchmarks import tflite
+
+    args = tflite.parse_args(["--part", "models", "--base_config", base])
+    assert args.backbone_width == width
+    config = tflite.model_config(args, str(tmp_path / "run"))
+    assert config.model.backbone == backbone
+    assert config.model.backbone_width == width
+    assert config.model.image_size == args.image_size
+    assert config.model.neck.filters == args.filters
+    assert (tmp_path / "run" / "config.yaml").exists()
+    given = tflite.parse_args(
+        ["--base_config", "r50", "--backbone_width", "0.25"]
+    )
+    assert given.backbone_width == 0.25
+
+
+@pytest.mark.slow
+def test_tflite_models_quick_measures_each_format_of_the_r50_config(tmp_path):
+    import os
+    import subprocess
+
+    from nasfpn_tf.data import inputs
+
+    env = dict(os.environ, **{inputs.DATA_DIR_ENV: str(tmp_path / "data")})
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "tflite.py"),
+            "--part",
+            "models",
+            "--base_config",
+            "r50",
+            "--quick",
+            "--out_dir",
+            str(tmp_path / "bench"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    ).stdout
+    rows = json_rows(out)
+    assert rows[0]["args"]["base_config"] == "r50"
+    formats = [r for r in rows if "format" in r]
+    assert [r["format"] for r in formats] == [
+        "saved_model",
+        "float32",
+        "float16",
+        "int8",
+    ]
+    for row in formats:
+        assert row["images"] == 4
+        assert 0.0 <= row["AP"] <= 100.0
+        assert row["ms_1_thread"] > 0 and row["ms_2_threads"] > 0
+        assert row["bytes"] > 0
+    by_name = {r["format"]: r for r in formats}
+    # float16 weights: about half float32's file; int8 smaller still.
+    assert by_name["float16"]["bytes"] < 0.6 * by_name["float32"]["bytes"]
+    assert by_name["int8"]["bytes"] < by_name["float16"]["bytes"]
+    # The network is integer throughout: float only at the input's
+    # QUANTIZE and in the detection post-process.
+    assert by_name["int8"]["float_ops"] == (
+        "1 QUANTIZE float32, 1 TFLite_Detection_PostProcess float32"
+    )
+    targets = [r for r in rows if "target" in r]
+    assert len(targets) == 3
+    assert all(isinstance(r["met"], bool) for r in targets)
+    config = (tmp_path / "bench" / "run" / "config.yaml").read_text()
+    assert "resnet50" in config
+
+
+def test_tflite_latency_draws_the_published_spec_and_distinct_others():
+    from benchmarks import tflite_latency
+    from nasfpn_tf import config as config_lib
+    from nasfpn_tf.arch.known import NASFPN_SPEC
+
+    config = config_lib.load_config([tflite_latency.LITE_CONFIG])
+    specs = tflite_latency.drawn_specs(config, 5, seed=0)
+    assert list(specs) == ["published"] + [f"random_{i}" for i in range(5)]
+    assert specs["published"] == NASFPN_SPEC
+    assert len({s.canonical_key() for s in specs.values()}) == 6
+    again = tflite_latency.drawn_specs(config, 5, seed=0)
+    assert [s.to_json() for s in again.values()] == [
+        s.to_json() for s in specs.values()
+    ]
