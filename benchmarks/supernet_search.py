@@ -79,10 +79,14 @@ class StandaloneCache:
             self.proxy.release(work_dir)
             self.results[key] = result
             if result.status == history_lib.OK:
-                self.log.append({
-                    "hash": key, "reward": result.reward,
-                    "status": result.status, "metrics": dict(result.metrics),
-                })
+                self.log.append(
+                    {
+                        "hash": key,
+                        "reward": result.reward,
+                        "status": result.status,
+                        "metrics": dict(result.metrics),
+                    }
+                )
         return self.results[key]
 
     def release(self, work_dir: str) -> None:
@@ -107,8 +111,7 @@ class SharedCache:
         earlier = files.read_json(os.path.join(out_dir, "curves.json"))
         if earlier is None:
             raise ValueError(
-                f"{out_dir} has no curves.json: not a supernet_search "
-                "--out_dir"
+                f"{out_dir} has no curves.json: not a supernet_search --out_dir"
             )
         if (
             os.path.realpath(earlier["supernet"]) != os.path.realpath(supernet)
@@ -126,7 +129,10 @@ class SharedCache:
                 continue
             records, _ = history_lib.read_history(path)
             for record in records:
-                if record.status != history_lib.OK or record.hash in self.results:
+                if (
+                    record.status != history_lib.OK
+                    or record.hash in self.results
+                ):
                     continue
                 self.results[record.hash] = proxy_lib.ProxyResult(
                     record.reward, record.status, record.metrics, 0.0
@@ -217,9 +223,20 @@ def two_stage(args, config, row: dict, standalone) -> None:
     row["finalist_hash"] = summary["best_hash"]
     row["finalist_rank"] = summary["best_supernet_rank"]
     common.emit(
-        {"case": "finalist", **{k: row[k] for k in (
-            "algorithm", "seed", "best", "finalist_reward", "finalist_hash",
-            "finalist_rank")}}
+        {
+            "case": "finalist",
+            **{
+                k: row[k]
+                for k in (
+                    "algorithm",
+                    "seed",
+                    "best",
+                    "finalist_reward",
+                    "finalist_hash",
+                    "finalist_rank",
+                )
+            },
+        }
     )
 
 
@@ -383,8 +400,11 @@ def main(argv=None) -> dict:
         sources.append(args.out_dir)
     for source in sources:
         common.emit(
-            {"case": "reused", "from": source,
-             "ratings": cache.load(source, args.supernet)}
+            {
+                "case": "reused",
+                "from": source,
+                "ratings": cache.load(source, args.supernet),
+            }
         )
     space = runner.make_space(config)
     baseline = {"published": cache.reward(NASFPN_SPEC, "").reward}

@@ -212,6 +212,7 @@ def _run_fresh(script: str, *args: str):
     assert process.returncode == 0, process.stderr[-3000:]
     return json.loads(process.stdout.strip().splitlines()[-1])
 
+
 def run_fresh(image: np.ndarray, paths, tmp_path) -> dict:
     """Each model's detections on `image` (SavedModel terms), the model
     run in a new process that imports LiteRT only."""

@@ -316,7 +316,9 @@ def _script_command(
     script = tmp_path / name
     script.write_text(
         template.format(
-            repo=fh.REPO, config=str(config_path), model_dir=model_dir,
+            repo=fh.REPO,
+            config=str(config_path),
+            model_dir=model_dir,
             **fields,
         )
     )
@@ -432,8 +434,12 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path, record_property):
     model_dir = str(tmp_path / "search")
     log = str(tmp_path / "children.log")
     command = _script_command(
-        tmp_path, _SEARCH_SCRIPT, config, model_dir,
-        log=log, seconds=CHILD_SECONDS,
+        tmp_path,
+        _SEARCH_SCRIPT,
+        config,
+        model_dir,
+        log=log,
+        seconds=CHILD_SECONDS,
     )
     env = fh.child_env(str(tmp_path / "data"))
     rng = random.Random(KILL_SEED)
@@ -732,7 +738,11 @@ def test_killed_worker_child_is_retried_then_failed(tmp_path, record_property):
     marks.mkdir()
     model_dir = str(tmp_path / "search")
     command = _script_command(
-        tmp_path, _WORKER_SCRIPT, config, model_dir, "run.py",
+        tmp_path,
+        _WORKER_SCRIPT,
+        config,
+        model_dir,
+        "run.py",
         marks=str(marks),
     )
     port = _free_port()
@@ -745,9 +755,7 @@ def test_killed_worker_child_is_retried_then_failed(tmp_path, record_property):
             KERASTUNER_ORACLE_PORT=str(port),
         )
         logs[tuner_id] = str(tmp_path / f"{tuner_id}.log")
-        processes[tuner_id] = fh.start(
-            command, env, logs[tuner_id]
-        )
+        processes[tuner_id] = fh.start(command, env, logs[tuner_id])
     try:
         first = _wait_for(
             lambda: sorted(os.listdir(marks)), fh.RUN_TIMEOUT_S, "sample 0"
@@ -896,8 +904,12 @@ def test_sigkill_during_promotions_then_rerun(tmp_path, record_property):
 
     def script(model_dir, log):
         return _script_command(
-            tmp_path, _RUNGS_SCRIPT, config, model_dir,
-            f"{os.path.basename(model_dir)}.py", log=log,
+            tmp_path,
+            _RUNGS_SCRIPT,
+            config,
+            model_dir,
+            f"{os.path.basename(model_dir)}.py",
+            log=log,
             seconds=CHILD_SECONDS,
         )
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import pathlib
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_run_trains_every_job_and_reports(tmp_path):
     assert len(calls) == 4 * 2 + 4 * 1
     rows = [
         json.loads(line)
-        for line in open(tmp_path / fidelity.LOG_FILE).read().splitlines()
+        for line in (tmp_path / fidelity.LOG_FILE).read_text().splitlines()
     ]
     assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
     # Reference rewards are 2x the proxy's hash term: the rankings agree.
@@ -108,7 +109,7 @@ def test_run_trains_every_job_and_reports(tmp_path):
     assert result["cost_ratio"] == pytest.approx(1.0)
     assert result["specs"][0]["published"]
     assert len(result["specs"][0][fidelity.PROXY]["rewards"]) == 2
-    saved = json.loads(open(tmp_path / fidelity.REPORT_FILE).read())
+    saved = json.loads((tmp_path / fidelity.REPORT_FILE).read_text())
     assert saved["spearman"] == result["spearman"]
     assert (tmp_path / fidelity.PLOT_FILE).stat().st_size > 1000
     # Children get the search's seeds for their spec.
@@ -139,7 +140,7 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(tmp_path):
     fidelity.run(_config(), str(tmp_path), proxies=_proxies(rest))
     assert len(rest) == 12 - 5
     assert not set(calls) & set(rest)
-    rows = open(tmp_path / fidelity.LOG_FILE).read().splitlines()
+    rows = (tmp_path / fidelity.LOG_FILE).read_text().splitlines()
     assert len(rows) == 12
     assert len({json.loads(r)["job"] for r in rows}) == 12
 
@@ -243,7 +244,11 @@ def test_fidelity_mode_end_to_end_on_tiny_settings(tmp_path, monkeypatch):
     )
     model_dir = str(tmp_path / "run")
     result = main.execute("fidelity", config, model_dir)
-    rows = open(os.path.join(model_dir, fidelity.LOG_FILE)).read().splitlines()
+    rows = (
+        pathlib.Path(os.path.join(model_dir, fidelity.LOG_FILE))
+        .read_text()
+        .splitlines()
+    )
     assert len(rows) == 3 * 2 + 3
     assert {json.loads(r)["status"] for r in rows} == {"ok"}
     assert result["complete_specs"] == 3

@@ -62,7 +62,12 @@ def test_pick_keeps_the_best_distinct_specs_and_never_a_failed_one():
     records = _records([0.1, 0.5, 0.3, 0.9, 0.2], [OK, OK, OK, FAILED, OK])
     # Sample 5 repeats sample 1's spec (cached): one finalist, sample 1.
     repeat = SampleRecord(
-        **{**records[1].__dict__, "sample": 5, "status": CACHED, "cached_from": 1}
+        **{
+            **records[1].__dict__,
+            "sample": 5,
+            "status": CACHED,
+            "cached_from": 1,
+        }
     )
     chosen = finalists.pick([*records, repeat], 3)
     assert [r.sample for r in chosen] == [1, 2, 4]
@@ -102,17 +107,23 @@ def test_a_rerun_trains_only_the_missing_finalists(tmp_path):
 def test_a_log_of_other_finalists_is_named_not_mixed_in(tmp_path):
     records = _records([0.1, 0.5, 0.3, 0.4])
     finalists.run(
-        _config(1), str(tmp_path), records,
+        _config(1),
+        str(tmp_path),
+        records,
         proxy=FakeProxy({r.hash: 0.5 for r in records}),
     )
     # The search went on: another spec now rates best on the supernet.
     changed = [
-        SampleRecord(**{**r.__dict__, "reward": 1.0 if r.sample == 0 else r.reward})
+        SampleRecord(
+            **{**r.__dict__, "reward": 1.0 if r.sample == 0 else r.reward}
+        )
         for r in records
     ]
     with pytest.raises(finalists.FinalistsError, match="finalists.jsonl"):
         finalists.run(
-            _config(1), str(tmp_path), changed,
+            _config(1),
+            str(tmp_path),
+            changed,
             proxy=FakeProxy({r.hash: 0.5 for r in records}),
         )
 
@@ -124,10 +135,14 @@ def test_no_finalist_finished(tmp_path):
         def reward(self, spec, work_dir):
             return ProxyResult(reward=-1.0, status=FAILED, error="E: boom")
 
-    summary = finalists.run(_config(1), str(tmp_path), records, proxy=Failing({}))
+    summary = finalists.run(
+        _config(1), str(tmp_path), records, proxy=Failing({})
+    )
     assert summary["best_spec"] is None
     assert not os.path.exists(tmp_path / "best_finalist_spec.json")
-    assert "no finalist finished" in finalists.final_text(summary, str(tmp_path))
+    assert "no finalist finished" in finalists.final_text(
+        summary, str(tmp_path)
+    )
 
 
 def test_finalists_must_not_be_negative():
@@ -137,11 +152,18 @@ def test_finalists_must_not_be_negative():
 
 def test_published_spec_round_trips_as_a_finalist(tmp_path):
     record = SampleRecord(
-        step=0, sample=0, actions=(), spec=NASFPN_SPEC.to_dict(),
-        hash=NASFPN_SPEC.canonical_key(), reward=0.2, status=OK,
+        step=0,
+        sample=0,
+        actions=(),
+        spec=NASFPN_SPEC.to_dict(),
+        hash=NASFPN_SPEC.canonical_key(),
+        reward=0.2,
+        status=OK,
     )
     summary = finalists.run(
-        _config(1), str(tmp_path), [record],
+        _config(1),
+        str(tmp_path),
+        [record],
         proxy=FakeProxy({NASFPN_SPEC.canonical_key(): 0.3}),
     )
     assert NeckSpec.load(summary["best_spec"]) == NASFPN_SPEC

@@ -528,7 +528,10 @@ def test_tpu_train_quotes_awkward_values(sandbox):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"MODE": "search"}, "MODE must be train, eval, train_and_eval or supernet"),
+        (
+            {"MODE": "search"},
+            "MODE must be train, eval, train_and_eval or supernet",
+        ),
         ({"MODEL_DIR": "runs/x"}, "MODEL_DIR must be a gs:// path"),
         ({"ARCH": "missing.json"}, "arch file not found: 'missing.json'"),
         ({"REMOTE_ENV": "A=1 oops"}, "REMOTE_ENV words must be VAR=VALUE"),

@@ -61,6 +61,7 @@ def _run(flags, env, log):
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=fh.RUN_TIMEOUT_S,
+            check=False,
         )
     with open(log) as f:
         text = f.read()
@@ -74,8 +75,11 @@ def test_the_quickstart_prints_its_comparison_and_a_train_command(tmp_path):
     # Its own generated data, as a newcomer's first run has.
     env = fh.child_env(str(tmp_path / "data"))
     out = _run(
-        ["--mode=search", f"--model_dir={model_dir}",
-         f"--params_override={override}"],
+        [
+            "--mode=search",
+            f"--model_dir={model_dir}",
+            f"--params_override={override}",
+        ],
         env,
         str(tmp_path / "search.log"),
     )
@@ -98,7 +102,7 @@ def test_the_quickstart_prints_its_comparison_and_a_train_command(tmp_path):
     assert written["best"] == max(r["reward"] for r in rows)
     # The train command is complete and runs as printed (shrunk again).
     (line,) = [x for x in out.splitlines() if x.startswith("Train it: ")]
-    command = shlex.split(line[len("Train it: "):])
+    command = shlex.split(line[len("Train it: ") :])
     assert "..." not in line and "BUCKET" not in line
     assert command[:3] == ["python", "-m", "nasfpn_tf.main"]
     flags = dict(f.split("=", 1) for f in command[3:])

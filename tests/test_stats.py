@@ -84,8 +84,10 @@ def test_command_reads_a_generated_split(tmp_path, monkeypatch, capsys):
     code = stats.main(
         [
             "--params_override",
-            "model.image_size=64,data.synthetic.num_train=6,"
-            "data.synthetic.num_heldout=2,data.synthetic.num_val=2",
+            (
+                "model.image_size=64,data.synthetic.num_train=6,"
+                "data.synthetic.num_heldout=2,data.synthetic.num_val=2"
+            ),
             "--json",
         ]
     )
@@ -100,8 +102,10 @@ def test_command_names_a_missing_split(tmp_path, capsys):
     code = stats.main(
         [
             "--params_override",
-            f"data.train_path={tmp_path}/none-*,data.val_path=x,"
-            "data.heldout_path=y",
+            (
+                f"data.train_path={tmp_path}/none-*,data.val_path=x,"
+                "data.heldout_path=y"
+            ),
         ]
     )
     assert code == 1

@@ -261,9 +261,7 @@ def test_warmup_trains_one_path_then_spreads_it_once(data_dir, tmp_path):
     ]
     assert trainer.fit()["warmup_steps"] == 2
     assert int(trainer.spread.numpy()) == 1
-    longer = fast_config(
-        **warm, **{"search.supernet.train_steps": 4}
-    )
+    longer = fast_config(**warm, **{"search.supernet.train_steps": 4})
     resumed = training.SupernetTrainer(longer, str(tmp_path / "sn"))
     assert resumed.fit()["resumed_from"] == 3
     checked = 0
@@ -528,7 +526,9 @@ def test_a_supernet_search_records_every_sample_and_compares(
     finalists = summary["finalists"]
     assert len(finalists["finalists"]) == 2
     assert [f["supernet_rank"] for f in finalists["finalists"]] == [1, 2]
-    assert finalists["finalists"][0]["supernet_reward"] == summary["best_reward"]
+    assert (
+        finalists["finalists"][0]["supernet_reward"] == summary["best_reward"]
+    )
     assert os.path.exists(finalists["best_spec"])
     assert "Finalists trained standalone (2)" in out
     assert f"--arch={finalists['best_spec']}" in out

@@ -473,4 +473,3 @@ class SearchSpace:
     def random_spec(self, rng: random.Random) -> NeckSpec:
         """A spec drawn uniformly from the space."""
         return self.to_spec(self.random_actions(rng))
-

@@ -142,8 +142,17 @@ def _summarise(model_dir: str, rows: Sequence[dict]) -> dict[str, Any]:
         NeckSpec.from_dict(best["spec"]).save(spec_path)
     summary = {
         "finalists": [
-            {k: r[k] for k in ("hash", "sample", "supernet_rank",
-                               "supernet_reward", "reward", "status")}
+            {
+                k: r[k]
+                for k in (
+                    "hash",
+                    "sample",
+                    "supernet_rank",
+                    "supernet_reward",
+                    "reward",
+                    "status",
+                )
+            }
             for r in rows
         ],
         "best_hash": None if best is None else best["hash"],
@@ -173,12 +182,17 @@ def final_text(summary: dict[str, Any], model_dir: str) -> str:
         lines.append("  no finalist finished")
         return "\n".join(lines)
     lines += [
-        f"  best finalist: {summary['best_spec']} (sample "
-        f"{summary['best_sample']}, standalone {summary['best_reward']:.4f},"
-        f" supernet rank {summary['best_supernet_rank']})",
-        "Train it: python -m nasfpn_tf.main --mode=train_and_eval "
-        f"--config_file={os.path.join(model_dir, 'config.yaml')} "
-        f"--arch={summary['best_spec']} "
-        f"--model_dir={os.path.join(model_dir, 'best_finalist')}",
+        (
+            f"  best finalist: {summary['best_spec']} (sample "
+            f"{summary['best_sample']}, standalone "
+            f"{summary['best_reward']:.4f}, supernet rank "
+            f"{summary['best_supernet_rank']})"
+        ),
+        (
+            "Train it: python -m nasfpn_tf.main --mode=train_and_eval "
+            f"--config_file={os.path.join(model_dir, 'config.yaml')} "
+            f"--arch={summary['best_spec']} "
+            f"--model_dir={os.path.join(model_dir, 'best_finalist')}"
+        ),
     ]
     return "\n".join(lines)
