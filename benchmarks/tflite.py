@@ -118,6 +118,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="default: 0.5 for lite, 1.0 for r50",
     )
+    add(
+        "--activation",
+        default="",
+        help="model.norm.activation (e.g. relu6); default: the config's",
+    )
     add("--repeats_neck", type=common.positive_int, default=3)
     add("--filters", type=common.positive_int, default=32)
     add("--train_steps", type=common.positive_int, default=1500)
@@ -248,6 +253,8 @@ def model_config(args, model_dir: str):
         "eval.batch_size": 8,
         "eval.every": args.train_steps,
     }
+    if args.activation:
+        override["model.norm.activation"] = args.activation
     return main_lib.resolve_config(
         model_dir,
         [BASE_CONFIGS[args.base_config][0]],
