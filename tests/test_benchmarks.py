@@ -889,3 +889,51 @@ def test_tflite_latency_draws_the_published_spec_and_distinct_others():
     assert [s.to_json() for s in again.values()] == [
         s.to_json() for s in specs.values()
     ]
+
+
+def test_tflite_int8_error_rows_for_each_part(tmp_path, monkeypatch, capsys):
+    from test_export_tflite import checkpointed_lite_run
+
+    from benchmarks import tflite_int8_error
+    from nasfpn_tf.data import inputs
+
+    monkeypatch.setenv(inputs.DATA_DIR_ENV, str(tmp_path / "data"))
+    model_dir, _ = checkpointed_lite_run(tmp_path)
+    rows = tflite_int8_error.main(
+        ["--model_dir", str(model_dir), "--calibration", "4", "--images", "2"]
+    )
+    assert [r["variant"] for r in rows] == [
+        "int8",
+        "weights_int8",
+        "only_backbone",
+        "only_neck",
+        "only_head",
+    ]
+    levels = [f"P{level}" for level in range(3, 8)]
+    for row in rows:
+        assert sorted(row["errors"]) == sorted(
+            f"{kind}_{p}" for kind in ("class", "box") for p in levels
+        )
+        assert all(0.0 <= e < 10.0 for e in row["errors"].values())
+        assert row["worst"] == max(row["errors"].values())
+    by_name = {r["variant"]: r for r in rows}
+    # Full-integer has no float tensors; a part alone in int8 keeps the
+    # other two's in float, so its file is bigger.
+    assert by_name["int8"]["float_tensors"] == 0
+    for part in ("backbone", "neck", "head"):
+        assert by_name[f"only_{part}"]["float_tensors"] > 0
+    assert "int8 error of the network" in capsys.readouterr().out
+
+
+def test_tflite_int8_error_names_a_bad_part_and_a_run_without_checkpoint(
+    tmp_path, capsys
+):
+    from benchmarks import tflite_int8_error
+
+    with pytest.raises(SystemExit):
+        tflite_int8_error.parse_args(
+            ["--model_dir", "x", "--parts", "neck,tail"]
+        )
+    assert "unknown ['tail']" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no config.yaml"):
+        tflite_int8_error.main(["--model_dir", str(tmp_path)])
