@@ -127,15 +127,6 @@ def relative_errors(reference, results, labels) -> dict[str, float]:
     return errors
 
 
-def converter_for(model, size: int):
-    import tensorflow as tf
-
-    from nasfpn_tf.modeling import flops
-
-    concrete = flops.forward_graph(model, size)
-    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-
-
 def convert(model, size: int, variant: str, calibration, float_names) -> bytes:
     """One variant's flatbuffer (module docstring)."""
     import tensorflow as tf
@@ -144,7 +135,7 @@ def convert(model, size: int, variant: str, calibration, float_names) -> bytes:
 
     if variant in ("float32", "int8"):
         return export_tflite.convert_network(model, size, variant, calibration)
-    converter = converter_for(model, size)
+    converter = export_tflite.network_converter(model, size)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "weights_int8":
         return converter.convert()
@@ -166,9 +157,6 @@ def convert(model, size: int, variant: str, calibration, float_names) -> bytes:
 
 
 def measure(args) -> list[dict]:
-    import numpy as np
-    from official.vision.ops import preprocess_ops
-
     from nasfpn_tf import config as config_lib
     from nasfpn_tf import export as export_lib
     from nasfpn_tf import export_tflite, tflite_detector
@@ -186,8 +174,6 @@ def measure(args) -> list[dict]:
     )
     export_lib.restore(model, checkpoint)
     size = export_tflite.input_size(config)[0]
-    mean = np.asarray(preprocess_ops.MEAN_NORM, np.float32)
-    std = np.asarray(preprocess_ops.STDDEV_NORM, np.float32)
     images = export_tflite.calibration_images(
         config, args.calibration + args.images
     )
@@ -196,7 +182,7 @@ def measure(args) -> list[dict]:
             f"the training split has {len(images)} images: none left "
             f"after --calibration {args.calibration}"
         )
-    inputs = [(x.astype(np.float32) / 255.0 - mean) / std for x in images]
+    inputs = export_tflite.network_inputs(images)
     calibration, held = inputs[: args.calibration], inputs[args.calibration :]
 
     float_content = convert(model, size, "float32", (), ())

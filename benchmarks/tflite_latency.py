@@ -130,9 +130,7 @@ def run_objective(args) -> dict:
 
 
 def run_ranking(args) -> dict:
-    import numpy as np
     import tf_keras
-    from official.vision.ops import preprocess_ops
 
     from nasfpn_tf import config as config_lib
     from nasfpn_tf import export_tflite, tflite_detector
@@ -159,12 +157,9 @@ def run_ranking(args) -> dict:
     # TFLite runs at the export's input size (320 -> 384), the size the
     # exported file takes.
     padded = export_tflite.input_size(config)[0]
-    mean = np.asarray(preprocess_ops.MEAN_NORM, np.float32)
-    std = np.asarray(preprocess_ops.STDDEV_NORM, np.float32)
-    calibration = [
-        (x.astype(np.float32) / 255.0 - mean) / std
-        for x in export_tflite.calibration_images(config, CALIBRATION_IMAGES)
-    ]
+    calibration = export_tflite.network_inputs(
+        export_tflite.calibration_images(config, CALIBRATION_IMAGES)
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in specs.items():

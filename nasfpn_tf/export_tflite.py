@@ -289,11 +289,24 @@ def convert_network(
         TFLiteExportError: an unknown quantization, or int8 without
             calibration inputs.
     """
-    concrete = flops.forward_graph(model, image_size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [concrete], model
-    )
+    converter = network_converter(model, image_size)
     return _quantized(converter, quantization, representative).convert()
+
+
+def network_converter(model: tf_keras.Model, image_size: int) -> Any:
+    """A ``TFLiteConverter`` of the network alone (``convert_network``),
+    not yet set up for a quantization."""
+    concrete = flops.forward_graph(model, image_size)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+
+def network_inputs(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """uint8 [1, P, P, 3] images (``calibration_images``) -> the network's
+    normalised float32 inputs, as the exported file normalises them."""
+    return [
+        preprocess_ops.normalize_image(tf.constant(x[0]))[None].numpy()
+        for x in images
+    ]
 
 
 def _quantized(

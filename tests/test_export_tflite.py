@@ -530,3 +530,16 @@ def test_float16_and_saved_model_round_trip(tmp_path, data_dir):
     }
     got = run_fresh(image, [str(path)], tmp_path)[str(path)]
     assert_close(got, want, FLOAT16_TOLERANCE)
+
+
+def test_network_inputs_normalise_as_the_exported_file():
+    from official.vision.ops import preprocess_ops
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)]
+    (got,) = export_tflite.network_inputs(images)
+    mean = np.asarray(preprocess_ops.MEAN_NORM, np.float32)
+    std = np.asarray(preprocess_ops.STDDEV_NORM, np.float32)
+    want = (images[0].astype(np.float32) / 255.0 - mean) / std
+    assert got.shape == (1, 8, 8, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
